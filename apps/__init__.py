@@ -1,0 +1,1 @@
+"""The Python apps the course's servers serve (labs, tests and benchmarks)."""

@@ -1,0 +1,122 @@
+"""The lab app: one route per experiment in the book, benchmark and test.
+
+    /               hello
+    /cpu?ms=N       N milliseconds of pure-Python work (holds the GIL)
+    /io?ms=N        time.sleep(N ms) (releases the GIL, like waiting on a database)
+    /counter        a global read, a short sleep, then a write: loses updates under threads
+    /counter/reset  sets the counter back to 0
+    /environ        the environ the server built, as JSON (for the conformance tests)
+    /echo           the request body back
+    /stream?n=N     a generator of N chunks (streaming; no Content-Length)
+    /bytes?n=N      a response of N bytes (default 65536) in one chunk
+    /error          raises before start_response (the server answers 500)
+    /error-late     raises after the first chunk was sent (the server closes the connection)
+    /pid            the worker's process id (to see which worker answered)
+"""
+
+import json
+import os
+import time
+
+HELLO = b"Hello, World!\n"
+counter = 0
+
+
+def _query(environ):
+    params = {}
+    for pair in environ.get("QUERY_STRING", "").split("&"):
+        if pair:
+            key, _, value = pair.partition("=")
+            params[key] = value
+    return params
+
+
+def _int(params, name, default):
+    try:
+        return int(params.get(name, default))
+    except ValueError:
+        return default
+
+
+def _respond(start_response, body, content_type="text/plain; charset=utf-8", status="200 OK"):
+    start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def cpu(ms):
+    """Busy pure-Python work for `ms` milliseconds of CPU time: the GIL is held throughout."""
+    deadline = time.thread_time() + ms / 1000.0
+    n = 0
+    while time.thread_time() < deadline:
+        for i in range(200):
+            n += i * i
+    return n
+
+
+def stream(n):
+    for i in range(n):
+        yield b"chunk %d\n" % i
+
+
+def error_late(start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    yield b"first chunk\n"
+    raise RuntimeError("the lab app failed after sending its first chunk")
+
+
+def environ_as_json(environ):
+    plain = {}
+    for key, value in environ.items():
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            plain[key] = value
+        elif isinstance(value, tuple):
+            plain[key] = list(value)
+        else:
+            plain[key] = type(value).__name__
+    plain["wsgi.input.body"] = environ["wsgi.input"].read().decode("latin-1")
+    return json.dumps(plain, sort_keys=True).encode()
+
+
+def app(environ, start_response):
+    global counter
+    path = environ.get("PATH_INFO", "/")
+    params = _query(environ)
+
+    if path == "/":
+        return _respond(start_response, HELLO)
+    if path == "/cpu":
+        cpu(_int(params, "ms", 1))
+        return _respond(start_response, b"cpu done\n")
+    if path == "/io":
+        time.sleep(_int(params, "ms", 10) / 1000.0)
+        return _respond(start_response, b"io done\n")
+    if path == "/counter":
+        # Read, let another thread run, write back: the textbook lost update.
+        seen = counter
+        time.sleep(0.001)
+        counter = seen + 1
+        return _respond(start_response, b"%d\n" % counter)
+    if path == "/counter/reset":
+        counter = 0
+        return _respond(start_response, b"0\n")
+    if path == "/environ":
+        return _respond(start_response, environ_as_json(environ), "application/json")
+    if path == "/echo":
+        body = environ["wsgi.input"].read()
+        content_type = environ.get("CONTENT_TYPE") or "application/octet-stream"
+        return _respond(start_response, body, content_type)
+    if path == "/stream":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return stream(_int(params, "n", 5))
+    if path == "/bytes":
+        return _respond(start_response, b"x" * _int(params, "n", 65536), "application/octet-stream")
+    if path == "/error":
+        raise RuntimeError("the lab app failed on purpose (/error)")
+    if path == "/error-late":
+        return error_late(start_response)
+    if path == "/pid":
+        return _respond(start_response, b"%d\n" % os.getpid())
+    return _respond(start_response, b"not found\n", status="404 Not Found")
+
+
+application = app

@@ -1,0 +1,132 @@
+//! Stage 1: the simplest real server. One thread takes one connection,
+//! serves it to the end, and only then accepts the next.
+//!
+//! Everything PEP 3333 asks of a server is in `wsgi-bridge`; what is here is
+//! only the *concurrency model*: none. Stage 3 runs this same loop in each
+//! of its worker processes (gunicorn's `sync` worker).
+
+use std::io;
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::Duration;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use wsgi_bridge::conn::Stream;
+use wsgi_bridge::http::request::Limits;
+use wsgi_bridge::serve::{HttpConnection, Next};
+use wsgi_bridge::wsgi::call::WsgiApp;
+use wsgi_bridge::wsgi::environ::Peer;
+
+/// How the loop treats connections.
+#[derive(Clone, Debug)]
+pub struct SyncConfig {
+    pub limits: Limits,
+    /// How long a kept-alive connection may sit idle waiting for its next
+    /// request. `None`: close after every response.
+    pub keep_alive: Option<Duration>,
+    /// How long a client may take to send its request or to take the response.
+    pub timeout: Duration,
+}
+
+// ANCHOR: serve_forever
+/// Accepts and serves connections, one at a time, until `stop` becomes
+/// readable (a signal arrived: see `main.rs`).
+pub fn serve_forever(
+    listener: &TcpListener,
+    app: &WsgiApp,
+    config: &SyncConfig,
+    stop: BorrowedFd<'_>,
+) -> io::Result<()> {
+    // Non-blocking, so that a wake-up without a connection to take (another
+    // process took it first, in stage 3) returns instead of blocking.
+    listener.set_nonblocking(true)?;
+    loop {
+        // Sleep until a client connects or we are told to stop.
+        let mut fds = [
+            PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+            PollFd::new(stop, PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        if is_readable(&fds[1]) {
+            return Ok(());
+        }
+        match listener.accept() {
+            // While this connection is served, nobody else is: the lesson
+            // of stage 1.
+            Ok((stream, addr)) => serve_connection(stream, addr, app, config, stop),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // Out of file descriptors, or a connection reset before we took it:
+            // not a reason to stop serving.
+            Err(e) => {
+                log::warn!("accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+// ANCHOR_END: serve_forever
+
+// ANCHOR: serve_connection
+/// Serves every request of one connection.
+pub fn serve_connection(
+    stream: TcpStream,
+    addr: std::net::SocketAddr,
+    app: &WsgiApp,
+    config: &SyncConfig,
+    stop: BorrowedFd<'_>,
+) {
+    // Small responses go out at once instead of waiting (Nagle's algorithm)
+    // for more data that will never come.
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(Some(config.timeout));
+    let _ = stream.set_write_timeout(Some(config.timeout));
+    let peer = Peer {
+        addr: addr.ip().to_string(),
+        port: addr.port().to_string(),
+    };
+    let mut conn = HttpConnection::new(Stream::Tcp(stream), peer);
+    let keep_alive = config.keep_alive.is_some();
+    loop {
+        if conn.serve_one(app, &config.limits, keep_alive) == Next::Close {
+            return;
+        }
+        // Keep-alive: wait for the next request, but not forever, and not
+        // when the server is stopping. Bytes already buffered (a pipelined
+        // request) need no waiting.
+        if !conn.has_buffered_bytes() {
+            let idle = config.keep_alive.unwrap_or_default();
+            if !wait_for_request(&conn, idle, stop) {
+                return;
+            }
+        }
+    }
+}
+// ANCHOR_END: serve_connection
+
+/// Waits until the client sends something. False on timeout or stop.
+fn wait_for_request(conn: &HttpConnection, idle: Duration, stop: BorrowedFd<'_>) -> bool {
+    let timeout = PollTimeout::try_from(idle).unwrap_or(PollTimeout::MAX);
+    let mut fds = [
+        PollFd::new(conn.stream().as_fd(), PollFlags::POLLIN),
+        PollFd::new(stop, PollFlags::POLLIN),
+    ];
+    loop {
+        match poll(&mut fds, timeout) {
+            Ok(0) => return false,
+            Ok(_) => return !is_readable(&fds[1]) && is_readable(&fds[0]),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+fn is_readable(fd: &PollFd<'_>) -> bool {
+    fd.revents().is_some_and(|r| {
+        r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
+    })
+}

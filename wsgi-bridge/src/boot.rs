@@ -1,0 +1,110 @@
+//! Start-up steps every stage takes in the same order: load the app (so an
+//! import error stops the server before it listens), bind, print the banner.
+
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+
+use pyo3::prelude::*;
+
+use crate::cli::AppArgs;
+use crate::embed::{self, StartError};
+
+/// Starts Python and imports the app the arguments name.
+pub fn load_app(args: &AppArgs) -> Result<Py<PyAny>, StartError> {
+    let source = args.source()?;
+    embed::start_python(&args.python_setup())?;
+    Python::attach(|py| embed::load_app(py, &source))
+}
+
+/// Which Python is embedded, for the banner: students should see at once
+/// whether it is the one (and the virtualenv) they meant.
+pub fn python_description() -> String {
+    Python::attach(|py| {
+        let sys = py.import("sys").ok();
+        let get = |name: &str| {
+            sys.as_ref()
+                .and_then(|s| s.getattr(name).ok())
+                .and_then(|v| v.extract::<String>().ok())
+                .unwrap_or_default()
+        };
+        let version = py.version_info();
+        format!(
+            "Python {}.{}.{} ({})",
+            version.major,
+            version.minor,
+            version.patch,
+            get("prefix")
+        )
+    })
+}
+
+/// Prints a start-up error (the Python traceback first, the one sentence
+/// last, where the eye lands) and exits with status 1.
+pub fn exit_with(err: StartError) -> ! {
+    if let Some(tb) = &err.traceback {
+        eprintln!("{}", tb.trim_end());
+    }
+    eprintln!("error: {}", err.message);
+    std::process::exit(1)
+}
+
+/// Parses gunicorn's `--bind` forms for TCP: `HOST:PORT`, `[::1]:PORT`, or `HOST`
+/// alone (port 8000).
+pub fn resolve_bind(bind: &str) -> Result<SocketAddr, StartError> {
+    let bind = bind.trim();
+    if bind.starts_with("unix:") {
+        return Err(StartError::new(format!(
+            "this server listens on TCP only, so --bind {bind} cannot be used: give HOST:PORT (stage 4 is the one that speaks on unix sockets)"
+        )));
+    }
+    let with_port = if bind.rsplit_once(':').is_some_and(|(h, p)| {
+        !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && (!h.contains(':') || h.ends_with(']'))
+    }) {
+        bind.to_string()
+    } else {
+        format!("{bind}:8000")
+    };
+    with_port
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| {
+            StartError::new(format!(
+                "'{bind}' is not an address to listen on: give HOST:PORT, e.g. 127.0.0.1:8000"
+            ))
+        })
+}
+
+/// Binds a TCP listener, turning the usual failures into one clear sentence.
+pub fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::AddrInUse => format!(
+                "the address is already in use (is another server running there? choose another port with -b {}:{})",
+                addr.ip(),
+                addr.port().wrapping_add(1).max(1)
+            ),
+            std::io::ErrorKind::PermissionDenied => {
+                "permission denied (ports below 1024 need root; use a port such as 8000)".to_string()
+            }
+            std::io::ErrorKind::AddrNotAvailable => {
+                "no network interface on this machine has that address".to_string()
+            }
+            _ => e.to_string(),
+        };
+        StartError::new(format!("cannot listen on {addr}: {hint}"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_forms() {
+        assert_eq!(resolve_bind("127.0.0.1:9000").unwrap().port(), 9000);
+        assert_eq!(resolve_bind("127.0.0.1").unwrap().port(), 8000);
+        assert_eq!(resolve_bind("[::1]:9000").unwrap().port(), 9000);
+        assert!(resolve_bind("unix:/tmp/x.sock").is_err());
+        assert!(resolve_bind("127.0.0.1:notaport").is_err());
+    }
+}

@@ -1,0 +1,20 @@
+//! `wsgi-bridge`: everything the course's servers share.
+//!
+//! A stage decides *how many* requests run at once and *where* (one thread,
+//! a pool, forked processes). This crate does what every stage must do for
+//! each request, the same way:
+//!
+//! - [`http`]: the HTTP/1.1 codec (request heads, chunked bodies, response heads);
+//! - [`wsgi`]: PEP 3333: `environ`, `start_response`, `wsgi.input`, calling the app;
+//! - [`serve`]: one connection, request after request;
+//! - [`embed`]: starting CPython inside the server and importing the app;
+//! - [`cli`] and [`logging`]: the flags and log lines every stage shares.
+
+pub mod boot;
+pub mod cli;
+pub mod conn;
+pub mod embed;
+pub mod http;
+pub mod logging;
+pub mod serve;
+pub mod wsgi;

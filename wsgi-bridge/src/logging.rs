@@ -1,0 +1,216 @@
+//! Logs in gunicorn's format, so students can put the two side by side:
+//!
+//! ```text
+//! [2026-11-21 09:41:47 +0000] [12345] [INFO] Listening at: http://127.0.0.1:8000 (12345)
+//! ```
+//!
+//! Error and info logs go to stderr; the access log (one line per request,
+//! Apache's combined format as gunicorn writes it) goes to stdout or a file.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::sync::{Mutex, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use log::{Level, LevelFilter, Log, Metadata, Record};
+
+/// The log levels gunicorn and uWSGI users know, as `--log-level` takes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warning,
+    Error,
+    Critical,
+}
+
+impl LogLevel {
+    fn filter(self) -> LevelFilter {
+        match self {
+            LogLevel::Debug => LevelFilter::Debug,
+            LogLevel::Info => LevelFilter::Info,
+            LogLevel::Warning => LevelFilter::Warn,
+            LogLevel::Error | LogLevel::Critical => LevelFilter::Error,
+        }
+    }
+}
+
+struct StderrLogger;
+
+impl Log for StderrLogger {
+    fn enabled(&self, metadata: &Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let level = match record.level() {
+            Level::Error => "ERROR",
+            Level::Warn => "WARNING",
+            Level::Info => "INFO",
+            Level::Debug | Level::Trace => "DEBUG",
+        };
+        // One write per line, so lines from several processes or threads
+        // sharing the terminal never interleave mid-line.
+        let line = format!(
+            "[{}] [{}] [{}] {}\n",
+            log_timestamp(SystemTime::now()),
+            std::process::id(),
+            level,
+            record.args()
+        );
+        let _ = io::stderr().lock().write_all(line.as_bytes());
+    }
+
+    fn flush(&self) {}
+}
+
+/// Installs the stderr logger at `level`. Safe to call more than once (a
+/// forked worker inherits the logger already installed by its master).
+pub fn init(level: LogLevel) {
+    static LOGGER: StderrLogger = StderrLogger;
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(level.filter());
+}
+
+/// Where access log lines go: `-` is stdout, anything else a file appended to.
+pub enum AccessLog {
+    Stdout,
+    File(Mutex<File>),
+}
+
+impl AccessLog {
+    pub fn open(target: &str) -> io::Result<AccessLog> {
+        if target == "-" {
+            return Ok(AccessLog::Stdout);
+        }
+        let file = File::options().create(true).append(true).open(target)?;
+        Ok(AccessLog::File(Mutex::new(file)))
+    }
+
+    /// Writes one line in Apache's combined format, as gunicorn's default
+    /// `access_log_format` does:
+    /// `127.0.0.1 - - [21/Nov/2026:09:41:47 +0000] "GET / HTTP/1.1" 200 14 "-" "curl/8.5.0"`
+    pub fn write(&self, entry: &AccessEntry<'_>) {
+        let line = format!(
+            "{} - - [{}] \"{}\" {} {} \"{}\" \"{}\"\n",
+            entry.remote_addr,
+            access_timestamp(SystemTime::now()),
+            entry.request_line,
+            entry.status,
+            entry.body_bytes,
+            entry.referer.unwrap_or("-"),
+            entry.user_agent.unwrap_or("-"),
+        );
+        match self {
+            AccessLog::Stdout => {
+                let _ = io::stdout().lock().write_all(line.as_bytes());
+            }
+            AccessLog::File(file) => {
+                if let Ok(mut file) = file.lock() {
+                    let _ = file.write_all(line.as_bytes());
+                }
+            }
+        }
+    }
+}
+
+/// What an access log line says about one request.
+pub struct AccessEntry<'a> {
+    pub remote_addr: &'a str,
+    pub request_line: &'a str,
+    pub status: u16,
+    pub body_bytes: u64,
+    pub referer: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+}
+
+/// The process-wide access log, if `--access-logfile` asked for one.
+static ACCESS_LOG: OnceLock<AccessLog> = OnceLock::new();
+
+pub fn set_access_log(log: AccessLog) {
+    let _ = ACCESS_LOG.set(log);
+}
+
+pub fn access_log() -> Option<&'static AccessLog> {
+    ACCESS_LOG.get()
+}
+
+/// A UTC calendar date and time, enough for log lines (no time-zone database
+/// needed: servers log in UTC, as the `+0000` says).
+struct Civil {
+    year: i64,
+    month: u32,
+    day: u32,
+    hour: u64,
+    minute: u64,
+    second: u64,
+}
+
+fn civil(t: SystemTime) -> Civil {
+    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's days-to-civil algorithm (proleptic Gregorian calendar).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    Civil {
+        year,
+        month,
+        day,
+        hour: rem / 3600,
+        minute: rem % 3600 / 60,
+        second: rem % 60,
+    }
+}
+
+fn log_timestamp(t: SystemTime) -> String {
+    let c = civil(t);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} +0000",
+        c.year, c.month, c.day, c.hour, c.minute, c.second
+    )
+}
+
+fn access_timestamp(t: SystemTime) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let c = civil(t);
+    format!(
+        "{:02}/{}/{:04}:{:02}:{:02}:{:02} +0000",
+        c.day,
+        MONTHS[(c.month - 1) as usize],
+        c.year,
+        c.hour,
+        c.minute,
+        c.second
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timestamps_match_gunicorns_formats() {
+        // 2026-11-21 09:41:47 UTC
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_254_107);
+        assert_eq!(log_timestamp(t), "2026-11-21 09:41:47 +0000");
+        assert_eq!(access_timestamp(t), "21/Nov/2026:09:41:47 +0000");
+        // A leap day, and the epoch itself.
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
+        assert_eq!(log_timestamp(leap), "2000-02-29 00:00:00 +0000");
+        assert_eq!(log_timestamp(UNIX_EPOCH), "1970-01-01 00:00:00 +0000");
+    }
+}

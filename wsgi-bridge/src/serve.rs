@@ -1,0 +1,185 @@
+//! Serving HTTP/1.1 on one connection: read a request head, call the app,
+//! repeat while the connection can be reused. Every stage runs this; what
+//! differs between stages is only who calls it, and how many at a time.
+
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pyo3::Python;
+
+use crate::conn::{ReadBuf, Stream};
+use crate::http::request::{HttpError, Limits, RequestHead, parse_head};
+use crate::http::response::error_response;
+use crate::logging::{AccessEntry, access_log};
+use crate::wsgi::call::{Exchange, WsgiApp, call_app};
+use crate::wsgi::environ::Peer;
+
+/// What happens to the connection after a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// It may carry another request.
+    KeepAlive,
+    /// It is done (the client asked, or the response or an error requires it).
+    Close,
+}
+
+/// The result of waiting for a request head.
+pub enum HeadRead {
+    Request(RequestHead),
+    /// The client closed the connection, or sent nothing before the timeout.
+    Closed,
+    /// The bytes are not a valid request: answer with this status and close.
+    Invalid(HttpError),
+}
+
+/// A client connection speaking HTTP/1.1.
+pub struct HttpConnection {
+    stream: Arc<Stream>,
+    rbuf: ReadBuf,
+    peer: Peer,
+}
+
+impl HttpConnection {
+    pub fn new(stream: Stream, peer: Peer) -> HttpConnection {
+        HttpConnection {
+            stream: Arc::new(stream),
+            rbuf: ReadBuf::new(),
+            peer,
+        }
+    }
+
+    pub fn stream(&self) -> &Stream {
+        &self.stream
+    }
+
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
+    /// Bytes of a next (pipelined) request are already buffered: the server
+    /// must not wait for the socket to become readable before serving it.
+    pub fn has_buffered_bytes(&self) -> bool {
+        !self.rbuf.is_empty()
+    }
+
+    /// Reads until a complete request head is buffered.
+    pub fn read_head(&mut self, limits: &Limits) -> HeadRead {
+        loop {
+            if !self.rbuf.is_empty() {
+                match parse_head(self.rbuf.data(), limits) {
+                    Ok(Some((head, used))) => {
+                        self.rbuf.consume(used);
+                        return HeadRead::Request(head);
+                    }
+                    Ok(None) => {}
+                    Err(e) => return HeadRead::Invalid(e),
+                }
+            }
+            match self.rbuf.fill_from(&*self.stream) {
+                Ok(0) => return HeadRead::Closed,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    if !self.rbuf.is_empty() {
+                        log::debug!(
+                            "client {}:{} sent an incomplete request head ({e})",
+                            self.peer.addr,
+                            self.peer.port
+                        );
+                    }
+                    return HeadRead::Closed;
+                }
+            }
+        }
+    }
+
+    /// Serves one request: reads its head, calls the app, writes the response.
+    /// `keep_alive` is the server's policy: whether it wants to reuse
+    /// connections at all (the client and the response have their say too).
+    pub fn serve_one(&mut self, app: &WsgiApp, limits: &Limits, keep_alive: bool) -> Next {
+        let head = match self.read_head(limits) {
+            HeadRead::Request(head) => head,
+            HeadRead::Closed => return Next::Close,
+            HeadRead::Invalid(e) => {
+                self.reject(&e, &app.server_software);
+                return Next::Close;
+            }
+        };
+        let exchange = Exchange {
+            head: &head,
+            peer: &self.peer,
+            stream: &self.stream,
+            rbuf: std::mem::take(&mut self.rbuf),
+            keep_alive_allowed: keep_alive && head.keep_alive,
+            max_body: limits.max_body,
+        };
+        let outcome = Python::attach(|py| call_app(py, app, exchange));
+        self.rbuf = outcome.rbuf;
+        if let Some(log) = access_log() {
+            log.write(&AccessEntry {
+                remote_addr: &self.peer.addr,
+                request_line: &format!("{} {} {}", head.method, head.target, head.version.as_str()),
+                status: outcome.status,
+                body_bytes: outcome.body_bytes,
+                referer: head.header("referer").and_then(|v| std::str::from_utf8(v).ok()),
+                user_agent: head
+                    .header("user-agent")
+                    .and_then(|v| std::str::from_utf8(v).ok()),
+            });
+        }
+        if outcome.keep_alive {
+            Next::KeepAlive
+        } else {
+            if !outcome.client_gone && !self.rbuf.is_empty() {
+                self.linger();
+            }
+            Next::Close
+        }
+    }
+
+    /// Answers a request that never reached the app, then closes.
+    pub fn reject(&mut self, e: &HttpError, server: &str) {
+        log::info!(
+            "bad request from {}:{}: {} ({})",
+            self.peer.addr,
+            self.peer.port,
+            e.reason,
+            e.status
+        );
+        let _ = (&*self.stream).write_all(&error_response(e.status, e.reason, server));
+        if let Some(log) = access_log() {
+            log.write(&AccessEntry {
+                remote_addr: &self.peer.addr,
+                request_line: "-",
+                status: e.status,
+                body_bytes: 0,
+                referer: None,
+                user_agent: None,
+            });
+        }
+        self.linger();
+    }
+
+    /// Closes gently when the client may still be sending: stop writing, then
+    /// read and drop what arrives for a moment. Closing a socket with unread
+    /// bytes makes the kernel send a reset, and a reset can destroy the error
+    /// response in flight before the client reads it (nginx's
+    /// "lingering close" exists for the same reason).
+    fn linger(&mut self) {
+        let _ = self.stream.shutdown(Shutdown::Write);
+        let deadline = Instant::now() + Duration::from_millis(500);
+        let _ = self
+            .stream
+            .set_read_timeout(Some(Duration::from_millis(100)));
+        let mut scratch = [0u8; 16 * 1024];
+        let mut total = 0usize;
+        while Instant::now() < deadline && total < 1024 * 1024 {
+            match (&*self.stream).read(&mut scratch) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    }
+}

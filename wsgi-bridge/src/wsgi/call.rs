@@ -1,0 +1,279 @@
+//! One call of the app: environ in, status, headers and body out.
+//!
+//! ```text
+//! environ, start_response ──► app(environ, start_response) ──► iterable
+//!                                                                 │ for each chunk
+//!                         socket ◄── head + first chunk, then more ◄┘
+//! ```
+//!
+//! The GIL is held for this whole function except while the socket is
+//! read or written (`py.detach`), so in a threaded server other requests'
+//! Python runs while this one waits on the network.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyTuple};
+
+use super::environ::{self, Peer, ServerInfo};
+use super::file_wrapper::FileWrapper;
+use super::input::{BodyReader, WsgiInput};
+use super::start_response::{ResponseWriter, StartResponse, body_bytes};
+use crate::conn::{ReadBuf, Stream};
+use crate::embed::format_exception;
+use crate::http::request::RequestHead;
+
+/// An unread body up to this size is read and thrown away so the connection
+/// can be reused; past it, closing is cheaper.
+const MAX_DISCARD: u64 = 1024 * 1024;
+
+/// The app, loaded in this process, with what the server says about itself.
+pub struct WsgiApp {
+    app: Py<PyAny>,
+    template: Py<PyDict>,
+    pub info: ServerInfo,
+    pub server_software: Arc<str>,
+}
+
+impl WsgiApp {
+    pub fn new(
+        py: Python<'_>,
+        app: Py<PyAny>,
+        info: ServerInfo,
+        server_software: &str,
+    ) -> PyResult<WsgiApp> {
+        let file_wrapper = py.get_type::<FileWrapper>();
+        let template = environ::template(py, &info, file_wrapper.as_any())?.unbind();
+        Ok(WsgiApp {
+            app,
+            template,
+            info,
+            server_software: server_software.into(),
+        })
+    }
+}
+
+/// What one request brings to the app.
+pub struct Exchange<'a> {
+    pub head: &'a RequestHead,
+    pub peer: &'a Peer,
+    pub stream: &'a Arc<Stream>,
+    /// The bytes read after the request head (the body starts here).
+    pub rbuf: ReadBuf,
+    /// Whether the connection may stay open after this response.
+    pub keep_alive_allowed: bool,
+    pub max_body: u64,
+}
+
+/// How the exchange ended.
+pub struct Outcome {
+    pub status: u16,
+    pub body_bytes: u64,
+    /// The connection is in a clean state for the next request.
+    pub keep_alive: bool,
+    /// The client disconnected before the response was complete.
+    pub client_gone: bool,
+    /// The bytes read past this request (a pipelined next request).
+    pub rbuf: ReadBuf,
+}
+
+/// Calls the app for one request and writes its response.
+pub fn call_app(py: Python<'_>, app: &WsgiApp, ex: Exchange<'_>) -> Outcome {
+    let Exchange {
+        head,
+        peer,
+        stream,
+        rbuf,
+        keep_alive_allowed,
+        max_body,
+    } = ex;
+    let response_started = Arc::new(AtomicBool::new(false));
+    let reader = BodyReader::new(
+        stream.clone(),
+        rbuf,
+        head.body,
+        head.expect_continue,
+        max_body,
+        response_started.clone(),
+    );
+    let writer = ResponseWriter::new(
+        stream.clone(),
+        app.server_software.clone(),
+        head.version,
+        head.method == "HEAD",
+        keep_alive_allowed,
+        response_started,
+    );
+    let input = Bound::new(
+        py,
+        WsgiInput {
+            reader: Some(reader),
+        },
+    );
+    let start_response = Bound::new(py, StartResponse { writer });
+    let (input, start_response) = match (input, start_response) {
+        (Ok(i), Ok(s)) => (i, s),
+        (Err(e), _) | (_, Err(e)) => {
+            // Only an out-of-memory interpreter fails here.
+            log::error!("cannot create the WSGI objects: {e}");
+            return Outcome {
+                status: 500,
+                body_bytes: 0,
+                keep_alive: false,
+                client_gone: false,
+                rbuf: ReadBuf::new(),
+            };
+        }
+    };
+
+    let result = run_app(py, app, head, peer, &input, &start_response);
+
+    let mut reader = input
+        .borrow_mut()
+        .reader
+        .take()
+        .expect("the body reader is only taken here");
+    let mut sr = start_response.borrow_mut();
+    let writer = &mut sr.writer;
+    match result {
+        Ok(()) => {
+            if let Err(e) = writer.finish(py) {
+                // finish() fails only when no start_response was ever called.
+                report_app_error(py, head, &e);
+                writer.send_error(py, 500, "Internal Server Error");
+            }
+        }
+        Err(e) => {
+            if let Some(failure) = reader.failure.clone() {
+                // The body was bad (or the client stopped sending): not the
+                // app's fault, and worth one line, not a traceback.
+                log::info!(
+                    "request {} {} from {}: {} ({})",
+                    head.method,
+                    head.target,
+                    peer.addr,
+                    failure.reason,
+                    failure.status
+                );
+                if writer.headers_sent {
+                    writer.abort(py);
+                } else {
+                    writer.send_error(py, failure.status, failure.reason);
+                }
+            } else if writer.client_gone.is_none() {
+                report_app_error(py, head, &e);
+                if writer.headers_sent {
+                    // The client has the head and part of the body: the
+                    // only honest signal left is to cut the connection.
+                    writer.abort(py);
+                } else {
+                    writer.send_error(py, 500, "Internal Server Error");
+                }
+            }
+        }
+    }
+    if let Some(e) = &writer.client_gone {
+        log::info!(
+            "client {}:{} went away during the response to {} {} ({e})",
+            peer.addr,
+            peer.port,
+            head.method,
+            head.target
+        );
+    }
+
+    // The next request on this connection starts after this one's body.
+    let body_done = !writer.must_close && py.detach(|| reader.discard_rest(MAX_DISCARD));
+    Outcome {
+        status: writer.status_code().unwrap_or(500),
+        body_bytes: writer.body_bytes,
+        keep_alive: body_done && !writer.must_close && writer.client_gone.is_none(),
+        client_gone: writer.client_gone.is_some(),
+        rbuf: reader.into_buffer(),
+    }
+}
+
+fn report_app_error(py: Python<'_>, head: &RequestHead, err: &PyErr) {
+    log::error!(
+        "Error handling request {}\n{}",
+        head.target,
+        format_exception(py, err).trim_end()
+    );
+}
+
+/// Builds environ, calls the app and sends each chunk of its body. The
+/// iterable's `close()` is called however this ends (PEP 3333: it is how
+/// apps release resources, and frameworks rely on it).
+fn run_app(
+    py: Python<'_>,
+    app: &WsgiApp,
+    head: &RequestHead,
+    peer: &Peer,
+    input: &Bound<'_, WsgiInput>,
+    start_response: &Bound<'_, StartResponse>,
+) -> PyResult<()> {
+    let environ = environ::build(
+        py,
+        app.template.bind(py),
+        head,
+        peer,
+        &app.info.script_name,
+        input.as_any(),
+    )?;
+    let iterable = app.app.bind(py).call1((environ, start_response))?;
+    let sent = send_body(py, &iterable, start_response);
+    let closed = match iterable.getattr(pyo3::intern!(py, "close")) {
+        Ok(close) => close.call0().map(drop),
+        Err(_) => Ok(()),
+    };
+    sent.and(closed)
+}
+
+/// Sends the body. A list or tuple of bytes has a known total length, so the
+/// response gets a Content-Length and stays cheap to reuse; anything else is
+/// streamed, each chunk written as soon as the app yields it.
+fn send_body(
+    py: Python<'_>,
+    iterable: &Bound<'_, PyAny>,
+    start_response: &Bound<'_, StartResponse>,
+) -> PyResult<()> {
+    let sequence: Option<Vec<Bound<'_, PyAny>>> = if let Ok(list) = iterable.cast::<PyList>() {
+        Some(list.iter().collect())
+    } else if let Ok(tuple) = iterable.cast::<PyTuple>() {
+        Some(tuple.iter().collect())
+    } else {
+        None
+    };
+    if let Some(items) = sequence {
+        let mut total = 0u64;
+        for item in &items {
+            total += body_bytes(item)?.as_bytes().len() as u64;
+        }
+        for item in &items {
+            let bytes = body_bytes(item)?;
+            let mut sr = start_response.borrow_mut();
+            sr.writer
+                .write_body(py, bytes.as_bytes(), Some(total), false)?;
+            if sr.writer.client_gone.is_some() {
+                break;
+            }
+        }
+        return Ok(());
+    }
+    for item in iterable.try_iter()? {
+        let item = item?;
+        let bytes = body_bytes(&item)?;
+        // Empty chunks before the head do not send it: the app may still call
+        // start_response again (with exc_info) until real data goes out.
+        let mut sr = start_response.borrow_mut();
+        if bytes.as_bytes().is_empty() && !sr.writer.headers_sent {
+            continue;
+        }
+        sr.writer.write_body(py, bytes.as_bytes(), None, true)?;
+        if sr.writer.client_gone.is_some() {
+            break;
+        }
+    }
+    Ok(())
+}

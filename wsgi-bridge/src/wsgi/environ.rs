@@ -1,0 +1,148 @@
+//! Building `environ`, the dict that *is* the request for a WSGI app.
+//!
+//! The keys that never change for a server (`wsgi.version`, `SERVER_NAME`,
+//! ...) are put once in a template; each request starts from a copy of it,
+//! which is much cheaper than setting a dozen keys again.
+
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString, PyTuple};
+
+use crate::http::request::RequestHead;
+
+/// What the server knows about itself, constant for its lifetime.
+#[derive(Clone, Debug)]
+pub struct ServerInfo {
+    /// `SERVER_NAME` and `SERVER_PORT`: the listening address.
+    pub server_name: String,
+    pub server_port: String,
+    /// `SCRIPT_NAME`: where the app is mounted (`--script-name`), "" for the root.
+    pub script_name: String,
+    pub url_scheme: &'static str,
+    /// `wsgi.multithread`: another thread may call the app at the same time.
+    pub multithread: bool,
+    /// `wsgi.multiprocess`: another process may call the app at the same time.
+    pub multiprocess: bool,
+}
+
+/// The client's address, for `REMOTE_ADDR` and `REMOTE_PORT`.
+#[derive(Clone, Debug, Default)]
+pub struct Peer {
+    pub addr: String,
+    pub port: String,
+}
+
+/// Builds the template dict: the keys every request shares.
+pub fn template<'py>(
+    py: Python<'py>,
+    info: &ServerInfo,
+    file_wrapper: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("wsgi.version", PyTuple::new(py, [1, 0])?)?;
+    d.set_item("wsgi.url_scheme", info.url_scheme)?;
+    d.set_item("wsgi.errors", py.import("sys")?.getattr("stderr")?)?;
+    d.set_item("wsgi.multithread", info.multithread)?;
+    d.set_item("wsgi.multiprocess", info.multiprocess)?;
+    d.set_item("wsgi.run_once", false)?;
+    // The body reader always stops at the end of the body, chunked or not,
+    // so an app may read until b"" (the extension gunicorn and uWSGI set too).
+    d.set_item("wsgi.input_terminated", true)?;
+    d.set_item("wsgi.file_wrapper", file_wrapper)?;
+    d.set_item("SERVER_NAME", &info.server_name)?;
+    d.set_item("SERVER_PORT", &info.server_port)?;
+    d.set_item("SCRIPT_NAME", &info.script_name)?;
+    Ok(d)
+}
+
+/// A "native string" from bytes, as PEP 3333 wants request data: each byte
+/// is one character (latin-1), so no byte is lost whatever its encoding was.
+pub fn latin1_str<'py>(py: Python<'py>, bytes: &[u8]) -> Bound<'py, PyString> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) if bytes.is_ascii() => PyString::new(py, s),
+        _ => {
+            let s: String = bytes.iter().map(|&b| char::from(b)).collect();
+            PyString::new(py, &s)
+        }
+    }
+}
+
+/// `User-Agent` → `HTTP_USER_AGENT`.
+fn cgi_name(name: &str) -> String {
+    let mut key = String::with_capacity(5 + name.len());
+    key.push_str("HTTP_");
+    key.extend(
+        name.chars()
+            .map(|c| if c == '-' { '_' } else { c.to_ascii_uppercase() }),
+    );
+    key
+}
+
+/// The CGI variables of one request, added to a copy of the template.
+pub fn build<'py>(
+    py: Python<'py>,
+    template: &Bound<'py, PyDict>,
+    head: &RequestHead,
+    peer: &Peer,
+    script_name: &str,
+    input: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let env = template.copy()?;
+    env.set_item(intern!(py, "REQUEST_METHOD"), &head.method)?;
+    // PATH_INFO is the path below the app's mount point.
+    let path = head
+        .path
+        .strip_prefix(script_name.as_bytes())
+        .filter(|rest| !script_name.is_empty() && (rest.is_empty() || rest[0] == b'/'))
+        .unwrap_or(&head.path);
+    env.set_item(intern!(py, "PATH_INFO"), latin1_str(py, path))?;
+    env.set_item(intern!(py, "QUERY_STRING"), &head.query)?;
+    env.set_item(intern!(py, "RAW_URI"), &head.target)?;
+    env.set_item(intern!(py, "REQUEST_URI"), &head.target)?;
+    env.set_item(intern!(py, "SERVER_PROTOCOL"), head.version.as_str())?;
+    env.set_item(intern!(py, "REMOTE_ADDR"), &peer.addr)?;
+    env.set_item(intern!(py, "REMOTE_PORT"), &peer.port)?;
+    env.set_item(intern!(py, "wsgi.input"), input)?;
+
+    // Repeated headers become one variable, values joined with "," (RFC 9110
+    // 5.3), except Cookie, whose pairs are joined with "; " (RFC 6265 5.4).
+    let mut vars: Vec<(String, Vec<u8>)> = Vec::with_capacity(head.headers.len());
+    for (name, value) in &head.headers {
+        if name.contains('_') {
+            // HTTP_X_USER and X-User would collide; a proxy may strip
+            // "X-User" but pass "X_User", letting a client spoof it. Drop
+            // them, as gunicorn and nginx do.
+            continue;
+        }
+        let key = if name.eq_ignore_ascii_case("content-type") {
+            "CONTENT_TYPE".to_string()
+        } else if name.eq_ignore_ascii_case("content-length") {
+            "CONTENT_LENGTH".to_string()
+        } else {
+            cgi_name(name)
+        };
+        match vars.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, joined)) => {
+                let sep: &[u8] = if key == "HTTP_COOKIE" { b"; " } else { b"," };
+                joined.extend_from_slice(sep);
+                joined.extend_from_slice(value);
+            }
+            None => vars.push((key, value.clone())),
+        }
+    }
+    for (key, value) in vars {
+        env.set_item(key, latin1_str(py, &value))?;
+    }
+    Ok(env)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_names_become_cgi_names() {
+        assert_eq!(cgi_name("User-Agent"), "HTTP_USER_AGENT");
+        assert_eq!(cgi_name("x-forwarded-for"), "HTTP_X_FORWARDED_FOR");
+    }
+}

@@ -1,0 +1,507 @@
+//! `start_response` and the response writer behind it.
+//!
+//! The app calls `start_response(status, headers)` first, then returns the
+//! body. Nothing is sent at that call: PEP 3333 has the server send the
+//! headers together with the first non-empty piece of the body, so an app
+//! can still change its mind (an error page via `exc_info`) until then.
+
+use std::io::{self, IoSlice, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use pyo3::exceptions::{PyAssertionError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyString, PyTuple};
+
+use crate::conn::Stream;
+use crate::http::request::Version;
+use crate::http::response::{
+    Framing, LAST_CHUNK, error_response, is_hop_by_hop, push_chunk_size,
+    push_status_and_common_headers, status_forbids_body,
+};
+
+/// What `start_response` was given, checked and converted to bytes.
+#[derive(Debug, Clone)]
+pub struct ResponseHead {
+    pub code: u16,
+    /// The status as given, e.g. `200 OK` (latin-1 bytes).
+    pub status_line: Vec<u8>,
+    /// The app's headers, minus hop-by-hop ones (latin-1 bytes).
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The app's own `Content-Length`, if it set one.
+    pub content_length: Option<u64>,
+    /// The app said `Connection: close`.
+    pub close: bool,
+}
+
+/// Buffered bytes are written out once they pass this size, so a large list
+/// body is not held whole in memory.
+const FLUSH_THRESHOLD: usize = 64 * 1024;
+/// Bodies pieces at least this big are written straight from the Python
+/// bytes object (vectored write) instead of being copied into the buffer.
+const DIRECT_WRITE: usize = 16 * 1024;
+
+/// Frames and writes one response on the connection.
+pub struct ResponseWriter {
+    stream: Arc<Stream>,
+    out: Vec<u8>,
+    server: Arc<str>,
+    request_version: Version,
+    head_request: bool,
+    /// The client allows reusing the connection and the server wants to.
+    keep_alive_allowed: bool,
+    /// Set by `start_response`; replaced by a later call with `exc_info`.
+    pub head: Option<ResponseHead>,
+    pub headers_sent: bool,
+    framing: Framing,
+    /// Body bytes still allowed by the Content-Length sent.
+    remaining: u64,
+    /// Body bytes the app produced (for the access log).
+    pub body_bytes: u64,
+    /// The connection must be closed after this response.
+    pub must_close: bool,
+    /// The client went away: later writes are skipped.
+    pub client_gone: Option<io::Error>,
+    response_started: Arc<AtomicBool>,
+}
+
+impl ResponseWriter {
+    pub fn new(
+        stream: Arc<Stream>,
+        server: Arc<str>,
+        request_version: Version,
+        head_request: bool,
+        keep_alive_allowed: bool,
+        response_started: Arc<AtomicBool>,
+    ) -> ResponseWriter {
+        ResponseWriter {
+            stream,
+            out: Vec::with_capacity(512),
+            server,
+            request_version,
+            head_request,
+            keep_alive_allowed,
+            head: None,
+            headers_sent: false,
+            framing: Framing::UntilClose,
+            remaining: 0,
+            body_bytes: 0,
+            must_close: false,
+            client_gone: None,
+            response_started,
+        }
+    }
+
+    /// The status code that was (or will be) sent.
+    pub fn status_code(&self) -> Option<u16> {
+        self.head.as_ref().map(|h| h.code)
+    }
+
+    /// Writes the response head into the buffer, choosing the framing.
+    /// `known_length` is the body's total length when the server knows it
+    /// (the app returned a list of bytes).
+    fn send_head(&mut self, known_length: Option<u64>) -> PyResult<()> {
+        let Some(head) = self.head.as_ref() else {
+            return Err(PyAssertionError::new_err(
+                "the app produced body data before calling start_response()",
+            ));
+        };
+        let no_body = status_forbids_body(head.code);
+        let mut framing_header: Option<Vec<u8>> = None;
+        self.framing = if let Some(n) = head.content_length {
+            if no_body { Framing::NoBody } else { Framing::Length(n) }
+        } else if no_body {
+            Framing::NoBody
+        } else if let Some(n) = known_length {
+            framing_header = Some(format!("Content-Length: {n}\r\n").into_bytes());
+            Framing::Length(n)
+        } else if self.head_request {
+            // A HEAD response has no body whatever its headers say; with an
+            // unknown length there is nothing true to announce.
+            Framing::NoBody
+        } else if self.request_version == Version::Http11 {
+            framing_header = Some(b"Transfer-Encoding: chunked\r\n".to_vec());
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        };
+        if let Framing::Length(n) = self.framing {
+            self.remaining = n;
+        }
+        let keep_alive =
+            self.keep_alive_allowed && !head.close && self.framing != Framing::UntilClose;
+        self.must_close |= !keep_alive;
+
+        push_status_and_common_headers(&mut self.out, &head.status_line, &self.server);
+        if !keep_alive {
+            self.out.extend_from_slice(b"Connection: close\r\n");
+        } else if self.request_version == Version::Http10 {
+            // HTTP/1.0 closes by default; say that this one stays open.
+            self.out.extend_from_slice(b"Connection: keep-alive\r\n");
+        }
+        for (name, value) in &head.headers {
+            self.out.extend_from_slice(name);
+            self.out.extend_from_slice(b": ");
+            self.out.extend_from_slice(value);
+            self.out.extend_from_slice(b"\r\n");
+        }
+        if let Some(h) = framing_header {
+            self.out.extend_from_slice(&h);
+        }
+        self.out.extend_from_slice(b"\r\n");
+        if self.head_request {
+            self.framing = Framing::NoBody;
+        }
+        self.headers_sent = true;
+        self.response_started.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Adds a piece of the body. Sends the head first if it has not gone yet.
+    /// `flush` writes everything out now (a streamed piece must not wait for
+    /// the next one: PEP 3333 forbids delaying a block the app yielded).
+    pub fn write_body(
+        &mut self,
+        py: Python<'_>,
+        data: &[u8],
+        known_length: Option<u64>,
+        flush: bool,
+    ) -> PyResult<()> {
+        if !self.headers_sent {
+            self.send_head(known_length)?;
+        }
+        if self.client_gone.is_some() {
+            return Ok(());
+        }
+        self.body_bytes += data.len() as u64;
+        let data = match self.framing {
+            Framing::NoBody => &data[..0],
+            Framing::Length(_) => {
+                // An app that sends more than its Content-Length would
+                // corrupt the next response on this connection: cut it off.
+                let n = (data.len() as u64).min(self.remaining) as usize;
+                if n < data.len() {
+                    log::warning_once_app_overran();
+                    self.must_close = true;
+                }
+                self.remaining -= n as u64;
+                &data[..n]
+            }
+            Framing::Chunked if !data.is_empty() => {
+                push_chunk_size(&mut self.out, data.len());
+                data
+            }
+            Framing::Chunked | Framing::UntilClose => data,
+        };
+        let chunk_trailer: &[u8] = if self.framing == Framing::Chunked && !data.is_empty() {
+            b"\r\n"
+        } else {
+            b""
+        };
+        if data.len() >= DIRECT_WRITE {
+            self.write_out(py, data, chunk_trailer);
+        } else {
+            self.out.extend_from_slice(data);
+            self.out.extend_from_slice(chunk_trailer);
+            if flush || self.out.len() >= FLUSH_THRESHOLD {
+                self.write_out(py, &[], &[]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the response: the head if the body was empty, the last chunk,
+    /// and everything still buffered.
+    pub fn finish(&mut self, py: Python<'_>) -> PyResult<()> {
+        if !self.headers_sent {
+            self.send_head(Some(0))?;
+        }
+        match self.framing {
+            Framing::Chunked => self.out.extend_from_slice(LAST_CHUNK),
+            Framing::Length(_) if self.remaining > 0 => {
+                // Fewer bytes than announced: the client will wait for the
+                // rest, so closing is the only way to end this response.
+                log::warn!(
+                    "the app sent {} bytes fewer than its Content-Length; closing the connection",
+                    self.remaining
+                );
+                self.must_close = true;
+            }
+            _ => {}
+        }
+        self.write_out(py, &[], &[]);
+        Ok(())
+    }
+
+    /// After an app error once the head has gone: send what is buffered, but
+    /// no last chunk, so the client sees an incomplete response, not a
+    /// complete wrong one; then the connection is closed.
+    pub fn abort(&mut self, py: Python<'_>) {
+        self.must_close = true;
+        self.write_out(py, &[], &[]);
+    }
+
+    /// Replaces anything buffered with a complete error response (the head
+    /// has not been sent, so the client has seen nothing yet).
+    pub fn send_error(&mut self, py: Python<'_>, status: u16, message: &str) {
+        debug_assert!(!self.headers_sent);
+        self.out = error_response(status, message, &self.server);
+        self.head = Some(ResponseHead {
+            code: status,
+            status_line: Vec::new(),
+            headers: Vec::new(),
+            content_length: None,
+            close: true,
+        });
+        self.headers_sent = true;
+        self.must_close = true;
+        self.response_started.store(true, Ordering::Relaxed);
+        self.write_out(py, &[], &[]);
+    }
+
+    /// Writes the buffer, then `data` and `trailer`, without the GIL.
+    fn write_out(&mut self, py: Python<'_>, data: &[u8], trailer: &[u8]) {
+        if self.client_gone.is_some() {
+            self.out.clear();
+            return;
+        }
+        if self.out.is_empty() && data.is_empty() {
+            return;
+        }
+        let stream = &*self.stream;
+        let out = &self.out;
+        let result = py.detach(|| write_all_vectored(stream, &mut [out.as_slice(), data, trailer]));
+        self.out.clear();
+        if let Err(e) = result {
+            self.must_close = true;
+            self.client_gone = Some(e);
+        }
+    }
+}
+
+/// Writes several buffers with as few system calls as possible.
+fn write_all_vectored(mut stream: &Stream, parts: &mut [&[u8]]) -> io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = parts
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| IoSlice::new(p))
+        .collect();
+    let mut slices = &mut slices[..];
+    while !slices.is_empty() {
+        match stream.write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+mod log {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    pub use ::log::warn;
+
+    /// Said once per process: an app that overruns its Content-Length does
+    /// it on every request.
+    pub fn warning_once_app_overran() {
+        static SAID: AtomicBool = AtomicBool::new(false);
+        if !SAID.swap(true, Ordering::Relaxed) {
+            ::log::warn!(
+                "the app sent more bytes than its Content-Length header; the extra bytes were not sent"
+            );
+        }
+    }
+}
+
+/// The `start_response` callable given to the app.
+#[pyclass(module = "wsgi_bridge", name = "StartResponse")]
+pub struct StartResponse {
+    pub writer: ResponseWriter,
+}
+
+#[pymethods]
+impl StartResponse {
+    /// `start_response(status, response_headers, exc_info=None)` → `write`.
+    #[pyo3(signature = (status, headers, exc_info = None))]
+    fn __call__<'py>(
+        slf: &Bound<'py, Self>,
+        status: &Bound<'py, PyAny>,
+        headers: &Bound<'py, PyAny>,
+        exc_info: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        {
+            let mut this = slf.borrow_mut();
+            match exc_info.filter(|e| !e.is_none()) {
+                Some(exc_info) => {
+                    if this.writer.headers_sent {
+                        // Too late to change the response: PEP 3333 says to
+                        // re-raise the app's exception.
+                        let value = exc_info.cast::<PyTuple>()?.get_item(1)?;
+                        return Err(PyErr::from_value(value));
+                    }
+                }
+                None if this.writer.head.is_some() => {
+                    return Err(PyAssertionError::new_err(
+                        "start_response() was called a second time without exc_info \
+                         (PEP 3333 allows a second call only to report an error)",
+                    ));
+                }
+                None => {}
+            }
+            this.writer.head = Some(check_response_head(status, headers)?);
+        }
+        slf.getattr("write")
+    }
+
+    /// The `write(data)` callable `start_response` returns, for apps written
+    /// for the old imperative style. Sends at once.
+    fn write(&mut self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let bytes = body_bytes(data)?;
+        self.writer.write_body(py, bytes.as_bytes(), None, true)
+    }
+}
+
+/// A body piece must be `bytes` (PEP 3333: "bytestrings"). The error says how
+/// to fix the common mistake.
+pub fn body_bytes<'a, 'py>(item: &'a Bound<'py, PyAny>) -> PyResult<&'a Bound<'py, PyBytes>> {
+    item.cast::<PyBytes>().map_err(|_| {
+        let type_name = item
+            .get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_default();
+        if item.is_instance_of::<PyString>() {
+            PyTypeError::new_err(
+                "the app's body contains a str; WSGI bodies are bytes: encode it, e.g. text.encode('utf-8')",
+            )
+        } else {
+            PyTypeError::new_err(format!(
+                "the app's body must be an iterable of bytes, but it contains a {type_name}"
+            ))
+        }
+    })
+}
+
+/// A native string (PEP 3333): a `str` whose characters all fit in latin-1.
+fn latin1(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u8>> {
+    let s = obj.cast::<PyString>().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "{what} must be a str, not {}",
+            obj.get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
+        ))
+    })?;
+    let s = s.to_str()?;
+    s.chars()
+        .map(|c| {
+            u8::try_from(u32::from(c)).map_err(|_| {
+                PyValueError::new_err(format!(
+                    "{what} {s:?} has a character outside latin-1 (encode it, e.g. RFC 8187 for filenames)"
+                ))
+            })
+        })
+        .collect()
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Checks `start_response`'s arguments the way `wsgiref.validate` does, and
+/// refuses what would break the HTTP framing (a newline in a header value is
+/// a response-splitting attack).
+fn check_response_head(
+    status: &Bound<'_, PyAny>,
+    headers: &Bound<'_, PyAny>,
+) -> PyResult<ResponseHead> {
+    let status_line = latin1(status, "the status")?;
+    let code = (status_line.len() >= 5
+        && status_line[..3].iter().all(u8::is_ascii_digit)
+        && status_line[3] == b' ')
+        .then(|| {
+            std::str::from_utf8(&status_line[..3])
+                .ok()
+                .and_then(|s| s.parse::<u16>().ok())
+        })
+        .flatten()
+        .filter(|c| (100..1000).contains(c))
+        .ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "the status {:?} is not of the form '200 OK' (three digits, a space, a reason)",
+                String::from_utf8_lossy(&status_line)
+            ))
+        })?;
+    if status_line.iter().any(|&b| b < 0x20 || b == 0x7f) {
+        return Err(PyValueError::new_err("the status contains a control character"));
+    }
+
+    let mut out = ResponseHead {
+        code,
+        status_line,
+        headers: Vec::new(),
+        content_length: None,
+        close: false,
+    };
+    let items = headers.try_iter().map_err(|_| {
+        PyTypeError::new_err("the response headers must be a list of (name, value) tuples")
+    })?;
+    for item in items {
+        let item = item?;
+        let pair = item
+            .cast::<PyTuple>()
+            .ok()
+            .filter(|t| t.len() == 2)
+            .ok_or_else(|| {
+                PyTypeError::new_err(format!(
+                    "each response header must be a (name, value) tuple, not {}",
+                    item.repr().map(|r| r.to_string()).unwrap_or_default()
+                ))
+            })?;
+        let name = latin1(&pair.get_item(0)?, "a header name")?;
+        let value = latin1(&pair.get_item(1)?, "a header value")?;
+        if name.is_empty() || !name.iter().copied().all(is_token_byte) {
+            return Err(PyValueError::new_err(format!(
+                "the header name {:?} is not a valid HTTP token",
+                String::from_utf8_lossy(&name)
+            )));
+        }
+        if value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
+            return Err(PyValueError::new_err(format!(
+                "the value of header {:?} contains a newline or NUL (that would split the response)",
+                String::from_utf8_lossy(&name)
+            )));
+        }
+        let name_str = String::from_utf8_lossy(&name);
+        if is_hop_by_hop(&name_str) {
+            // Framing and persistence belong to the server; remember only
+            // whether the app wants the connection closed.
+            if name_str.eq_ignore_ascii_case("connection")
+                && value
+                    .split(|&b| b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+            {
+                out.close = true;
+            }
+            continue;
+        }
+        if name_str.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(&value)
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    PyValueError::new_err(format!(
+                        "the Content-Length header {:?} is not a number",
+                        String::from_utf8_lossy(&value)
+                    ))
+                })?;
+            out.content_length = Some(n);
+        }
+        out.headers.push((name, value));
+    }
+    Ok(out)
+}
