@@ -5,7 +5,9 @@
     /io?ms=N        time.sleep(N ms) (releases the GIL, like waiting on a database)
     /counter        a global read, a short sleep, then a write: loses updates under threads
     /counter/reset  sets the counter back to 0
-    /environ        the environ the server built, as JSON (for the conformance tests)
+    /environ...     the environ the server built, as JSON (any path under /environ)
+    /lines?mode=M   the body split by wsgi.input's readline / readlines / iteration, as JSON
+    /file           this file, sent through wsgi.file_wrapper
     /echo           the request body back
     /stream?n=N     a generator of N chunks (streaming; no Content-Length)
     /bytes?n=N      a response of N bytes (default 65536) in one chunk
@@ -64,6 +66,14 @@ def error_late(start_response):
     raise RuntimeError("the lab app failed after sending its first chunk")
 
 
+def read_body(environ):
+    """The request body, read the way PEP 3333 asks: at most CONTENT_LENGTH
+    bytes; without it (a chunked upload) until the end, which is safe because
+    the server sets wsgi.input_terminated."""
+    length = environ.get("CONTENT_LENGTH")
+    return environ["wsgi.input"].read(int(length) if length else -1)
+
+
 def environ_as_json(environ):
     plain = {}
     for key, value in environ.items():
@@ -73,8 +83,26 @@ def environ_as_json(environ):
             plain[key] = list(value)
         else:
             plain[key] = type(value).__name__
-    plain["wsgi.input.body"] = environ["wsgi.input"].read().decode("latin-1")
+    plain["wsgi.input.body"] = read_body(environ).decode("latin-1")
     return json.dumps(plain, sort_keys=True).encode()
+
+
+def read_lines(environ, mode):
+    """Reads the body with the line-oriented half of wsgi.input's API."""
+    stream = environ["wsgi.input"]
+    if mode == "readline":
+        # readline with a size: at most 3 bytes, then the rest of that line.
+        lines = [stream.readline(3), stream.readline()]
+        while True:
+            line = stream.readline()
+            if not line:
+                break
+            lines.append(line)
+    elif mode == "readlines":
+        lines = stream.readlines()
+    else:
+        lines = list(stream)
+    return json.dumps([line.decode("latin-1") for line in lines]).encode()
 
 
 def app(environ, start_response):
@@ -99,10 +127,15 @@ def app(environ, start_response):
     if path == "/counter/reset":
         counter = 0
         return _respond(start_response, b"0\n")
-    if path == "/environ":
+    if path.startswith("/environ"):
         return _respond(start_response, environ_as_json(environ), "application/json")
+    if path == "/lines":
+        return _respond(start_response, read_lines(environ, params.get("mode", "iter")), "application/json")
+    if path == "/file":
+        start_response("200 OK", [("Content-Type", "text/x-python")])
+        return environ["wsgi.file_wrapper"](open(__file__, "rb"), 1024)
     if path == "/echo":
-        body = environ["wsgi.input"].read()
+        body = read_body(environ)
         content_type = environ.get("CONTENT_TYPE") or "application/octet-stream"
         return _respond(start_response, body, content_type)
     if path == "/stream":

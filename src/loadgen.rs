@@ -34,6 +34,8 @@ pub const DEFAULT_DURATION: Duration = Duration::from_secs(10);
 
 /// Receive buffer per connection; also the largest response head accepted.
 const RECV_BUF: usize = 32 * 1024;
+/// Longest per-request timeout (longer ones are cut to it).
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// Longest backoff after repeated connection errors.
 const MAX_BACKOFF: Duration = Duration::from_millis(50);
 /// Highest latency the histogram tracks exactly (1 hour, in µs); longer ones
@@ -355,6 +357,7 @@ struct Shared {
     timeout: Duration,
     /// The response to HEAD has no body.
     head: bool,
+    keep_alive: bool,
 }
 
 impl Shared {
@@ -411,8 +414,10 @@ impl Stats {
 }
 
 /// Runs the load described by `cfg` and reports. Awaits on the caller's
-/// runtime when `threads` is 1 (the future is not `Send`: await it, or use
-/// [`run_blocking`]); with more threads, each gets its own runtime.
+/// runtime when `threads` is 1, which must have time and I/O enabled; the
+/// future is not `Send` (the connections of a thread share their tallies
+/// without locks), so await it rather than spawn it, or use
+/// [`run_blocking`]. With more threads, each gets its own runtime.
 pub async fn run(cfg: &LoadConfig) -> LoadReport {
     let mut report = LoadReport::empty(cfg);
     if cfg.connections == 0 {
@@ -427,12 +432,14 @@ pub async fn run(cfg: &LoadConfig) -> LoadReport {
         started: AtomicU64::new(0),
         limit: cfg.requests,
         deadline: match (cfg.requests, cfg.duration) {
-            (_, Some(d)) => Some(start + d),
+            // A duration too long to represent means no deadline.
+            (_, Some(d)) => start.checked_add(d),
             (None, None) => Some(start + DEFAULT_DURATION),
             (Some(_), None) => None,
         },
-        timeout: cfg.timeout.max(Duration::from_millis(1)),
+        timeout: cfg.timeout.clamp(Duration::from_millis(1), MAX_TIMEOUT),
         head: cfg.method.eq_ignore_ascii_case("HEAD"),
+        keep_alive: cfg.keep_alive,
     });
     if threads == 1 {
         run_local(shared.clone(), cfg.connections)
@@ -575,7 +582,7 @@ async fn connection(shared: Arc<Shared>, stats: Rc<RefCell<Stats>>) {
                     } else {
                         st.errors.status += 1;
                     }
-                    if done.close {
+                    if done.close || !shared.keep_alive {
                         conn = None;
                     }
                     backoff = Duration::ZERO;

@@ -221,7 +221,19 @@ fn build_config(args: &Args) -> Result<(LoadConfig, Target), String> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            // --help and --version print and succeed; usage mistakes exit 1
+            // like every other mistake.
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     let (cfg, _target) = match build_config(&args) {
         Ok(x) => x,
         Err(e) => {
@@ -287,6 +299,84 @@ mod tests {
             "http://x/a b",
         ] {
             assert!(parse_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// A keep-alive server on a thread answering `ok` to every request.
+    fn tiny_server() -> SocketAddr {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { break };
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        while let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..i + 4);
+                            if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                        match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn loadgen(args: &[&str]) -> std::process::Output {
+        std::process::Command::new(wsgi_course::server::workspace_bin("loadgen"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    #[test]
+    fn cli_runs_and_prints_json() {
+        let url = format!("http://{}/x?y=1", tiny_server());
+        let out = loadgen(&[&url, "-c", "3", "-n", "100", "--json"]);
+        assert!(out.status.success(), "{out:?}");
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            (j["requests"].as_u64(), j["errors"].as_u64()),
+            (Some(100), Some(0))
+        );
+
+        let out = loadgen(&[&url, "-c", "2", "-d", "200ms", "--no-keep-alive"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{out:?}");
+        assert!(text.contains("Requests/sec:"), "{text}");
+    }
+
+    #[test]
+    fn cli_mistakes_exit_1_with_one_sentence() {
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let closed_url = format!("http://{closed}/");
+        for args in [
+            &["https://example.com/"][..],
+            &["localhost:8000"],
+            &[&closed_url],
+            &[&closed_url, "-H", "no colon"],
+            &[&closed_url, "-d", "5x"],
+            &[&closed_url, "-c", "0"],
+        ] {
+            let out = loadgen(args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+            assert!(!err.contains("panicked"), "{args:?}: {err}");
+            assert!(!err.trim().is_empty(), "{args:?}");
         }
     }
 

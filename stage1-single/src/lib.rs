@@ -15,6 +15,7 @@ use wsgi_bridge::conn::Stream;
 use wsgi_bridge::http::request::Limits;
 use wsgi_bridge::serve::{HttpConnection, Next};
 use wsgi_bridge::wsgi::call::WsgiApp;
+use wsgi_bridge::worker::WorkerHooks;
 use wsgi_bridge::wsgi::environ::Peer;
 
 /// How the loop treats connections.
@@ -30,23 +31,27 @@ pub struct SyncConfig {
 
 // ANCHOR: serve_forever
 /// Accepts and serves connections, one at a time, until `stop` becomes
-/// readable (a signal arrived: see `main.rs`).
+/// readable (a signal arrived: see `main.rs`) or `hooks` asks to stop.
 pub fn serve_forever(
     listener: &TcpListener,
     app: &WsgiApp,
     config: &SyncConfig,
     stop: BorrowedFd<'_>,
+    hooks: &dyn WorkerHooks,
 ) -> io::Result<()> {
     // Non-blocking, so that a wake-up without a connection to take (another
     // process took it first, in stage 3) returns instead of blocking.
     listener.set_nonblocking(true)?;
     loop {
-        // Sleep until a client connects or we are told to stop.
+        hooks.heartbeat();
+        // Sleep until a client connects or we are told to stop; wake up
+        // every second anyway to send the heartbeat.
         let mut fds = [
             PollFd::new(listener.as_fd(), PollFlags::POLLIN),
             PollFd::new(stop, PollFlags::POLLIN),
         ];
-        match poll(&mut fds, PollTimeout::NONE) {
+        match poll(&mut fds, PollTimeout::from(1000u16)) {
+            Ok(0) => continue,
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),
@@ -57,7 +62,11 @@ pub fn serve_forever(
         match listener.accept() {
             // While this connection is served, nobody else is: the lesson
             // of stage 1.
-            Ok((stream, addr)) => serve_connection(stream, addr, app, config, stop),
+            Ok((stream, addr)) => {
+                if !serve_connection(stream, addr, app, config, stop, hooks) {
+                    return Ok(());
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             // Out of file descriptors, or a connection reset before we took it:
@@ -72,14 +81,16 @@ pub fn serve_forever(
 // ANCHOR_END: serve_forever
 
 // ANCHOR: serve_connection
-/// Serves every request of one connection.
+/// Serves every request of one connection. Returns `false` when the hooks
+/// asked the worker to stop.
 pub fn serve_connection(
     stream: TcpStream,
     addr: std::net::SocketAddr,
     app: &WsgiApp,
     config: &SyncConfig,
     stop: BorrowedFd<'_>,
-) {
+    hooks: &dyn WorkerHooks,
+) -> bool {
     // Small responses go out at once instead of waiting (Nagle's algorithm)
     // for more data that will never come.
     let _ = stream.set_nodelay(true);
@@ -92,16 +103,22 @@ pub fn serve_connection(
     let mut conn = HttpConnection::new(Stream::Tcp(stream), peer);
     let keep_alive = config.keep_alive.is_some();
     loop {
-        if conn.serve_one(app, &config.limits, keep_alive) == Next::Close {
-            return;
+        hooks.request_started();
+        let next = conn.serve_one(app, &config.limits, keep_alive);
+        if !hooks.request_finished() {
+            return false;
+        }
+        if next == Next::Close {
+            return true;
         }
         // Keep-alive: wait for the next request, but not forever, and not
         // when the server is stopping. Bytes already buffered (a pipelined
         // request) need no waiting.
+        hooks.heartbeat();
         if !conn.has_buffered_bytes() {
             let idle = config.keep_alive.unwrap_or_default();
             if !wait_for_request(&conn, idle, stop) {
-                return;
+                return true;
             }
         }
     }

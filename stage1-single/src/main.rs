@@ -18,6 +18,7 @@ use stage1_single::{SyncConfig, serve_forever};
 use wsgi_bridge::boot;
 use wsgi_bridge::cli::{AppArgs, LimitArgs, LogArgs};
 use wsgi_bridge::embed::StartError;
+use wsgi_bridge::worker::NoHooks;
 use wsgi_bridge::wsgi::call::WsgiApp;
 use wsgi_bridge::wsgi::environ::ServerInfo;
 
@@ -103,7 +104,7 @@ fn run(args: Args) -> Result<(), StartError> {
         keep_alive: (args.keep_alive > 0).then(|| Duration::from_secs(args.keep_alive)),
         timeout: Duration::from_secs(args.timeout.max(1)),
     };
-    serve_forever(&listener, &wsgi_app, &config, stop_read.as_fd())
+    serve_forever(&listener, &wsgi_app, &config, stop_read.as_fd(), &NoHooks)
         .map_err(|e| StartError::new(format!("the server stopped: {e}")))?;
     log::info!("Shutting down: stage1-single ({pid})");
     Ok(())

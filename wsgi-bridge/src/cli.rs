@@ -71,7 +71,7 @@ impl AppArgs {
 /// Request limits: what a server refuses before the app sees anything.
 #[derive(clap::Args, Clone, Debug)]
 pub struct LimitArgs {
-    /// Longest request line accepted, in bytes (longer: 400).
+    /// Longest request line accepted, in bytes (longer: 400); 0: no limit.
     #[arg(long, value_name = "BYTES", default_value_t = 4094)]
     pub limit_request_line: usize,
 
@@ -79,7 +79,7 @@ pub struct LimitArgs {
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub limit_request_fields: usize,
 
-    /// Longest header field accepted, in bytes (longer: 431).
+    /// Longest header field accepted, in bytes (longer: 431); 0: no limit.
     #[arg(long = "limit-request-field_size", alias = "limit-request-field-size", value_name = "BYTES", default_value_t = 8190)]
     pub limit_request_field_size: usize,
 
@@ -90,10 +90,12 @@ pub struct LimitArgs {
 
 impl LimitArgs {
     pub fn limits(&self) -> Limits {
+        // 0 means "no limit", as in gunicorn.
+        let unlimited_if_zero = |n: usize| if n == 0 { usize::MAX } else { n };
         Limits {
-            max_request_line: self.limit_request_line,
-            max_header_count: self.limit_request_fields,
-            max_header_size: self.limit_request_field_size,
+            max_request_line: unlimited_if_zero(self.limit_request_line),
+            max_header_count: unlimited_if_zero(self.limit_request_fields),
+            max_header_size: unlimited_if_zero(self.limit_request_field_size),
             max_body: self.limit_request_body,
         }
     }

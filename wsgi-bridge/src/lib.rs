@@ -17,4 +17,5 @@ pub mod embed;
 pub mod http;
 pub mod logging;
 pub mod serve;
+pub mod worker;
 pub mod wsgi;

@@ -262,7 +262,7 @@ impl ChunkedDecoder {
                 // here, others keep reading.
                 return Err(bad("bare LF in chunk size line"));
             }
-            if self.state != Size {
+            if self.state != Size && b != b'\r' {
                 self.ext_len += 1;
                 if self.ext_len > MAX_EXTENSION_LEN {
                     return Err(bad("chunk extension too long"));
@@ -562,7 +562,7 @@ mod tests {
 
     #[test]
     fn chunk_data_may_contain_crlf_and_anything() {
-        let input = b"6\r\n\r\n0\r\n\r\n\r\n0\r\n\r\n";
+        let input = b"6\r\n\r\n0\r\n\r\r\n0\r\n\r\n";
         assert_eq!(body(input), b"\r\n0\r\n\r");
         let input = b"4\r\n\0\xff\n\r\r\n0\r\n\r\n";
         assert_eq!(body(input), b"\0\xff\n\r");
@@ -788,9 +788,9 @@ mod tests {
     #[test]
     fn data_shorter_than_announced_is_caught_at_the_terminator() {
         // Size says 10, only 5 bytes then the next chunk line: the decoder
-        // reads 10 bytes of data and then finds no CRLF.
+        // reads 10 bytes of data ("hello\r\n0\r\n") and then finds "X".
         assert_eq!(
-            error(b"a\r\nhello\r\n0\r\n\r\n\r\n"),
+            error(b"a\r\nhello\r\n0\r\nX\r\n"),
             bad("bad chunk terminator")
         );
     }

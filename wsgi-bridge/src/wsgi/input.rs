@@ -75,7 +75,7 @@ impl BodyReader {
         let state = match kind {
             BodyKind::Empty | BodyKind::Length(0) => BodyState::Done,
             BodyKind::Length(n) => BodyState::Length { remaining: n },
-            BodyKind::Chunked => BodyState::Chunked(Box::new(ChunkedDecoder::new())),
+            BodyKind::Chunked => BodyState::Chunked(Box::default()),
         };
         let continue_pending = expect_continue && !matches!(state, BodyState::Done);
         BodyReader {

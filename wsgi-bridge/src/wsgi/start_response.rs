@@ -334,14 +334,13 @@ impl StartResponse {
         {
             let mut this = slf.borrow_mut();
             match exc_info.filter(|e| !e.is_none()) {
-                Some(exc_info) => {
-                    if this.writer.headers_sent {
-                        // Too late to change the response: PEP 3333 says to
-                        // re-raise the app's exception.
-                        let value = exc_info.cast::<PyTuple>()?.get_item(1)?;
-                        return Err(PyErr::from_value(value));
-                    }
+                Some(exc_info) if this.writer.headers_sent => {
+                    // Too late to change the response: PEP 3333 says to
+                    // re-raise the app's exception.
+                    let value = exc_info.cast::<PyTuple>()?.get_item(1)?;
+                    return Err(PyErr::from_value(value));
                 }
+                Some(_) => {}
                 None if this.writer.head.is_some() => {
                     return Err(PyAssertionError::new_err(
                         "start_response() was called a second time without exc_info \

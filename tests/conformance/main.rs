@@ -1,0 +1,84 @@
+//! The conformance suite: the same cases, written once, run against every
+//! stage. Each stage starts once; its cases run one after another against
+//! it, and the test fails with the list of every case that failed.
+//!
+//! A stage adds itself to `STAGES`.
+
+mod cases;
+
+use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Duration;
+
+use wsgi_course::server::ServerProcess;
+
+/// How a stage is started for the suite, and what its design allows.
+pub struct Stage {
+    pub bin: &'static str,
+    pub args: &'static [&'static str],
+}
+
+/// The arguments every stage gets: the lab app, a known body limit.
+const COMMON: &[&str] = &[
+    "apps.lab:app",
+    "--bind",
+    "127.0.0.1:0",
+    "--limit-request-body",
+    "2097152",
+];
+
+pub fn run_suite(stage: &Stage) {
+    let mut args: Vec<&str> = COMMON.to_vec();
+    args.extend_from_slice(stage.args);
+    let mut server = ServerProcess::start(stage.bin, &args).expect("the server starts");
+    let addr = server.addr();
+    let mut failed = Vec::new();
+    for (name, case) in cases::CASES {
+        let result = catch_unwind(AssertUnwindSafe(|| case(addr)));
+        if let Err(panic) = result {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            failed.push(format!("{name}: {msg}"));
+        }
+        // Whatever a case did, the server must still be up and serving.
+        if let Err(e) = wsgi_course::client::get(addr, "/") {
+            failed.push(format!("{name}: the server stopped answering afterwards ({e})"));
+            break;
+        }
+    }
+    assert!(
+        server.wait_timeout(Duration::from_millis(1)).is_none(),
+        "{} exited during the suite",
+        stage.bin
+    );
+    server.signal(libc::SIGTERM);
+    assert!(
+        server.wait_timeout(Duration::from_secs(10)).is_some(),
+        "{} did not stop on SIGTERM",
+        stage.bin
+    );
+    assert!(
+        failed.is_empty(),
+        "{}: {} of {} cases failed:\n  {}",
+        stage.bin,
+        failed.len(),
+        cases::CASES.len(),
+        failed.join("\n  ")
+    );
+}
+
+/// The type of one case: it gets the address of a running server.
+pub type Case = fn(SocketAddr);
+
+#[test]
+fn stage1_single() {
+    // Stage 1 closes connections after each response by default; the suite
+    // turns keep-alive on to check the keep-alive and pipelining rules too.
+    run_suite(&Stage {
+        bin: "stage1-single",
+        args: &["--keep-alive", "2"],
+    });
+}

@@ -1,0 +1,27 @@
+//! What a worker loop tells whoever runs it.
+//!
+//! Stages 1 and 2 run their loop directly and need none of this. Stage 3's
+//! master runs the same loops in forked workers and watches them: a worker
+//! proves it is alive (heartbeat), shows whether it is busy, and stops after
+//! `--max-requests`. The loops call these hooks; stage 3 implements them.
+
+/// Hooks a worker loop calls. Every method has a do-nothing default.
+pub trait WorkerHooks: Sync {
+    /// Called at least once a second while the loop is not stuck in a
+    /// request: the proof of life a master's `--timeout` watches.
+    fn heartbeat(&self) {}
+
+    /// A request is about to be served.
+    fn request_started(&self) {}
+
+    /// A request was served. Returning `false` asks the loop to stop
+    /// gracefully (the worker has served its `--max-requests`).
+    fn request_finished(&self) -> bool {
+        true
+    }
+}
+
+/// The hooks of a server that runs its loop itself.
+pub struct NoHooks;
+
+impl WorkerHooks for NoHooks {}
