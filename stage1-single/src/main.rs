@@ -6,14 +6,10 @@
 //! ```
 
 use std::os::fd::AsFd;
-use std::os::unix::net::UnixStream;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use clap::Parser;
 use pyo3::Python;
-use signal_hook::consts::{SIGINT, SIGTERM};
 use stage1_single::{SyncConfig, serve_forever};
 use wsgi_bridge::boot;
 use wsgi_bridge::cli::{AppArgs, LimitArgs, LogArgs};
@@ -68,19 +64,7 @@ fn run(args: Args) -> Result<(), StartError> {
         .local_addr()
         .map_err(|e| StartError::new(format!("cannot read the listening address: {e}")))?;
 
-    // Signals only set a flag and write a byte to a pipe (nothing else is
-    // safe inside a handler); the loop polls the pipe's other end. A second
-    // SIGINT (Ctrl-C twice) exits at once.
-    let (stop_read, stop_write) = UnixStream::pair()
-        .map_err(|e| StartError::new(format!("cannot create the signal pipe: {e}")))?;
-    let stopping = Arc::new(AtomicBool::new(false));
-    for signal in [SIGINT, SIGTERM] {
-        let registered = signal_hook::flag::register_conditional_shutdown(signal, 1, stopping.clone())
-            .and_then(|_| signal_hook::flag::register(signal, stopping.clone()))
-            .and_then(|_| stop_write.try_clone())
-            .and_then(|w| signal_hook::low_level::pipe::register(signal, w));
-        registered.map_err(|e| StartError::new(format!("cannot install the signal handlers: {e}")))?;
-    }
+    let stop = boot::stop_on_signals()?;
 
     let info = ServerInfo {
         server_name: local.ip().to_string(),
@@ -104,7 +88,7 @@ fn run(args: Args) -> Result<(), StartError> {
         keep_alive: (args.keep_alive > 0).then(|| Duration::from_secs(args.keep_alive)),
         timeout: Duration::from_secs(args.timeout.max(1)),
     };
-    serve_forever(&listener, &wsgi_app, &config, stop_read.as_fd(), &NoHooks)
+    serve_forever(&listener, &wsgi_app, &config, stop.as_fd(), &NoHooks)
         .map_err(|e| StartError::new(format!("the server stopped: {e}")))?;
     log::info!("Shutting down: stage1-single ({pid})");
     Ok(())

@@ -2,8 +2,12 @@
 //! import error stops the server before it listens), bind, print the banner.
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use pyo3::prelude::*;
+use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::cli::AppArgs;
 use crate::embed::{self, StartError};
@@ -35,6 +39,25 @@ pub fn python_description() -> String {
             get("prefix")
         )
     })
+}
+
+/// Makes SIGINT and SIGTERM write a byte to a pipe whose other end is
+/// returned: the server's loop polls it beside its sockets and stops when it
+/// becomes readable. Handlers do nothing else (little is safe inside a signal
+/// handler). A second SIGINT or SIGTERM exits at once, for the impatient.
+pub fn stop_on_signals() -> Result<UnixStream, StartError> {
+    let fail = |e: std::io::Error| StartError::new(format!("cannot install the signal handlers: {e}"));
+    let (stop_read, stop_write) = UnixStream::pair().map_err(fail)?;
+    let stopping = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        // Order matters: the exit-if-already-set action is registered first,
+        // so the first signal only sets the flag.
+        signal_hook::flag::register_conditional_shutdown(signal, 1, stopping.clone()).map_err(fail)?;
+        signal_hook::flag::register(signal, stopping.clone()).map_err(fail)?;
+        signal_hook::low_level::pipe::register(signal, stop_write.try_clone().map_err(fail)?)
+            .map_err(fail)?;
+    }
+    Ok(stop_read)
 }
 
 /// Prints a start-up error (the Python traceback first, the one sentence
