@@ -64,10 +64,6 @@ fn environ(addr: SocketAddr, raw: &[u8]) -> Value {
     serde_json::from_slice(&r.body).expect("/environ returns JSON")
 }
 
-fn status_of(addr: SocketAddr, raw: &[u8]) -> u16 {
-    send(addr, raw).status
-}
-
 fn hello(addr: SocketAddr) {
     let r = send(addr, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(r.status, 200);
