@@ -45,6 +45,7 @@ def _respond(start_response, body, content_type="text/plain; charset=utf-8", sta
     return [body]
 
 
+# ANCHOR: cpu
 def cpu(ms):
     """Busy pure-Python work for `ms` milliseconds of CPU time: the GIL is held throughout."""
     deadline = time.thread_time() + ms / 1000.0
@@ -53,6 +54,7 @@ def cpu(ms):
         for i in range(200):
             n += i * i
     return n
+# ANCHOR_END: cpu
 
 
 def stream(n):
@@ -115,9 +117,11 @@ def app(environ, start_response):
     if path == "/cpu":
         cpu(_int(params, "ms", 1))
         return _respond(start_response, b"cpu done\n")
+    # ANCHOR: io
     if path == "/io":
         time.sleep(_int(params, "ms", 10) / 1000.0)
         return _respond(start_response, b"io done\n")
+    # ANCHOR_END: io
     if path == "/counter":
         # Read, let another thread run, write back: the textbook lost update.
         seen = counter

@@ -67,7 +67,7 @@ pub fn serve_forever(
                     return Ok(());
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => hooks.accept_missed(),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             // Out of file descriptors, or a connection reset before we took it:
             // not a reason to stop serving.

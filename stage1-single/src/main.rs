@@ -26,6 +26,7 @@ struct Args {
     #[arg(short, long, value_name = "ADDRESS", default_value = "127.0.0.1:8000")]
     bind: String,
 
+    // ANCHOR: keep_alive_flag
     /// Seconds to wait for another request on the same connection. 0 (the
     /// default) closes the connection after each response, as gunicorn's
     /// sync worker does: while this thread waits on one idle client, no one
@@ -33,6 +34,7 @@ struct Args {
     #[arg(long, value_name = "SECONDS", default_value_t = 0)]
     keep_alive: u64,
 
+    // ANCHOR_END: keep_alive_flag
     /// Seconds a client may take to send its request or read the response.
     #[arg(short, long, value_name = "SECONDS", default_value_t = 30)]
     timeout: u64,
@@ -54,6 +56,7 @@ fn main() {
     }
 }
 
+// ANCHOR: run
 fn run(args: Args) -> Result<(), StartError> {
     args.log.install()?;
     let addr = boot::resolve_bind(&args.bind)?;
@@ -93,3 +96,4 @@ fn run(args: Args) -> Result<(), StartError> {
     log::info!("Shutting down: stage1-single ({pid})");
     Ok(())
 }
+// ANCHOR_END: run

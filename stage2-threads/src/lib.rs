@@ -1,1 +1,517 @@
+//! Stage 2: one process, a pool of threads, one GIL.
+//!
+//! Stage 1 served one connection at a time, so one slow request held up
+//! everyone. Here a fixed pool of threads serves requests side by side, and
+//! the main thread does only what needs no thread of its own: accepting
+//! connections and watching the idle ones, with `mio` (epoll on Linux).
+//! This is the design of gunicorn's `gthread` worker.
+//!
+//! ```text
+//!            ┌──────── main thread: a mio poller, never runs Python ───────┐
+//! clients ──►│ the listener, the stop fd, every idle keep-alive connection │
+//!            └────────┬─────────────────────────────────────▲──────────────┘
+//!    readable: a job  │ channel                    channel  │ done (+ waker)
+//!            ┌────────▼─────────────────────────────────────┴──────────────┐
+//!            │ pool of N threads: read the request, call the app (GIL),    │
+//!            │ write the response, hand the connection back                │
+//!            └─────────────────────────────────────────────────────────────┘
+//! ```
+//!
+//! The lesson is measured, not asserted. All the threads share one
+//! interpreter and its one GIL. A thread gives the GIL up while it waits on
+//! its socket or sleeps (`time.sleep`, a database call), so requests that
+//! mostly wait scale with the number of threads. Pure-Python computation
+//! holds the GIL, so it runs one thread at a time however many there are.
+//! And the app's globals are now shared by threads that interleave: see
+//! `/counter` in `apps/lab.py`.
+//!
+//! Stage 3 runs this same loop in each of its worker processes, as its
+//! `-k gthread` worker class.
 
+use std::io;
+use std::mem;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use wsgi_bridge::conn::Stream;
+use wsgi_bridge::http::request::Limits;
+use wsgi_bridge::serve::HttpConnection;
+use wsgi_bridge::worker::WorkerHooks;
+use wsgi_bridge::wsgi::call::WsgiApp;
+use wsgi_bridge::wsgi::environ::Peer;
+
+mod pool;
+
+/// How the server treats threads and connections.
+#[derive(Clone, Debug)]
+pub struct ThreadConfig {
+    pub limits: Limits,
+    /// Threads in the pool: how many requests run at once.
+    pub threads: usize,
+    /// How long a kept-alive connection may sit idle waiting for its next
+    /// request. Zero: close after every response.
+    pub keep_alive: Duration,
+    /// How long a client may take to send its request or to take the response.
+    pub timeout: Duration,
+    /// Most connections open at once (idle or busy); past it the server
+    /// stops accepting until one closes.
+    pub worker_connections: usize,
+    /// On stop, how long requests in flight get to finish.
+    pub graceful_timeout: Duration,
+}
+
+/// A connection on its way to the pool, and the slot it occupies in the
+/// main thread's table.
+struct Job {
+    slot: usize,
+    conn: HttpConnection,
+}
+
+/// A connection on its way back: `None` if the pool closed it.
+struct Done {
+    slot: usize,
+    conn: Option<HttpConnection>,
+}
+
+/// What the main thread and the pool threads share.
+struct Shared<'a> {
+    app: &'a WsgiApp,
+    config: &'a ThreadConfig,
+    hooks: &'a dyn WorkerHooks,
+    /// Jobs: every pool thread takes from this one receiver. A `Receiver` can
+    /// have only one user at a time, hence the lock (the thread pool of the
+    /// Rust book's last chapter does the same).
+    jobs: Mutex<Receiver<Job>>,
+    /// Finished connections, back to the main thread ...
+    done: Sender<Done>,
+    /// ... which sleeps in `epoll_wait`, not on the channel: the waker makes
+    /// its poll return.
+    waker: Waker,
+    /// The server is stopping: no more keep-alive. Set by the main thread on
+    /// a signal, or by a pool thread when the hooks ask to stop.
+    stopping: AtomicBool,
+}
+
+const LISTENER: Token = Token(0);
+const STOP: Token = Token(1);
+const WAKER: Token = Token(2);
+/// Connection `i` of the table is registered as token `FIRST_CONN + i`.
+const FIRST_CONN: usize = 3;
+
+/// The main loop wakes up at least this often, to prove it is alive
+/// (`hooks.heartbeat()`) even when nothing happens.
+const TICK: Duration = Duration::from_millis(500);
+
+/// Accepts connections and serves their requests on `config.threads`
+/// threads until `stop` becomes readable (a signal arrived: see `main.rs`)
+/// or `hooks` asks to stop; then stops accepting, lets the requests in
+/// flight finish, closes idle connections and returns.
+///
+/// If requests are still running `config.graceful_timeout` after the stop,
+/// the process exits (status 0) without waiting for them: a thread cannot
+/// be stopped from outside, a process can.
+pub fn serve_forever(
+    listener: &TcpListener,
+    app: &WsgiApp,
+    config: &ThreadConfig,
+    stop: BorrowedFd<'_>,
+    hooks: &dyn WorkerHooks,
+) -> io::Result<()> {
+    // Non-blocking: the loop accepts until the kernel says "no more"
+    // (WouldBlock), and in stage 3 another process may take a connection first.
+    listener.set_nonblocking(true)?;
+    let poll = Poll::new()?;
+    let waker = Waker::new(poll.registry(), WAKER)?;
+    let (job_tx, job_rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel();
+    let shared = Shared {
+        app,
+        config,
+        hooks,
+        jobs: Mutex::new(job_rx),
+        done: done_tx,
+        waker,
+        stopping: AtomicBool::new(false),
+    };
+    // Scoped threads may borrow `shared` (and through it the app): the scope
+    // does not end before every thread has finished.
+    thread::scope(|scope| {
+        // Moved in here so it is dropped when this closure returns, however
+        // it returns: the pool threads then see the channel closed and end,
+        // and the scope can join them.
+        let jobs = job_tx;
+        for i in 0..config.threads.max(1) {
+            let shared = &shared;
+            thread::Builder::new()
+                .name(format!("pool-{i}"))
+                .spawn_scoped(scope, move || pool::run(shared))?;
+        }
+        let mut main = MainLoop::new(poll, listener, &shared, jobs, done_rx);
+        main.run(stop)
+    })
+}
+
+/// Where each open connection is, from the main thread's point of view.
+enum Slot {
+    Free,
+    /// Waiting for its next request: watched by the poller, closed at `deadline`.
+    Idle {
+        conn: HttpConnection,
+        deadline: Instant,
+    },
+    /// A pool thread has it.
+    Busy,
+}
+
+/// The main thread: a poller and the table of open connections.
+struct MainLoop<'a> {
+    poll: Poll,
+    listener: &'a TcpListener,
+    shared: &'a Shared<'a>,
+    jobs: Sender<Job>,
+    done: Receiver<Done>,
+    /// Open connections, by slot; `free` lists the free slots to reuse.
+    slots: Vec<Slot>,
+    free: Vec<usize>,
+    /// Connections open (idle + busy), and how many of them the pool has.
+    open: usize,
+    busy: usize,
+    /// The listener is registered with the poller.
+    accepting: bool,
+    /// An accept failed for lack of resources (file descriptors): try again soon.
+    retry_accept: bool,
+    /// The earliest deadline of an idle connection (maybe one since handed
+    /// to the pool: then the sweep finds nothing, which is harmless).
+    next_expiry: Option<Instant>,
+    last_beat: Instant,
+}
+
+impl<'a> MainLoop<'a> {
+    fn new(
+        poll: Poll,
+        listener: &'a TcpListener,
+        shared: &'a Shared<'a>,
+        jobs: Sender<Job>,
+        done: Receiver<Done>,
+    ) -> MainLoop<'a> {
+        MainLoop {
+            poll,
+            listener,
+            shared,
+            jobs,
+            done,
+            slots: Vec::new(),
+            free: Vec::new(),
+            open: 0,
+            busy: 0,
+            accepting: false,
+            retry_accept: false,
+            next_expiry: None,
+            last_beat: Instant::now(),
+        }
+    }
+
+    // ANCHOR: poller_loop
+    /// Sleeps until something happens, deals with it, repeats. Nothing here
+    /// blocks or touches Python: a slow client or a slow app only ever
+    /// holds up one pool thread, never this loop.
+    fn run(&mut self, stop: BorrowedFd<'_>) -> io::Result<()> {
+        let registry = self.poll.registry();
+        registry.register(&mut SourceFd(&stop.as_raw_fd()), STOP, Interest::READABLE)?;
+        self.listen(true);
+        let mut events = Events::with_capacity(256);
+        loop {
+            self.heartbeat();
+            self.wait(&mut events, self.poll_timeout())?;
+            for event in &events {
+                match event.token() {
+                    LISTENER => self.accept_all(),
+                    // A signal arrived: leave the loop below.
+                    STOP => self.shared.stopping.store(true, Ordering::Relaxed),
+                    // A pool thread finished: its connections are taken below.
+                    WAKER => {}
+                    // An idle connection has bytes (or was closed): to the pool.
+                    Token(t) => self.hand_to_pool(t - FIRST_CONN),
+                }
+            }
+            if self.retry_accept {
+                self.retry_accept = false;
+                self.accept_all();
+            }
+            self.take_back_finished();
+            self.close_expired(Instant::now());
+            if self.shared.stopping.load(Ordering::Relaxed) {
+                return self.drain(&mut events);
+            }
+        }
+    }
+    // ANCHOR_END: poller_loop
+
+    /// Sleeps in `epoll_wait` until an event or the timeout. A signal
+    /// interrupting the wait is not an error: the stop fd tells us about it.
+    fn wait(&mut self, events: &mut Events, timeout: Duration) -> io::Result<()> {
+        match self.poll.poll(events, Some(timeout)) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                events.clear();
+                Ok(())
+            }
+            result => result,
+        }
+    }
+
+    /// How long the poll may sleep: until the next idle connection expires,
+    /// and never more than a tick.
+    fn poll_timeout(&self) -> Duration {
+        let mut timeout = TICK;
+        if self.retry_accept {
+            timeout = Duration::from_millis(10);
+        }
+        if let Some(t) = self.next_expiry {
+            timeout = timeout.min(t.saturating_duration_since(Instant::now()));
+        }
+        timeout
+    }
+
+    fn heartbeat(&mut self) {
+        // Under load the loop turns thousands of times a second; the hook
+        // (a system call in stage 3) need not run every time.
+        let now = Instant::now();
+        if now.duration_since(self.last_beat) >= TICK / 5 {
+            self.last_beat = now;
+            self.shared.hooks.heartbeat();
+        }
+    }
+
+    /// Starts or stops watching the listener. At `--worker-connections`
+    /// open connections the server stops accepting: new clients wait in the
+    /// kernel's backlog until a connection closes.
+    fn listen(&mut self, on: bool) {
+        if on == self.accepting {
+            return;
+        }
+        let mut source = SourceFd(&self.listener.as_raw_fd());
+        let registry = self.poll.registry();
+        let result = if on {
+            registry.register(&mut source, LISTENER, Interest::READABLE)
+        } else {
+            registry.deregister(&mut source)
+        };
+        match result {
+            Ok(()) => self.accepting = on,
+            Err(e) => log::error!("cannot change the listener's registration: {e}"),
+        }
+    }
+
+    /// Accepts every connection waiting. mio's notifications are
+    /// edge-triggered: it says "readable" once, so the loop must take
+    /// everything now, until the kernel answers WouldBlock.
+    fn accept_all(&mut self) {
+        while self.accepting {
+            if self.open >= self.shared.config.worker_connections {
+                log::debug!(
+                    "{} connections open (--worker-connections): not accepting until one closes",
+                    self.open
+                );
+                self.listen(false);
+                return;
+            }
+            match self.listener.accept() {
+                Ok((stream, addr)) => self.add(stream, addr),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // Interrupted, or a client gone before we took its connection.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) => {}
+                // Out of file descriptors or memory: not a reason to stop
+                // serving; try again in a moment.
+                Err(e) => {
+                    log::warn!("accept failed: {e}");
+                    self.retry_accept = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A new connection: set it up and watch it until its first request arrives.
+    fn add(&mut self, stream: TcpStream, addr: SocketAddr) {
+        // Blocking, with timeouts, is how the pool threads read and write
+        // (the listener is non-blocking, and on some systems accepted
+        // sockets inherit that). See `watch` for why mio does not mind.
+        let setup = stream
+            .set_nonblocking(false)
+            .and_then(|()| stream.set_read_timeout(Some(self.shared.config.timeout)))
+            .and_then(|()| stream.set_write_timeout(Some(self.shared.config.timeout)));
+        if let Err(e) = setup {
+            log::warn!("cannot set up the connection from {addr}: {e}");
+            return;
+        }
+        // Small responses go out at once instead of waiting (Nagle's
+        // algorithm) for more data that will never come.
+        let _ = stream.set_nodelay(true);
+        let peer = Peer {
+            addr: addr.ip().to_string(),
+            port: addr.port().to_string(),
+        };
+        let conn = HttpConnection::new(Stream::Tcp(stream), peer);
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(Slot::Free);
+            self.slots.len() - 1
+        });
+        self.open += 1;
+        // A new client gets the full --timeout to send its first request,
+        // as in stage 1; between requests, --keep-alive applies.
+        let deadline = Instant::now() + self.shared.config.timeout;
+        self.watch(slot, conn, deadline);
+    }
+
+    /// Puts a connection in the poller's care until it becomes readable.
+    ///
+    /// Its socket stays in blocking mode. mio asks for non-blocking sources
+    /// because its notifications are edge-triggered: whoever reads must read
+    /// until WouldBlock, or never hear of the rest. Here the main thread
+    /// never reads: on the first notification it unregisters the socket and
+    /// hands it to a pool thread, which reads with blocking calls and
+    /// timeouts. When the connection comes back it is registered afresh,
+    /// and epoll reports at registration any bytes already waiting (a
+    /// request sent while the previous response was being written).
+    fn watch(&mut self, slot: usize, conn: HttpConnection, deadline: Instant) {
+        let fd = conn.stream().as_raw_fd();
+        let token = Token(FIRST_CONN + slot);
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut SourceFd(&fd), token, Interest::READABLE)
+        {
+            log::warn!("cannot watch a connection: {e}");
+            self.release(slot);
+            return;
+        }
+        self.slots[slot] = Slot::Idle { conn, deadline };
+        self.next_expiry = Some(self.next_expiry.map_or(deadline, |t| t.min(deadline)));
+    }
+
+    // ANCHOR: hand_off
+    /// An idle connection became readable: its next request (or its close)
+    /// is there. Stop watching it and give it to the pool.
+    fn hand_to_pool(&mut self, slot: usize) {
+        let conn = match mem::replace(&mut self.slots[slot], Slot::Busy) {
+            Slot::Idle { conn, .. } => conn,
+            // Not idle (an event about a connection already handed over):
+            // nothing to do.
+            other => {
+                self.slots[slot] = other;
+                return;
+            }
+        };
+        let fd = conn.stream().as_raw_fd();
+        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        self.busy += 1;
+        // The pool threads live as long as this loop: sending cannot fail.
+        let _ = self.jobs.send(Job { slot, conn });
+    }
+
+    /// Takes back the connections the pool finished with: watched again if
+    /// they stay open, forgotten if the pool closed them.
+    fn take_back_finished(&mut self) {
+        let keep_alive = self.shared.config.keep_alive;
+        while let Ok(Done { slot, conn }) = self.done.try_recv() {
+            self.busy -= 1;
+            match conn {
+                Some(conn) if !self.shared.stopping.load(Ordering::Relaxed) => {
+                    self.watch(slot, conn, Instant::now() + keep_alive)
+                }
+                // Dropping the connection closes it.
+                _ => self.release(slot),
+            }
+        }
+    }
+    // ANCHOR_END: hand_off
+
+    /// Forgets a closed connection; below the limit again, accepts again.
+    fn release(&mut self, slot: usize) {
+        self.slots[slot] = Slot::Free;
+        self.free.push(slot);
+        self.open -= 1;
+        if self.open < self.shared.config.worker_connections
+            && !self.shared.stopping.load(Ordering::Relaxed)
+        {
+            self.listen(true);
+        }
+    }
+
+    /// Closes an idle connection.
+    fn close_idle(&mut self, slot: usize) {
+        if let Slot::Idle { conn, .. } = mem::replace(&mut self.slots[slot], Slot::Free) {
+            let fd = conn.stream().as_raw_fd();
+            let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+            self.release(slot);
+        }
+    }
+
+    /// Closes the idle connections whose time is up. Walking the whole table
+    /// is simple and cheap (it holds at most --worker-connections entries),
+    /// and happens only when the earliest deadline has passed.
+    fn close_expired(&mut self, now: Instant) {
+        if self.next_expiry.is_none_or(|t| now < t) {
+            return;
+        }
+        let mut next: Option<Instant> = None;
+        for slot in 0..self.slots.len() {
+            if let Slot::Idle { deadline, .. } = self.slots[slot] {
+                if deadline <= now {
+                    self.close_idle(slot);
+                } else {
+                    next = Some(next.map_or(deadline, |t| t.min(deadline)));
+                }
+            }
+        }
+        self.next_expiry = next;
+    }
+
+    // ANCHOR: graceful_drain
+    /// The graceful stop: accept nothing more, close the idle connections,
+    /// and wait for the requests in flight, at most `graceful_timeout`.
+    fn drain(&mut self, events: &mut Events) -> io::Result<()> {
+        self.listen(false);
+        for slot in 0..self.slots.len() {
+            self.close_idle(slot);
+        }
+        let timeout = self.shared.config.graceful_timeout;
+        let deadline = Instant::now() + timeout;
+        if self.busy > 0 {
+            log::info!(
+                "Stopping: waiting up to {}s for {} request(s) in flight",
+                timeout.as_secs(),
+                self.busy
+            );
+        }
+        while self.busy > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                log::warn!(
+                    "{} request(s) still running after the graceful timeout ({}s): exiting without them",
+                    self.busy,
+                    timeout.as_secs()
+                );
+                std::process::exit(0);
+            }
+            self.heartbeat();
+            // Pool threads now close every connection after its response
+            // (`stopping` is set), and wake us up when they do.
+            self.wait(events, left.min(TICK))?;
+            self.take_back_finished();
+        }
+        Ok(())
+    }
+    // ANCHOR_END: graceful_drain
+}

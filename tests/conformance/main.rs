@@ -82,3 +82,13 @@ fn stage1_single() {
         args: &["--keep-alive", "2"],
     });
 }
+
+#[test]
+fn stage2_threads() {
+    // Keep-alive is on by default (2 s); more threads than the suite has
+    // clients, so a case that waits never starves the check that follows it.
+    run_suite(&Stage {
+        bin: "stage2-threads",
+        args: &["--threads", "4"],
+    });
+}

@@ -108,7 +108,7 @@ pub fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, StartError> {
 /// arrived (nginx's `listen … deferred`). An HTTP client always speaks first,
 /// so the server never accepts a connection only to block at once in
 /// `read`: one sleep and wake-up fewer per connection.
-fn defer_accept(listener: &TcpListener) {
+pub fn defer_accept(listener: &TcpListener) {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
@@ -131,7 +131,7 @@ fn defer_accept(listener: &TcpListener) {
     let _ = listener;
 }
 
-fn bind_error(addr: SocketAddr, e: std::io::Error) -> StartError {
+pub fn bind_error(addr: SocketAddr, e: std::io::Error) -> StartError {
     {
         let hint = match e.kind() {
             std::io::ErrorKind::AddrInUse => format!(

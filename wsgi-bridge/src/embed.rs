@@ -142,6 +142,7 @@ pub struct PythonSetup {
     pub virtualenv: Option<PathBuf>,
 }
 
+// ANCHOR: start_python
 /// Starts the interpreter (once per process) and sets up `sys.path`.
 ///
 /// The process's working directory becomes `setup.chdir`, as with gunicorn's
@@ -184,7 +185,9 @@ pub fn start_python(setup: &PythonSetup) -> Result<(), StartError> {
         Ok(())
     })
 }
+// ANCHOR_END: start_python
 
+// ANCHOR: add_virtualenv
 /// Adds a virtualenv's site-packages the way `site` does for an activated
 /// one: an embedded interpreter does not look at `VIRTUAL_ENV` by itself.
 fn add_virtualenv(py: Python<'_>, venv: &Path) -> Result<(), StartError> {
@@ -209,6 +212,7 @@ fn add_virtualenv(py: Python<'_>, venv: &Path) -> Result<(), StartError> {
         .map_err(|e| StartError::with_python("cannot add the virtualenv's site-packages", py, &e))?;
     Ok(())
 }
+// ANCHOR_END: add_virtualenv
 
 /// Imports the app and returns the WSGI callable.
 pub fn load_app(py: Python<'_>, source: &AppSource) -> Result<Py<PyAny>, StartError> {

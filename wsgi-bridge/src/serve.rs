@@ -64,6 +64,7 @@ impl HttpConnection {
         !self.rbuf.is_empty()
     }
 
+    // ANCHOR: read_head
     /// Reads until a complete request head is buffered.
     pub fn read_head(&mut self, limits: &Limits) -> HeadRead {
         loop {
@@ -94,7 +95,9 @@ impl HttpConnection {
             }
         }
     }
+    // ANCHOR_END: read_head
 
+    // ANCHOR: serve_one
     /// Serves one request: reads its head, calls the app, writes the response.
     /// `keep_alive` is the server's policy: whether it wants to reuse
     /// connections at all (the client and the response have their say too).
@@ -138,6 +141,7 @@ impl HttpConnection {
             Next::Close
         }
     }
+    // ANCHOR_END: serve_one
 
     /// Answers a request that never reached the app, then closes.
     pub fn reject(&mut self, e: &HttpError, server: &str) {
@@ -162,6 +166,7 @@ impl HttpConnection {
         self.linger();
     }
 
+    // ANCHOR: linger
     /// Closes gently when the client may still be sending: stop writing, then
     /// read and drop what arrives for a moment. Closing a socket with unread
     /// bytes makes the kernel send a reset, and a reset can destroy the error
@@ -182,4 +187,5 @@ impl HttpConnection {
             }
         }
     }
+    // ANCHOR_END: linger
 }

@@ -14,6 +14,10 @@ pub trait WorkerHooks: Sync {
     /// A request is about to be served.
     fn request_started(&self) {}
 
+    /// The loop woke up for a connection and found none to accept: another
+    /// process took it first (the "thundering herd" stage 3 measures).
+    fn accept_missed(&self) {}
+
     /// A request was served. Returning `false` asks the loop to stop
     /// gracefully (the worker has served its `--max-requests`).
     fn request_finished(&self) -> bool {

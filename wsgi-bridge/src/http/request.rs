@@ -36,6 +36,7 @@
 
 use std::fmt;
 
+// ANCHOR: limits
 /// Size limits for a request, with gunicorn's defaults.
 ///
 /// Servers expose them as gunicorn's `--limit-request-line`,
@@ -62,6 +63,7 @@ pub struct Limits {
     /// counts the decoded bytes itself and answers 413 when they exceed it.)
     pub max_body: u64,
 }
+// ANCHOR_END: limits
 
 impl Default for Limits {
     /// gunicorn's defaults: 4094-byte request line, 100 fields of at most
@@ -215,6 +217,7 @@ impl RequestHead {
     }
 }
 
+// ANCHOR: parse_head
 /// Parse a request head from the start of `buf`.
 ///
 /// * `Ok(None)`: incomplete; read more bytes and call again with the longer
@@ -261,6 +264,7 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, us
         _ => Err(bad_request("malformed request head")),
     }
 }
+// ANCHOR_END: parse_head
 
 // ---------------------------------------------------------------------------
 // Pass 1: limits.
@@ -611,6 +615,7 @@ impl<'a> Framing<'a> {
         f
     }
 
+    // ANCHOR: body_kind
     /// Decide where the body ends (RFC 9112 6.3), refusing every ambiguous
     /// combination.
     fn body_kind(&self, version: Version, limits: &Limits) -> Result<BodyKind, HttpError> {
@@ -647,6 +652,7 @@ impl<'a> Framing<'a> {
             Some(n) => Ok(BodyKind::Length(n)),
         }
     }
+    // ANCHOR_END: body_kind
 }
 
 /// `Content-Length = 1*DIGIT` (RFC 9110 8.6), fitting in a u64.
@@ -672,6 +678,7 @@ fn parse_content_length(value: &[u8]) -> Result<u64, HttpError> {
     Ok(n)
 }
 
+// ANCHOR: transfer_coding
 /// Interpret the combined Transfer-Encoding list (all headers, in order).
 ///
 /// Only plain `chunked` is supported. RFC 9112 6.3: if `chunked` is not the
@@ -704,6 +711,7 @@ fn transfer_coding(values: &[&[u8]]) -> Result<BodyKind, HttpError> {
     }
     Ok(BodyKind::Chunked)
 }
+// ANCHOR_END: transfer_coding
 
 /// The non-empty elements of a comma-separated list, without surrounding
 /// whitespace (RFC 9110 5.6.1).

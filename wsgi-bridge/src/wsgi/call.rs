@@ -136,6 +136,7 @@ pub fn call_app(py: Python<'_>, app: &WsgiApp, ex: Exchange<'_>) -> Outcome {
         .expect("the body reader is only taken here");
     let mut sr = start_response.borrow_mut();
     let writer = &mut sr.writer;
+    // ANCHOR: app_errors
     match result {
         Ok(()) => {
             if let Err(e) = writer.finish(py) {
@@ -173,6 +174,7 @@ pub fn call_app(py: Python<'_>, app: &WsgiApp, ex: Exchange<'_>) -> Outcome {
             }
         }
     }
+    // ANCHOR_END: app_errors
     if let Some(e) = &writer.client_gone {
         log::info!(
             "client {}:{} went away during the response to {} {} ({e})",
@@ -183,6 +185,7 @@ pub fn call_app(py: Python<'_>, app: &WsgiApp, ex: Exchange<'_>) -> Outcome {
         );
     }
 
+    // ANCHOR: discard_rest
     // The next request on this connection starts after this one's body.
     let body_done = !writer.must_close && py.detach(|| reader.discard_rest(MAX_DISCARD));
     Outcome {
@@ -192,6 +195,7 @@ pub fn call_app(py: Python<'_>, app: &WsgiApp, ex: Exchange<'_>) -> Outcome {
         client_gone: writer.client_gone.is_some(),
         rbuf: reader.into_buffer(),
     }
+    // ANCHOR_END: discard_rest
 }
 
 fn report_app_error(py: Python<'_>, head: &RequestHead, err: &PyErr) {
@@ -202,6 +206,7 @@ fn report_app_error(py: Python<'_>, head: &RequestHead, err: &PyErr) {
     );
 }
 
+// ANCHOR: run_app
 /// Builds environ, calls the app and sends each chunk of its body. The
 /// iterable's `close()` is called however this ends (PEP 3333: it is how
 /// apps release resources, and frameworks rely on it).
@@ -229,7 +234,9 @@ fn run_app(
     };
     sent.and(closed)
 }
+// ANCHOR_END: run_app
 
+// ANCHOR: send_body
 /// Sends the body. A list or tuple of bytes has a known total length, so the
 /// response gets a Content-Length and stays cheap to reuse; anything else is
 /// streamed, each chunk written as soon as the app yields it.
@@ -277,3 +284,4 @@ fn send_body(
     }
     Ok(())
 }
+// ANCHOR_END: send_body

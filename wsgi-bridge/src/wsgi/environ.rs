@@ -32,6 +32,7 @@ pub struct Peer {
     pub port: String,
 }
 
+// ANCHOR: template
 /// Builds the template dict: the keys every request shares.
 pub fn template<'py>(
     py: Python<'py>,
@@ -54,7 +55,9 @@ pub fn template<'py>(
     d.set_item("SCRIPT_NAME", &info.script_name)?;
     Ok(d)
 }
+// ANCHOR_END: template
 
+// ANCHOR: latin1_str
 /// A "native string" from bytes, as PEP 3333 wants request data: each byte
 /// is one character (latin-1), so no byte is lost whatever its encoding was.
 pub fn latin1_str<'py>(py: Python<'py>, bytes: &[u8]) -> Bound<'py, PyString> {
@@ -66,6 +69,7 @@ pub fn latin1_str<'py>(py: Python<'py>, bytes: &[u8]) -> Bound<'py, PyString> {
         }
     }
 }
+// ANCHOR_END: latin1_str
 
 /// `User-Agent` → `HTTP_USER_AGENT`.
 fn cgi_name(name: &str) -> String {
@@ -78,6 +82,7 @@ fn cgi_name(name: &str) -> String {
     key
 }
 
+// ANCHOR: environ_cgi
 /// The CGI variables of one request, added to a copy of the template.
 pub fn build<'py>(
     py: Python<'py>,
@@ -103,7 +108,9 @@ pub fn build<'py>(
     env.set_item(intern!(py, "REMOTE_ADDR"), &peer.addr)?;
     env.set_item(intern!(py, "REMOTE_PORT"), &peer.port)?;
     env.set_item(intern!(py, "wsgi.input"), input)?;
+    // ANCHOR_END: environ_cgi
 
+    // ANCHOR: environ_headers
     // Repeated headers become one variable, values joined with "," (RFC 9110
     // 5.3), except Cookie, whose pairs are joined with "; " (RFC 6265 5.4).
     let mut vars: Vec<(String, Vec<u8>)> = Vec::with_capacity(head.headers.len());
@@ -135,6 +142,7 @@ pub fn build<'py>(
     }
     Ok(env)
 }
+// ANCHOR_END: environ_headers
 
 #[cfg(test)]
 mod tests {

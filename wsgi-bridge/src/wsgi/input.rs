@@ -109,6 +109,7 @@ impl BodyReader {
         self.rbuf
     }
 
+    // ANCHOR: body_fill
     fn fill(&mut self) -> Result<(), BodyError> {
         if self.continue_pending {
             self.continue_pending = false;
@@ -125,7 +126,9 @@ impl BodyReader {
             Err(e) => Err(BodyError::Io(e)),
         }
     }
+    // ANCHOR_END: body_fill
 
+    // ANCHOR: body_available
     /// The next body bytes available, reading the socket if none are
     /// buffered. An empty slice means the body has ended.
     fn available(&mut self) -> Result<&[u8], BodyError> {
@@ -168,6 +171,7 @@ impl BodyReader {
             }
         }
     }
+    // ANCHOR_END: body_available
 
     fn consume(&mut self, n: usize) {
         match &mut self.state {
@@ -270,6 +274,7 @@ fn size_limit(size: Option<isize>) -> Option<usize> {
 }
 
 impl WsgiInput {
+    // ANCHOR: with_reader
     fn with_reader<F>(&mut self, py: Python<'_>, f: F) -> PyResult<Vec<u8>>
     where
         F: FnOnce(&mut BodyReader) -> Result<Vec<u8>, BodyError> + Send,
@@ -299,6 +304,7 @@ impl WsgiInput {
             }
         }
     }
+    // ANCHOR_END: with_reader
 }
 
 #[pymethods]

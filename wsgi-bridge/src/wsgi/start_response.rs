@@ -106,6 +106,7 @@ impl ResponseWriter {
                 "the app produced body data before calling start_response()",
             ));
         };
+        // ANCHOR: choose_framing
         let no_body = status_forbids_body(head.code);
         let mut framing_header: Option<Vec<u8>> = None;
         self.framing = if let Some(n) = head.content_length {
@@ -131,6 +132,7 @@ impl ResponseWriter {
         let keep_alive =
             self.keep_alive_allowed && !head.close && self.framing != Framing::UntilClose;
         self.must_close |= !keep_alive;
+        // ANCHOR_END: choose_framing
 
         push_status_and_common_headers(&mut self.out, &head.status_line, &self.server);
         if !keep_alive {
@@ -259,6 +261,7 @@ impl ResponseWriter {
         self.write_out(py, &[], &[]);
     }
 
+    // ANCHOR: write_out
     /// Writes the buffer, then `data` and `trailer`, without the GIL.
     fn write_out(&mut self, py: Python<'_>, data: &[u8], trailer: &[u8]) {
         if self.client_gone.is_some() {
@@ -277,6 +280,7 @@ impl ResponseWriter {
             self.client_gone = Some(e);
         }
     }
+    // ANCHOR_END: write_out
 }
 
 /// Writes several buffers with as few system calls as possible.
@@ -323,6 +327,7 @@ pub struct StartResponse {
 
 #[pymethods]
 impl StartResponse {
+    // ANCHOR: start_response_call
     /// `start_response(status, response_headers, exc_info=None)` → `write`.
     #[pyo3(signature = (status, headers, exc_info = None))]
     fn __call__<'py>(
@@ -353,6 +358,7 @@ impl StartResponse {
         }
         slf.getattr("write")
     }
+    // ANCHOR_END: start_response_call
 
     /// The `write(data)` callable `start_response` returns, for apps written
     /// for the old imperative style. Sends at once.

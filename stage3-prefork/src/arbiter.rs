@@ -1,0 +1,437 @@
+//! The master (gunicorn calls it the arbiter). It never talks to a client.
+//! It binds the socket, forks the workers, and then only watches:
+//!
+//! ```text
+//!            ┌──────────── master ────────────┐
+//! signals ──►│ self-pipe ─► loop: reap, spawn, │◄── scoreboard (shared memory)
+//!            │             kill hung, reload  │        ▲  ▲  ▲
+//!            └──────┬──────────┬──────────┬───┘        │  │  │ heartbeats
+//!              fork │     fork │     fork │            │  │  │
+//!               worker 1   worker 2   worker 3  ───────┘──┘──┘
+//!                   └──── accept() on the shared socket ────┘
+//! ```
+
+use std::net::TcpListener;
+use std::os::fd::AsFd;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid};
+use pyo3::prelude::*;
+
+use crate::config::Config;
+use crate::listen::Listeners;
+use crate::scoreboard::{MAX_WORKERS, Scoreboard, now_ms};
+use crate::signals::{self, SignalQueue};
+use crate::stats;
+use crate::worker::{self, WORKER_BOOT_ERROR, WorkerSpec};
+
+/// What the master knows about one worker.
+pub struct WorkerProcess {
+    pub pid: Pid,
+    pub slot: usize,
+    /// Bumped by every reload (HUP): workers of an older generation run old code.
+    pub generation: u64,
+    pub started: Instant,
+    pub state: WorkerState,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerState {
+    Running,
+    /// Sent TERM at this moment: finishing its requests, then exiting.
+    Stopping(Instant),
+    /// Sent KILL: waiting to be reaped.
+    Killed,
+}
+
+/// How the master's loop ended.
+enum Exit {
+    /// TERM: let workers finish their requests.
+    Graceful,
+    /// INT or QUIT: stop now.
+    Fast,
+    /// A worker could not load the app: stop, and say so.
+    BootFailure,
+}
+
+pub struct Arbiter {
+    pub config: Config,
+    pub listeners: Option<Listeners>,
+    pub scoreboard: Scoreboard,
+    signals: Option<SignalQueue>,
+    stats: Option<TcpListener>,
+    pub workers: Vec<WorkerProcess>,
+    /// How many workers should be running (TTIN and TTOU change it).
+    pub target: usize,
+    pub generation: u64,
+    preloaded: Option<Py<PyAny>>,
+    pub started: Instant,
+    boot_failed: bool,
+}
+
+impl Arbiter {
+    pub fn new(
+        config: Config,
+        listeners: Listeners,
+        signals: SignalQueue,
+        stats: Option<TcpListener>,
+        preloaded: Option<Py<PyAny>>,
+    ) -> nix::Result<Arbiter> {
+        Ok(Arbiter {
+            target: config.workers,
+            config,
+            listeners: Some(listeners),
+            scoreboard: Scoreboard::new()?,
+            signals: Some(signals),
+            stats,
+            workers: Vec::new(),
+            generation: 0,
+            preloaded,
+            started: Instant::now(),
+            boot_failed: false,
+        })
+    }
+
+    // ANCHOR: main_loop
+    /// Runs until told to stop; returns the process exit status.
+    pub fn run(mut self) -> i32 {
+        self.manage_workers();
+        let exit = loop {
+            // Sleep until a signal or a stats request arrives, and at least
+            // twice a second to look for hung workers.
+            self.wait(Duration::from_millis(500));
+            let mut exit = None;
+            for signal in self.signals.as_mut().map(|s| s.take()).unwrap_or_default() {
+                match signal {
+                    libc::SIGCHLD => self.reap_workers(),
+                    libc::SIGHUP => self.reload(),
+                    libc::SIGTTIN => {
+                        self.target += 1;
+                        log::info!("Handling signal: ttin: {} workers", self.target);
+                    }
+                    libc::SIGTTOU => {
+                        self.target = (self.target - 1).max(1);
+                        log::info!("Handling signal: ttou: {} workers", self.target);
+                    }
+                    libc::SIGTERM => exit = Some(Exit::Graceful),
+                    _ => exit = Some(Exit::Fast), // SIGINT, SIGQUIT
+                }
+            }
+            self.serve_stats();
+            self.reap_workers();
+            if self.boot_failed {
+                break Exit::BootFailure;
+            }
+            if let Some(exit) = exit {
+                break exit;
+            }
+            self.kill_hung_workers();
+            self.manage_workers();
+        };
+        self.stop(exit)
+    }
+    // ANCHOR_END: main_loop
+
+    fn wait(&self, timeout: Duration) {
+        let Some(signals) = &self.signals else { return };
+        let mut fds = vec![PollFd::new(signals.fd(), PollFlags::POLLIN)];
+        if let Some(stats) = &self.stats {
+            fds.push(PollFd::new(stats.as_fd(), PollFlags::POLLIN));
+        }
+        let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+        let _ = poll(&mut fds, timeout);
+    }
+
+    // ANCHOR: manage_workers
+    /// Forks workers until `target` are running; asks the oldest extra ones
+    /// to stop when there are too many (after TTOU).
+    fn manage_workers(&mut self) {
+        let running = |w: &&WorkerProcess| w.state == WorkerState::Running;
+        while self.workers.iter().filter(running).count() < self.target {
+            if !self.spawn_worker() {
+                break;
+            }
+        }
+        let mut alive: Vec<(Instant, Pid)> = self
+            .workers
+            .iter()
+            .filter(running)
+            .map(|w| (w.started, w.pid))
+            .collect();
+        alive.sort();
+        let extra = alive.len().saturating_sub(self.target);
+        for &(_, pid) in alive.iter().take(extra) {
+            self.stop_worker(pid);
+        }
+    }
+    // ANCHOR_END: manage_workers
+
+    // ANCHOR: spawn_worker
+    /// Forks one worker. In the child this never returns.
+    fn spawn_worker(&mut self) -> bool {
+        let Some(slot) = (0..MAX_WORKERS).find(|i| !self.workers.iter().any(|w| w.slot == *i))
+        else {
+            log::error!("no free scoreboard slot for another worker");
+            return false;
+        };
+        self.scoreboard.slot(slot).reset(0);
+        let jitter = if self.config.max_requests_jitter > 0 {
+            random_below(self.config.max_requests_jitter + 1)
+        } else {
+            0
+        };
+        match self.fork() {
+            Ok(ForkResult::Child) => {
+                // The child: drop what belongs to the master, become a worker.
+                if let Some(signals) = self.signals.take() {
+                    signals.forget_in_child();
+                }
+                self.stats = None;
+                let status = worker::run(WorkerSpec {
+                    config: &self.config,
+                    listeners: self.listeners.as_ref().expect("listening while workers run"),
+                    slot: self.scoreboard.slot(slot),
+                    preloaded: self.preloaded.as_ref(),
+                    multiprocess: self.target > 1,
+                    max_requests: if self.config.max_requests > 0 {
+                        self.config.max_requests + jitter
+                    } else {
+                        0
+                    },
+                });
+                std::process::exit(status);
+            }
+            Ok(ForkResult::Parent { child }) => {
+                self.scoreboard.slot(slot).pid.store(child.as_raw(), Ordering::Relaxed);
+                self.workers.push(WorkerProcess {
+                    pid: child,
+                    slot,
+                    generation: self.generation,
+                    started: Instant::now(),
+                    state: WorkerState::Running,
+                });
+                true
+            }
+            Err(e) => {
+                log::error!("fork failed: {e}");
+                false
+            }
+        }
+    }
+
+    /// fork(2). With `--preload`, Python is running in the master, and must
+    /// be told about the fork on both sides (it resets its locks and thread
+    /// state in the child). This is safe only because the master has a
+    /// single thread: a fork copies only the calling thread, and a lock held
+    /// by any other thread would stay locked forever in the child.
+    fn fork(&self) -> nix::Result<ForkResult> {
+        if self.preloaded.is_none() {
+            // SAFETY: the master is single-threaded (no runtime, no pool).
+            return unsafe { nix::unistd::fork() };
+        }
+        Python::attach(|_py| {
+            // SAFETY: called with the GIL held, from the only thread, around
+            // fork(), as the C API documentation requires.
+            unsafe {
+                pyo3::ffi::PyOS_BeforeFork();
+                let result = nix::unistd::fork();
+                match result {
+                    Ok(ForkResult::Child) => pyo3::ffi::PyOS_AfterFork_Child(),
+                    _ => pyo3::ffi::PyOS_AfterFork_Parent(),
+                }
+                result
+            }
+        })
+    }
+    // ANCHOR_END: spawn_worker
+
+    // ANCHOR: reap_workers
+    /// Collects the exit status of every worker that died, and says how.
+    fn reap_workers(&mut self) {
+        loop {
+            let status = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(status) => status,
+            };
+            let Some(pid) = status.pid() else { continue };
+            let Some(index) = self.workers.iter().position(|w| w.pid == pid) else {
+                continue;
+            };
+            let worker = self.workers.swap_remove(index);
+            let expected = worker.state != WorkerState::Running;
+            match status {
+                WaitStatus::Exited(_, 0) => {
+                    // The worker said goodbye itself ("Worker exiting").
+                    log::debug!("Worker (pid:{pid}) exited cleanly");
+                }
+                WaitStatus::Exited(_, WORKER_BOOT_ERROR) => {
+                    log::error!("Worker (pid:{pid}) failed to boot.");
+                    self.boot_failed = true;
+                }
+                WaitStatus::Exited(_, code) => {
+                    log::error!("Worker (pid:{pid}) exited with code {code}.");
+                }
+                WaitStatus::Signaled(_, Signal::SIGKILL, _) if !expected => {
+                    log::error!("Worker (pid:{pid}) was sent SIGKILL! Perhaps out of memory?");
+                }
+                WaitStatus::Signaled(_, signal, _) if !expected || signal != Signal::SIGKILL => {
+                    log::error!("Worker (pid:{pid}) was sent {}!", signals::name(signal as i32));
+                }
+                _ => {}
+            }
+            self.scoreboard.slot(worker.slot).pid.store(0, Ordering::Relaxed);
+        }
+    }
+    // ANCHOR_END: reap_workers
+
+    // ANCHOR: kill_hung_workers
+    /// A worker that has not touched its heartbeat for `--timeout` is stuck
+    /// (an endless loop, a request that never ends): kill it, so a new one
+    /// can take its place. Workers slow to finish a graceful stop too.
+    fn kill_hung_workers(&mut self) {
+        let graceful = self.config.graceful_timeout;
+        for worker in &mut self.workers {
+            match worker.state {
+                WorkerState::Running => {
+                    let Some(timeout) = self.config.timeout else { continue };
+                    let silent = self.scoreboard.slot(worker.slot).silent_for_ms();
+                    if silent > timeout.as_millis() as u64 {
+                        log::error!(
+                            "WORKER TIMEOUT (pid:{}): silent for {:.1} s",
+                            worker.pid,
+                            silent as f64 / 1000.0
+                        );
+                        let _ = kill(worker.pid, Signal::SIGKILL);
+                        worker.state = WorkerState::Killed;
+                    }
+                }
+                WorkerState::Stopping(since) if since.elapsed() > graceful => {
+                    log::warn!("Worker (pid:{}) did not stop in time: killing it", worker.pid);
+                    let _ = kill(worker.pid, Signal::SIGKILL);
+                    worker.state = WorkerState::Killed;
+                }
+                _ => {}
+            }
+        }
+    }
+    // ANCHOR_END: kill_hung_workers
+
+    /// Asks a worker to finish its requests and exit.
+    fn stop_worker(&mut self, pid: Pid) {
+        if let Some(worker) = self.workers.iter_mut().find(|w| w.pid == pid) {
+            let _ = kill(pid, Signal::SIGTERM);
+            worker.state = WorkerState::Stopping(Instant::now());
+        }
+    }
+
+    // ANCHOR: reload
+    /// HUP: start a new generation of workers, which import the app afresh,
+    /// and let the old ones finish their requests and exit. The listening
+    /// socket stays open in the master all along, so no connection is
+    /// refused: connections wait in its backlog while new workers boot.
+    fn reload(&mut self) {
+        log::info!("Handling signal: hup: reloading {} workers", self.target);
+        if self.preloaded.is_some() {
+            log::warn!(
+                "with --preload the app was imported once, in the master: new workers run the same code (restart the master to load new code)"
+            );
+        }
+        self.generation += 1;
+        let old: Vec<Pid> = self
+            .workers
+            .iter()
+            .filter(|w| w.state == WorkerState::Running)
+            .map(|w| w.pid)
+            .collect();
+        for _ in 0..self.target {
+            if !self.spawn_worker() {
+                break;
+            }
+        }
+        for pid in old {
+            self.stop_worker(pid);
+        }
+    }
+    // ANCHOR_END: reload
+
+    // ANCHOR: stop
+    fn stop(mut self, exit: Exit) -> i32 {
+        let (signal, limit, status) = match exit {
+            Exit::Graceful => {
+                log::info!("Handling signal: term");
+                (Signal::SIGTERM, self.config.graceful_timeout, 0)
+            }
+            Exit::Fast => {
+                log::info!("Handling signal: int");
+                (Signal::SIGQUIT, Duration::from_secs(2), 0)
+            }
+            Exit::BootFailure => (Signal::SIGQUIT, Duration::from_secs(2), 1),
+        };
+        // Stop listening first: from now on new clients are refused at once
+        // instead of waiting in a backlog nobody will serve. (Workers keep
+        // their own copy until they exit, and finish what they accepted.)
+        self.listeners = None;
+        for worker in &self.workers {
+            let _ = kill(worker.pid, signal);
+        }
+        let deadline = Instant::now() + limit;
+        while !self.workers.is_empty() && Instant::now() < deadline {
+            self.wait(Duration::from_millis(100));
+            self.reap_workers();
+        }
+        for worker in &self.workers {
+            log::warn!("Worker (pid:{}) did not stop in time: killing it", worker.pid);
+            let _ = kill(worker.pid, Signal::SIGKILL);
+        }
+        while !self.workers.is_empty() {
+            match waitpid(None, None) {
+                Ok(status) => {
+                    if let Some(pid) = status.pid() {
+                        self.workers.retain(|w| w.pid != pid);
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        if let Some(path) = &self.config.pid_file {
+            let _ = std::fs::remove_file(path);
+        }
+        if status != 0 {
+            log::error!("Shutting down: Master");
+            log::error!("Reason: Worker failed to boot.");
+        } else {
+            log::info!("Shutting down: Master");
+        }
+        status
+    }
+    // ANCHOR_END: stop
+
+    fn serve_stats(&mut self) {
+        let Some(listener) = &self.stats else { return };
+        while let Ok((mut stream, _)) = listener.accept() {
+            // Answer as HTTP, so `curl` shows it; read the request first (a
+            // close with unread bytes would reset the connection).
+            let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+            let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+            let _ = std::io::Read::read(&mut stream, &mut [0u8; 4096]);
+            let body = stats::snapshot(self).to_string();
+            let response = format!(
+                "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}\n",
+                body.len() + 1
+            );
+            let _ = std::io::Write::write_all(&mut stream, response.as_bytes());
+        }
+    }
+}
+
+/// A random number below `n`, for --max-requests-jitter (no need for a
+/// cryptographic generator: it only spreads restarts apart).
+fn random_below(n: u64) -> u64 {
+    let seed = now_ms() ^ u64::from(std::process::id()).rotate_left(32);
+    let mixed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (seed >> 29);
+    mixed % n
+}

@@ -1,0 +1,124 @@
+//! The master's signals, handled outside the signal handler.
+//!
+//! A signal handler may interrupt the master anywhere (in the middle of a
+//! `malloc`, say), so it does almost nothing: it counts the signal and writes
+//! one byte to a pipe (both async-signal-safe). The master's loop polls the
+//! pipe's other end, wakes up, and handles the counted signals calmly, one
+//! by one, in its own time: the "self-pipe trick" gunicorn's arbiter uses too.
+
+use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+
+use signal_hook::SigId;
+
+/// The signals the master reacts to.
+pub const HANDLED: [libc::c_int; 7] = [
+    libc::SIGCHLD,
+    libc::SIGHUP,
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGTTIN,
+    libc::SIGTTOU,
+];
+
+/// How many times each signal arrived and was not handled yet.
+static PENDING: [AtomicUsize; 65] = [const { AtomicUsize::new(0) }; 65];
+/// The write end of the wake-up pipe, for the handler.
+static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// The master's end of the self-pipe, and the handlers behind it.
+pub struct SignalQueue {
+    wake: UnixStream,
+    ids: Vec<SigId>,
+}
+
+impl SignalQueue {
+    pub fn install() -> io::Result<SignalQueue> {
+        let (read_end, write_end) = UnixStream::pair()?;
+        read_end.set_nonblocking(true)?;
+        write_end.set_nonblocking(true)?;
+        // The write end lives as long as the process (the handler uses it).
+        WAKE_FD.store(write_end.as_raw_fd(), Ordering::SeqCst);
+        std::mem::forget(write_end);
+        let mut ids = Vec::new();
+        for signal in HANDLED {
+            // SAFETY: the action only touches atomics and calls write(2),
+            // both async-signal-safe.
+            let id = unsafe {
+                signal_hook::low_level::register(signal, move || on_signal(signal))
+            }?;
+            ids.push(id);
+        }
+        Ok(SignalQueue {
+            wake: read_end,
+            ids,
+        })
+    }
+
+    /// The fd to poll: readable when a signal arrived.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.wake.as_fd()
+    }
+
+    /// Takes the signals that arrived since the last call, in a fixed order
+    /// (CHLD first: replace dead workers before anything else).
+    pub fn take(&mut self) -> Vec<libc::c_int> {
+        let mut scratch = [0u8; 64];
+        while matches!((&self.wake).read(&mut scratch), Ok(n) if n > 0) {}
+        let mut out = Vec::new();
+        for signal in HANDLED {
+            let n = PENDING[signal as usize].swap(0, Ordering::SeqCst);
+            // Three TTINs in a row are three more workers; repeated CHLDs
+            // or TERMs mean the same as one.
+            let times = if matches!(signal, libc::SIGTTIN | libc::SIGTTOU) { n } else { n.min(1) };
+            out.extend(std::iter::repeat_n(signal, times));
+        }
+        out
+    }
+
+    /// In a freshly forked worker: remove the master's handlers, so a signal
+    /// sent to the worker is not mistaken for one sent to the master.
+    pub fn forget_in_child(self) {
+        for id in self.ids {
+            signal_hook::low_level::unregister(id);
+        }
+        let fd: RawFd = WAKE_FD.swap(-1, Ordering::SeqCst);
+        if fd >= 0 {
+            // SAFETY: the write end was leaked on purpose in install(); this
+            // process no longer needs it.
+            unsafe { libc::close(fd) };
+        }
+        // The master's signals mean nothing to a worker: ignore them, so a
+        // `kill -TTIN` sent to a worker by mistake (`pkill` matches workers
+        // too: they share the master's command line) does no harm. SIGTTIN's
+        // default action would even stop the process.
+        for signal in [libc::SIGHUP, libc::SIGTTIN, libc::SIGTTOU] {
+            // SAFETY: plain sigaction changes.
+            unsafe { libc::signal(signal, libc::SIG_IGN) };
+        }
+        // SAFETY: as above.
+        unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
+        drop(self.wake);
+    }
+}
+
+fn on_signal(signal: libc::c_int) {
+    PENDING[signal as usize].fetch_add(1, Ordering::SeqCst);
+    let fd = WAKE_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        let byte = [signal as u8];
+        // SAFETY: write(2) is async-signal-safe; a full pipe just means a
+        // wake-up is already pending.
+        unsafe { libc::write(fd, byte.as_ptr().cast(), 1) };
+    }
+}
+
+/// A signal's name, for log lines a student can read.
+pub fn name(signal: libc::c_int) -> String {
+    nix::sys::signal::Signal::try_from(signal)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| format!("signal {signal}"))
+}

@@ -1,0 +1,169 @@
+//! The worker: what a forked child does. It is stage 1's loop (`-k sync`) or
+//! stage 2's (`-k gthread`), run with hooks that report to the scoreboard.
+
+use std::os::fd::AsFd;
+use std::sync::atomic::Ordering;
+
+use pyo3::prelude::*;
+use wsgi_bridge::boot;
+use wsgi_bridge::cli::AppArgs;
+use wsgi_bridge::embed::{self, AppSource};
+use wsgi_bridge::worker::WorkerHooks;
+use wsgi_bridge::wsgi::call::WsgiApp;
+use wsgi_bridge::wsgi::environ::ServerInfo;
+
+use crate::config::{Config, WorkerClass};
+use crate::listen::Listeners;
+use crate::scoreboard::{Slot, now_ms};
+
+/// The exit status of a worker whose app failed to import: the master stops
+/// instead of forking it again and again (gunicorn uses 3 too).
+pub const WORKER_BOOT_ERROR: i32 = 3;
+
+/// Everything a worker needs, prepared by the master before the fork.
+pub struct WorkerSpec<'a> {
+    pub config: &'a Config,
+    pub listeners: &'a Listeners,
+    pub slot: &'a Slot,
+    /// The app imported by the master (`--preload`), or `None`: import it here.
+    pub preloaded: Option<&'a Py<PyAny>>,
+    pub multiprocess: bool,
+    pub max_requests: u64,
+}
+
+// ANCHOR: hooks
+/// How a worker reports to the master: through its scoreboard slot.
+struct ScoreboardHooks<'a> {
+    slot: &'a Slot,
+    max_requests: u64,
+}
+
+impl WorkerHooks for ScoreboardHooks<'_> {
+    fn heartbeat(&self) {
+        self.slot.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    fn request_started(&self) {
+        self.slot.busy.fetch_add(1, Ordering::Relaxed);
+        self.heartbeat();
+    }
+
+    fn request_finished(&self) -> bool {
+        self.slot.busy.fetch_sub(1, Ordering::Relaxed);
+        self.heartbeat();
+        let served = self.slot.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.max_requests > 0 && served >= self.max_requests {
+            log::info!("Autorestarting worker after current request ({served} requests served).");
+            return false;
+        }
+        true
+    }
+
+    fn accept_missed(&self) {
+        self.slot.accept_missed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+// ANCHOR_END: hooks
+
+/// Runs the worker; returns its exit status.
+pub fn run(spec: WorkerSpec<'_>) -> i32 {
+    let pid = std::process::id();
+    log::info!("Booting worker with pid: {pid}");
+    // If the master dies (even by SIGKILL), take this worker down with it:
+    // an orphaned worker would go on serving with nobody watching it.
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
+
+    let config = spec.config;
+    let stop = match boot::stop_on_signals() {
+        Ok(stop) => stop,
+        Err(e) => {
+            log::error!("{e}");
+            return 1;
+        }
+    };
+    // SIGQUIT (the master's fast stop): exit at once, mid-request or not.
+    let always = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let _ = signal_hook::flag::register_conditional_shutdown(libc::SIGQUIT, 0, always);
+
+    let app = match spec.preloaded {
+        Some(app) => Python::attach(|py| app.clone_ref(py)),
+        None => match load_app(&config.app, &config.source) {
+            Ok(app) => app,
+            Err(e) => {
+                if let Some(tb) = &e.traceback {
+                    eprintln!("{}", tb.trim_end());
+                }
+                log::error!("Worker failed to boot: {e}");
+                return WORKER_BOOT_ERROR;
+            }
+        },
+    };
+    let listener = match spec.listeners.for_worker() {
+        Ok(l) => l,
+        Err(e) => {
+            log::error!("cannot open the listening socket in worker {pid}: {e}");
+            return WORKER_BOOT_ERROR;
+        }
+    };
+    let local = spec.listeners.local_addr();
+    let info = ServerInfo {
+        server_name: local.ip().to_string(),
+        server_port: local.port().to_string(),
+        script_name: config.app.script_name(),
+        url_scheme: "http",
+        multithread: config.worker_class == WorkerClass::Gthread,
+        multiprocess: spec.multiprocess,
+    };
+    let software = concat!("stage3-prefork/", env!("CARGO_PKG_VERSION"));
+    let app = match Python::attach(|py| WsgiApp::new(py, app, info, software)) {
+        Ok(app) => app,
+        Err(e) => {
+            log::error!("cannot prepare the app: {e}");
+            return WORKER_BOOT_ERROR;
+        }
+    };
+    let hooks = ScoreboardHooks {
+        slot: spec.slot,
+        max_requests: spec.max_requests,
+    };
+    hooks.heartbeat();
+
+    // ANCHOR: worker_classes
+    let result = match config.worker_class {
+        WorkerClass::Sync => {
+            stage1_single::serve_forever(&listener, &app, &config.sync, stop.as_fd(), &hooks)
+        }
+        WorkerClass::Gthread => {
+            stage2_threads::serve_forever(&listener, &app, &config.threads, stop.as_fd(), &hooks)
+        }
+    };
+    // ANCHOR_END: worker_classes
+    flush_python_output();
+    match result {
+        Ok(()) => {
+            log::info!("Worker exiting (pid: {pid})");
+            0
+        }
+        Err(e) => {
+            log::error!("worker {pid} stopped: {e}");
+            1
+        }
+    }
+}
+
+fn load_app(args: &AppArgs, source: &AppSource) -> Result<Py<PyAny>, embed::StartError> {
+    embed::start_python(&args.python_setup())?;
+    Python::attach(|py| embed::load_app(py, source))
+}
+
+/// What the app printed may still sit in Python's buffers: write it out
+/// before the process ends.
+pub fn flush_python_output() {
+    Python::try_attach(|py| {
+        for name in ["stdout", "stderr"] {
+            if let Ok(stream) = py.import("sys").and_then(|sys| sys.getattr(name)) {
+                let _ = stream.call_method0("flush");
+            }
+        }
+    });
+}
