@@ -60,7 +60,10 @@ fn serves_the_lab_app_on_eight_threads_and_says_it_is_multithreaded() {
     let server = start(&["--threads", "8"]);
     let banner = server.stderr_text();
     assert!(banner.contains(": 8 threads sharing one GIL"), "{banner}");
-    assert!(banner.contains("Serving apps.lab:app with Python 3."), "{banner}");
+    assert!(
+        banner.contains("Serving apps.lab:app with Python 3."),
+        "{banner}"
+    );
     let r = client::get(server.addr(), "/environ").unwrap();
     let e: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(e["wsgi.multithread"], true);
@@ -74,7 +77,10 @@ fn bad_thread_counts_are_refused_without_panic() {
         &["--threads", "many"],
         &["--worker-connections", "0"],
     ] {
-        let out = Command::new(workspace_bin(BIN)).args(bad).assert().failure();
+        let out = Command::new(workspace_bin(BIN))
+            .args(bad)
+            .assert()
+            .failure();
         let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
         assert!(stderr.contains("invalid value"), "{bad:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
@@ -108,7 +114,9 @@ fn idle_keep_alive_connections_do_not_hold_threads() {
     // timeout; here idle connections wait in the poller, not in a thread.
     let server = start(&["--threads", "2", "--keep-alive", "5"]);
     let started = Instant::now();
-    let mut conns: Vec<Conn> = (0..6).map(|_| Conn::connect(server.addr()).unwrap()).collect();
+    let mut conns: Vec<Conn> = (0..6)
+        .map(|_| Conn::connect(server.addr()).unwrap())
+        .collect();
     for round in 0..3 {
         for (i, c) in conns.iter_mut().enumerate() {
             let r = get_on(c, "/");
@@ -262,7 +270,9 @@ fn the_counter_loses_updates_with_threads_and_never_with_one() {
         threaded < 200,
         "stage 2 with 8 threads lost no update ({threaded}): the race did not show"
     );
-    eprintln!("200 concurrent increments: stage 1 counted {single}, stage 2 (8 threads) {threaded}");
+    eprintln!(
+        "200 concurrent increments: stage 1 counted {single}, stage 2 (8 threads) {threaded}"
+    );
 }
 
 #[test]
@@ -277,7 +287,11 @@ fn sigterm_and_sigint_stop_cleanly() {
             .wait_timeout(Duration::from_secs(5))
             .expect("the server exits after the signal");
         assert_eq!(status.code(), Some(0), "signal {signal}");
-        assert!(server.stderr_text().contains("Shutting down: stage2-threads"));
+        assert!(
+            server
+                .stderr_text()
+                .contains("Shutting down: stage2-threads")
+        );
         assert!(idle.is_closed(Duration::from_secs(1)));
     }
 }
@@ -319,7 +333,10 @@ fn shutdown_waits_for_a_request_in_flight() {
         "the server did not wait for the request"
     );
     let log = server.stderr_text();
-    assert!(log.contains("waiting up to 30s for 1 request(s) in flight"), "{log}");
+    assert!(
+        log.contains("waiting up to 30s for 1 request(s) in flight"),
+        "{log}"
+    );
     assert!(log.contains("Shutting down: stage2-threads"), "{log}");
 }
 
@@ -341,7 +358,9 @@ fn graceful_timeout_bounds_the_wait() {
         "exited {took:?} after SIGTERM with --graceful-timeout 1"
     );
     assert!(
-        server.stderr_text().contains("still running after the graceful timeout"),
+        server
+            .stderr_text()
+            .contains("still running after the graceful timeout"),
         "{}",
         server.stderr_text()
     );
@@ -357,7 +376,9 @@ fn a_pipelined_burst_on_one_connection_is_answered_in_order() {
     let mut c = Conn::connect(server.addr()).unwrap();
     let mut burst = Vec::new();
     for i in 0..50 {
-        burst.extend_from_slice(format!("GET /environ?i={i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        burst.extend_from_slice(
+            format!("GET /environ?i={i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
+        );
     }
     c.send(&burst).unwrap();
     for i in 0..50 {

@@ -313,6 +313,7 @@ impl<'a> MainLoop<'a> {
     /// edge-triggered: it says "readable" once, so the loop must take
     /// everything now, until the kernel answers WouldBlock.
     fn accept_all(&mut self) {
+        let mut took_one = false;
         while self.accepting {
             if self.open >= self.shared.config.worker_connections {
                 log::debug!(
@@ -323,8 +324,18 @@ impl<'a> MainLoop<'a> {
                 return;
             }
             match self.listener.accept() {
-                Ok((stream, addr)) => self.add(stream, addr),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Ok((stream, addr)) => {
+                    took_one = true;
+                    self.add(stream, addr);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !took_one {
+                        // Woken for nothing: in stage 3, another worker
+                        // process took the connection first.
+                        self.shared.hooks.accept_missed();
+                    }
+                    return;
+                }
                 // Interrupted, or a client gone before we took its connection.
                 Err(e)
                     if matches!(

@@ -11,6 +11,15 @@ use wsgi_course::client::{self, Conn, Response};
 
 use super::Case;
 
+/// Cases that reuse a connection, which a stage that closes after every
+/// response (by design: stage 1 by default, stage 3's sync workers) cannot
+/// pass. For those stages the suite checks the designed behaviour instead.
+pub const NEEDS_KEEP_ALIVE: &[&str] = &[
+    "http10_keep_alive_on_request",
+    "keep_alive_two_requests",
+    "pipelined_requests_answered_in_order",
+];
+
 pub const CASES: &[(&str, Case)] = &[
     ("hello", hello),
     ("environ_basics", environ_basics),
@@ -190,15 +199,12 @@ fn input_readline_readlines_iteration(addr: SocketAddr) {
 
 fn head_has_no_body(addr: SocketAddr) {
     let mut c = Conn::connect(addr).unwrap();
-    c.send(b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let head = c.read_response(true).unwrap();
-    assert_eq!(head.status, 200);
-    assert_eq!(head.header("content-length"), Some("14"));
-    assert!(head.body.is_empty());
-    // The next response starts right after the head: no body bytes came between.
-    let next = c.read_response(false).unwrap();
-    assert_eq!(next.body, b"Hello, World!\n");
+    c.send(b"HEAD / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    let raw = c.read_to_close().unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.to_ascii_lowercase().contains("\r\ncontent-length: 14\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\n"), "a HEAD response must end with its head: {text}");
 }
 
 fn expect_100_continue(addr: SocketAddr) {

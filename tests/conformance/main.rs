@@ -16,6 +16,8 @@ use wsgi_course::server::ServerProcess;
 pub struct Stage {
     pub bin: &'static str,
     pub args: &'static [&'static str],
+    /// Whether the stage keeps connections open between requests.
+    pub keep_alive: bool,
 }
 
 /// The arguments every stage gets: the lab app, a known body limit.
@@ -34,6 +36,8 @@ pub fn run_suite(stage: &Stage) {
     let addr = server.addr();
     let mut failed = Vec::new();
     for (name, case) in cases::CASES {
+        let by_design = !stage.keep_alive && cases::NEEDS_KEEP_ALIVE.contains(name);
+        let case: Case = if by_design { closes_after_each_response } else { *case };
         let result = catch_unwind(AssertUnwindSafe(|| case(addr)));
         if let Err(panic) = result {
             let msg = panic
@@ -45,7 +49,9 @@ pub fn run_suite(stage: &Stage) {
         }
         // Whatever a case did, the server must still be up and serving.
         if let Err(e) = wsgi_course::client::get(addr, "/") {
-            failed.push(format!("{name}: the server stopped answering afterwards ({e})"));
+            failed.push(format!(
+                "{name}: the server stopped answering afterwards ({e})"
+            ));
             break;
         }
     }
@@ -73,6 +79,18 @@ pub fn run_suite(stage: &Stage) {
 /// The type of one case: it gets the address of a running server.
 pub type Case = fn(SocketAddr);
 
+/// What a stage without keep-alive does instead of reusing a connection:
+/// it says `Connection: close` and closes, so the client knows to reconnect.
+fn closes_after_each_response(addr: SocketAddr) {
+    let mut c = wsgi_course::client::Conn::connect(addr).unwrap();
+    c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let r = c.read_response(false).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(c.is_closed(Duration::from_secs(3)), "the connection must be closed");
+}
+
 #[test]
 fn stage1_single() {
     // Stage 1 closes connections after each response by default; the suite
@@ -80,6 +98,7 @@ fn stage1_single() {
     run_suite(&Stage {
         bin: "stage1-single",
         args: &["--keep-alive", "2"],
+        keep_alive: true,
     });
 }
 
@@ -90,5 +109,34 @@ fn stage2_threads() {
     run_suite(&Stage {
         bin: "stage2-threads",
         args: &["--threads", "4"],
+        keep_alive: true,
+    });
+}
+
+#[test]
+fn stage1_single_without_keep_alive() {
+    // Stage 1 as it starts by default: one response per connection.
+    run_suite(&Stage {
+        bin: "stage1-single",
+        args: &[],
+        keep_alive: false,
+    });
+}
+
+#[test]
+fn stage3_prefork_sync() {
+    run_suite(&Stage {
+        bin: "stage3-prefork",
+        args: &["-w", "2"],
+        keep_alive: false,
+    });
+}
+
+#[test]
+fn stage3_prefork_gthread() {
+    run_suite(&Stage {
+        bin: "stage3-prefork",
+        args: &["-w", "2", "-k", "gthread", "--threads", "4"],
+        keep_alive: true,
     });
 }

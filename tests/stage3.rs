@@ -1,0 +1,343 @@
+//! Stage 3: the master and its workers, each behaviour shown on the real
+//! binary: signals, crashes, hangs, reloads, limits.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use assert_cmd::assert::OutputAssertExt;
+use serde_json::Value;
+use wsgi_course::client;
+use wsgi_course::server::{ServerProcess, repo_root, workspace_bin};
+
+const BIN: &str = "stage3-prefork";
+
+/// The processes whose parent is `pid` (the master's workers).
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+        // The fields after the command name (which may contain spaces).
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) && fields[0] != "Z" {
+            out.push(child);
+        }
+    }
+    out.sort();
+    out
+}
+
+fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn stats(server: &ServerProcess) -> Value {
+    let text = server.stderr_text();
+    let addr = text
+        .lines()
+        .find_map(|l| l.split("Stats server at: ").nth(1))
+        .expect("the banner names the stats address")
+        .trim()
+        .parse()
+        .unwrap();
+    let r = client::get(addr, "/").expect("the stats server answers");
+    serde_json::from_slice(&r.body).expect("stats are JSON")
+}
+
+fn start(args: &[&str]) -> ServerProcess {
+    let mut all = vec!["apps.lab:app", "-b", "127.0.0.1:0", "--stats", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    ServerProcess::start(BIN, &all).expect("stage 3 starts")
+}
+
+fn pid_of_response(addr: std::net::SocketAddr) -> u32 {
+    client::get(addr, "/pid").unwrap().text().trim().parse().unwrap()
+}
+
+#[test]
+fn no_arguments_serve_hello_with_the_default_workers() {
+    let tmp = std::env::temp_dir();
+    let server = ServerProcess::start_with(BIN, &["-b", "127.0.0.1:0"], &[], Some(&tmp)).unwrap();
+    assert_eq!(client::get(server.addr(), "/").unwrap().body, b"Hello, World!\n");
+    let cores = std::thread::available_parallelism().unwrap().get();
+    wait_until("2 x cores + 1 workers run", Duration::from_secs(10), || {
+        children(server.pid()).len() == 2 * cores + 1
+    });
+    assert!(server.stderr_text().contains("Using worker: sync"));
+}
+
+#[test]
+fn a_killed_worker_is_replaced_and_other_requests_never_fail() {
+    let server = start(&["-w", "2"]);
+    let addr = server.addr();
+    // Make one worker busy, then kill exactly that one.
+    let slow = std::thread::spawn(move || client::get(addr, "/io?ms=4000"));
+    let mut victim = 0;
+    wait_until("a worker is busy", Duration::from_secs(5), || {
+        let s = stats(&server);
+        let busy = s["workers"].as_array().unwrap().iter().find(|w| w["status"] == "busy");
+        victim = busy.map_or(0, |w| w["pid"].as_u64().unwrap() as u32);
+        victim != 0
+    });
+    let failures = Arc::new(AtomicU64::new(0));
+    let served = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (failures, served, done) = (failures.clone(), served.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                match client::get(addr, "/pid") {
+                    Ok(r) if r.status == 200 => served.fetch_add(1, Ordering::Relaxed),
+                    _ => failures.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let killed_at = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until("a new worker serves", Duration::from_secs(2), || {
+        let kids = children(server.pid());
+        kids.len() == 2 && !kids.contains(&victim)
+    });
+    let replaced_after = killed_at.elapsed();
+    wait_until("the new worker answers", Duration::from_secs(2), || {
+        let s = stats(&server);
+        s["workers"].as_array().unwrap().iter().all(|w| w["pid"] != victim)
+            && children(server.pid()).iter().any(|p| *p != victim)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    done.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    assert!(slow.join().unwrap().is_err(), "the killed worker's request cannot succeed");
+    assert!(served.load(Ordering::Relaxed) > 10);
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "requests to the other workers failed");
+    assert!(replaced_after < Duration::from_secs(2));
+    assert!(server.stderr_text().contains("was sent SIGKILL! Perhaps out of memory?"));
+}
+
+#[test]
+fn ttin_and_ttou_change_the_number_of_workers() {
+    let server = start(&["-w", "2"]);
+    let count = |s: &ServerProcess| stats(s)["workers"].as_array().unwrap().len();
+    server.signal(libc::SIGTTIN);
+    wait_until("3 workers", Duration::from_secs(5), || {
+        children(server.pid()).len() == 3 && count(&server) == 3
+    });
+    server.signal(libc::SIGTTOU);
+    std::thread::sleep(Duration::from_millis(100));
+    server.signal(libc::SIGTTOU);
+    wait_until("1 worker", Duration::from_secs(5), || {
+        children(server.pid()).len() == 1 && count(&server) == 1
+    });
+    // Never below one.
+    server.signal(libc::SIGTTOU);
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(children(server.pid()).len(), 1);
+    assert_eq!(stats(&server)["master"]["workers_target"], 1);
+    assert_eq!(client::get(server.addr(), "/").unwrap().status, 200);
+}
+
+#[test]
+fn term_lets_an_inflight_request_finish_then_exits_0() {
+    let mut server = start(&["-w", "2"]);
+    let addr = server.addr();
+    let inflight = std::thread::spawn(move || client::get(addr, "/io?ms=2000"));
+    std::thread::sleep(Duration::from_millis(400));
+    server.signal(libc::SIGTERM);
+    let r = inflight.join().unwrap().expect("the in-flight request completes");
+    assert_eq!(r.status, 200);
+    let status = server.wait_timeout(Duration::from_secs(10)).expect("the master exits");
+    assert_eq!(status.code(), Some(0));
+    assert!(children(server.pid()).is_empty());
+}
+
+#[test]
+fn a_hung_worker_is_killed_after_the_timeout_and_replaced() {
+    let server = start(&["-w", "2", "--timeout", "2"]);
+    let addr = server.addr();
+    let stuck = std::thread::spawn(move || client::get(addr, "/io?ms=60000"));
+    server
+        .wait_for_stderr("WORKER TIMEOUT", Duration::from_secs(8))
+        .expect("the master notices the silent worker");
+    assert!(stuck.join().unwrap().is_err());
+    wait_until("two workers again", Duration::from_secs(5), || {
+        children(server.pid()).len() == 2
+    });
+    assert_eq!(client::get(addr, "/").unwrap().status, 200);
+}
+
+#[test]
+fn hup_reloads_new_code_without_refusing_a_connection() {
+    let dir = std::env::temp_dir().join(format!("wsgi-course-hup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let app = |version: &str| {
+        format!(
+            "def app(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'{version}']\n"
+        )
+    };
+    std::fs::write(dir.join("reloadable.py"), app("v1")).unwrap();
+    let server = ServerProcess::start(
+        BIN,
+        &["reloadable:app", "--chdir", dir.to_str().unwrap(), "-w", "2", "-b", "127.0.0.1:0"],
+    )
+    .unwrap();
+    let addr = server.addr();
+    assert_eq!(client::get(addr, "/").unwrap().body, b"v1");
+
+    let failures = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (failures, done) = (failures.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                if !matches!(client::get(addr, "/"), Ok(r) if r.status == 200) {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    std::fs::write(dir.join("reloadable.py"), app("v2")).unwrap();
+    server.signal(libc::SIGHUP);
+    wait_until("responses come from the new code", Duration::from_secs(10), || {
+        client::get(addr, "/").is_ok_and(|r| r.body == b"v2")
+    });
+    // Every worker is of the new generation now.
+    wait_until("old workers are gone", Duration::from_secs(10), || {
+        (0..10).all(|_| client::get(addr, "/").is_ok_and(|r| r.body == b"v2"))
+    });
+    done.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "a request failed during the reload");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_app_that_fails_to_import_stops_the_master_instead_of_a_respawn_loop() {
+    let out = assert_cmd::Command::new(workspace_bin(BIN))
+        .args(["no_such_module:app", "-w", "2", "-b", "127.0.0.1:0"])
+        .current_dir(repo_root())
+        .timeout(Duration::from_secs(20))
+        .assert()
+        .code(1);
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(stderr.contains("cannot find the module 'no_such_module'"), "{stderr}");
+    assert!(stderr.contains("Reason: Worker failed to boot."), "{stderr}");
+    let boots = stderr.matches("Booting worker").count();
+    assert!(boots <= 2, "{boots} workers were booted: a respawn loop\n{stderr}");
+
+    // With --preload the master imports the app itself: one sentence, exit 1.
+    let out = Command::new(workspace_bin(BIN))
+        .args(["no_such_module:app", "--preload", "-b", "127.0.0.1:0"])
+        .current_dir(repo_root())
+        .assert()
+        .code(1);
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(stderr.lines().last().unwrap().starts_with("error: cannot find the module"), "{stderr}");
+    assert!(!stderr.contains("Booting worker"), "{stderr}");
+}
+
+#[test]
+fn max_requests_recycles_workers() {
+    let server = start(&["-w", "1", "--max-requests", "3", "--max-requests-jitter", "2"]);
+    let mut pids = std::collections::BTreeSet::new();
+    for _ in 0..12 {
+        pids.insert(pid_of_response(server.addr()));
+    }
+    assert!(pids.len() >= 2, "one worker served 12 requests despite --max-requests 3");
+    assert!(server.stderr_text().contains("Autorestarting worker after current request"));
+}
+
+#[test]
+fn preload_serves_and_reports_multiprocess() {
+    let server = start(&["-w", "2", "--preload"]);
+    let e: Value = serde_json::from_slice(&client::get(server.addr(), "/environ").unwrap().body).unwrap();
+    assert_eq!(e["wsgi.multiprocess"], true);
+    assert_eq!(e["wsgi.multithread"], false);
+    assert!(server.stderr_text().contains("(app preloaded in the master)"));
+    assert_eq!(stats(&server)["master"]["preload"], true);
+}
+
+#[test]
+fn reuse_port_gives_each_worker_its_socket() {
+    let server = start(&["-w", "2", "--reuse-port"]);
+    // Until a worker has bound its own socket nobody listens: connections
+    // are refused, not queued (the price of SO_REUSEPORT the book explains).
+    wait_until("the workers listen", Duration::from_secs(5), || {
+        client::get(server.addr(), "/").is_ok()
+    });
+    let mut pids = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        pids.insert(pid_of_response(server.addr()));
+    }
+    assert_eq!(pids.len(), 2, "connections should spread over both workers");
+}
+
+#[test]
+fn gthread_workers_serve_concurrent_sleeps() {
+    let server = start(&["-w", "1", "-k", "gthread", "--threads", "4"]);
+    let addr = server.addr();
+    let started = Instant::now();
+    let handles: Vec<_> = (0..4)
+        .map(|_| std::thread::spawn(move || client::get(addr, "/io?ms=1000").unwrap().status))
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), 200);
+    }
+    // One worker, four threads: four 1 s sleeps overlap instead of taking 4 s.
+    assert!(started.elapsed() < Duration::from_millis(3000), "{:?}", started.elapsed());
+    let e: Value = serde_json::from_slice(&client::get(addr, "/environ").unwrap().body).unwrap();
+    assert_eq!(e["wsgi.multithread"], true);
+    assert!(server.stderr_text().contains("Using worker: gthread"));
+}
+
+#[test]
+fn pid_file_is_written_and_removed() {
+    let path = std::env::temp_dir().join(format!("wsgi-course-stage3-{}.pid", std::process::id()));
+    let mut server = start(&["-w", "1", "--pid", path.to_str().unwrap()]);
+    let written: u32 = std::fs::read_to_string(&path).unwrap().trim().parse().unwrap();
+    assert_eq!(written, server.pid());
+    server.signal(libc::SIGTERM);
+    server.wait_timeout(Duration::from_secs(10)).expect("exits");
+    assert!(!path.exists(), "the pid file is removed on exit");
+}
+
+#[test]
+fn int_stops_fast_and_a_killed_master_takes_its_workers_along() {
+    let mut server = start(&["-w", "2"]);
+    let addr = server.addr();
+    let _slow = std::thread::spawn(move || client::get(addr, "/io?ms=20000"));
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    server.signal(libc::SIGINT);
+    let status = server.wait_timeout(Duration::from_secs(5)).expect("INT stops the master fast");
+    assert_eq!(status.code(), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(4));
+
+    let server = start(&["-w", "2"]);
+    wait_until("two workers", Duration::from_secs(5), || children(server.pid()).len() == 2);
+    let workers = children(server.pid());
+    server.signal(libc::SIGKILL);
+    wait_until("orphaned workers exit", Duration::from_secs(5), || {
+        workers
+            .iter()
+            .all(|w| !std::path::Path::new(&format!("/proc/{w}")).exists() || is_zombie(*w))
+    });
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
+        .unwrap_or(true)
+}
