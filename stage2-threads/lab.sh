@@ -58,8 +58,8 @@ measure() {
     "$LOADGEN" "http://127.0.0.1:$PORT$1" -c "$CONNS" -d "$DURATION" --json |
         python3 -c 'import json, sys
 r = json.load(sys.stdin)
-print(round(r["rps"]), end="")
-print(f" ({r[\"errors\"]} errors)" if r["errors"] else "")'
+errors = " (%d errors)" % r["errors"] if r["errors"] else ""
+print("%d%s" % (round(r["rps"]), errors))'
 }
 
 declare -A RPS
@@ -76,7 +76,7 @@ row() {
 
 echo "measuring, $DURATION per route, $CONNS clients, $(nproc) CPUs ..." >&2
 for n in "${THREADS[@]}"; do
-    row "stage2 --threads $n" "$STAGE2" apps.lab:app --threads "$n" --log-level warning
+    row "stage2 --threads $n" "$STAGE2" apps.lab:app --threads "$n"
 done
 row "gunicorn gthread 1x4" gunicorn --workers 1 --threads 4 --worker-class gthread apps.lab:app
 

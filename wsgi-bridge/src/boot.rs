@@ -104,6 +104,7 @@ pub fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, StartError> {
     Ok(listener)
 }
 
+// ANCHOR: defer_accept
 /// Asks Linux to complete `accept` only once the client's first bytes have
 /// arrived (nginx's `listen … deferred`). An HTTP client always speaks first,
 /// so the server never accepts a connection only to block at once in
@@ -130,6 +131,7 @@ pub fn defer_accept(listener: &TcpListener) {
     #[cfg(not(target_os = "linux"))]
     let _ = listener;
 }
+// ANCHOR_END: defer_accept
 
 pub fn bind_error(addr: SocketAddr, e: std::io::Error) -> StartError {
     {
