@@ -22,8 +22,17 @@
 //! its socket or sleeps (`time.sleep`, a database call), so requests that
 //! mostly wait scale with the number of threads. Pure-Python computation
 //! holds the GIL, so it runs one thread at a time however many there are.
-//! And the app's globals are now shared by threads that interleave: see
-//! `/counter` in `apps/lab.py`.
+//! `stage2-threads/lab.sh` measures both, for 1, 2, 4 and 8 threads.
+//!
+//! And the app's globals are now shared. `/counter` in `apps/lab.py` reads
+//! the global `counter`, sleeps a millisecond, and writes back what it read
+//! plus one. There is one interpreter, so one `counter` for all the threads:
+//! while one sleeps (GIL released), others read the same old value, and
+//! their writes overwrite each other. 200 concurrent requests on 8 threads
+//! end with a count far below 200; stage 1, one request at a time, always
+//! counts 200. The GIL makes each bytecode atomic, not a read-then-write:
+//! shared state needs a lock (`threading.Lock`), and the app can tell it
+//! runs threaded from `environ["wsgi.multithread"]`.
 //!
 //! Stage 3 runs this same loop in each of its worker processes, as its
 //! `-k gthread` worker class.
