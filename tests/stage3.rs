@@ -39,11 +39,13 @@ fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
 }
 
 fn stats(server: &ServerProcess) -> Value {
-    let text = server.stderr_text();
-    let addr = text
-        .lines()
-        .find_map(|l| l.split("Stats server at: ").nth(1))
-        .expect("the banner names the stats address")
+    let line = server
+        .wait_for_stderr("Stats server at: ", Duration::from_secs(10))
+        .expect("the banner names the stats address");
+    let addr = line
+        .split("Stats server at: ")
+        .nth(1)
+        .expect("the address follows")
         .trim()
         .parse()
         .unwrap();

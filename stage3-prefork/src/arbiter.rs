@@ -184,7 +184,12 @@ impl Arbiter {
         } else {
             0
         };
-        match self.fork() {
+        let old_mask = signals::block_all();
+        let forked = self.fork();
+        if !matches!(forked, Ok(ForkResult::Child)) {
+            signals::restore(&old_mask);
+        }
+        match forked {
             Ok(ForkResult::Child) => {
                 // The child: drop what belongs to the master, become a worker.
                 if let Some(signals) = self.signals.take() {
@@ -197,6 +202,7 @@ impl Arbiter {
                     slot: self.scoreboard.slot(slot),
                     preloaded: self.preloaded.as_ref(),
                     multiprocess: self.target > 1,
+                    signal_mask: old_mask,
                     max_requests: if self.config.max_requests > 0 {
                         self.config.max_requests + jitter
                     } else {

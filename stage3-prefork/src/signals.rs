@@ -11,6 +11,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
 use signal_hook::SigId;
 
 /// The signals the master reacts to.
@@ -103,6 +104,30 @@ impl SignalQueue {
         unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
         drop(self.wake);
     }
+}
+
+/// Blocks the master's signals until the returned mask is restored.
+///
+/// Around fork: between fork() and the moment the child has replaced the
+/// master's handlers with its own, a signal would run the master's handler
+/// in the child and be lost (a TERM sent to a worker that is still booting
+/// would be ignored). Blocked, it waits, and is delivered to the right
+/// handler once the child unblocks it.
+pub fn block_all() -> SigSet {
+    let mut set = SigSet::empty();
+    for signal in HANDLED {
+        if let Ok(s) = Signal::try_from(signal) {
+            set.add(s);
+        }
+    }
+    let mut old = SigSet::empty();
+    let _ = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old));
+    old
+}
+
+/// Restores the mask `block_all` returned.
+pub fn restore(old: &SigSet) {
+    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(old), None);
 }
 
 fn on_signal(signal: libc::c_int) {

@@ -29,6 +29,9 @@ pub struct WorkerSpec<'a> {
     pub preloaded: Option<&'a Py<PyAny>>,
     pub multiprocess: bool,
     pub max_requests: u64,
+    /// The signal mask to restore once the worker's own handlers are in
+    /// place (the master blocks its signals around fork).
+    pub signal_mask: nix::sys::signal::SigSet,
 }
 
 // ANCHOR: hooks
@@ -84,6 +87,8 @@ pub fn run(spec: WorkerSpec<'_>) -> i32 {
     // SIGQUIT (the master's fast stop): exit at once, mid-request or not.
     let always = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let _ = signal_hook::flag::register_conditional_shutdown(libc::SIGQUIT, 0, always);
+    // Signals that arrived since the fork are delivered now, to these handlers.
+    crate::signals::restore(&spec.signal_mask);
 
     let app = match spec.preloaded {
         Some(app) => Python::attach(|py| app.clone_ref(py)),
