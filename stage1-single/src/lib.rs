@@ -103,9 +103,8 @@ pub fn serve_connection(
     let mut conn = HttpConnection::new(Stream::Tcp(stream), peer);
     let keep_alive = config.keep_alive.is_some();
     loop {
-        hooks.request_started();
-        let next = conn.serve_one(app, &config.limits, keep_alive);
-        if !hooks.request_finished() {
+        let next = conn.serve_one(app, &config.limits, keep_alive, hooks);
+        if hooks.should_stop() {
             return false;
         }
         if next == Next::Close {

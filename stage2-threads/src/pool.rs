@@ -47,15 +47,14 @@ fn serve(shared: &Shared<'_>, conn: &mut HttpConnection) -> bool {
     let config = shared.config;
     loop {
         let keep_alive = !config.keep_alive.is_zero() && !shared.stopping.load(Ordering::Relaxed);
-        shared.hooks.request_started();
         // Reading and writing the socket happen without the GIL; it is taken
         // only to build environ, call the app and pull each body chunk (see
         // wsgi_bridge::wsgi::call). A panic must not cost the pool a thread.
         let next = catch_unwind(AssertUnwindSafe(|| {
-            conn.serve_one(shared.app, &config.limits, keep_alive)
+            conn.serve_one(shared.app, &config.limits, keep_alive, shared.hooks)
         }))
         .unwrap_or(Next::Close);
-        if !shared.hooks.request_finished() {
+        if shared.hooks.should_stop() {
             // Served its --max-requests (stage 3): stop like on a signal.
             shared.stopping.store(true, Ordering::Relaxed);
             return false;

@@ -85,8 +85,11 @@ impl WorkerHooks for Counting {
     fn request_started(&self) {
         self.started.fetch_add(1, Ordering::SeqCst);
     }
-    fn request_finished(&self) -> bool {
-        self.finished.fetch_add(1, Ordering::SeqCst) + 1 < self.max_requests
+    fn request_finished(&self) {
+        self.finished.fetch_add(1, Ordering::SeqCst);
+    }
+    fn should_stop(&self) -> bool {
+        self.finished.load(Ordering::SeqCst) >= self.max_requests
     }
 }
 
@@ -142,7 +145,7 @@ fn the_stop_fd_ends_the_loop_and_heartbeats_flow_meanwhile() {
 }
 
 #[test]
-fn request_finished_false_stops_the_loop_like_a_signal() {
+fn should_stop_ends_the_loop_like_a_signal() {
     // Stage 3's --max-requests: the hooks say "enough" after the third
     // request; the loop answers it, stops accepting and returns.
     let app = app();

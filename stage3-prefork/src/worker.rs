@@ -51,15 +51,17 @@ impl WorkerHooks for ScoreboardHooks<'_> {
         self.heartbeat();
     }
 
-    fn request_finished(&self) -> bool {
+    fn request_finished(&self) {
         self.slot.busy.fetch_sub(1, Ordering::Relaxed);
         self.heartbeat();
         let served = self.slot.requests.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.max_requests > 0 && served >= self.max_requests {
+        if self.max_requests > 0 && served == self.max_requests {
             log::info!("Autorestarting worker after current request ({served} requests served).");
-            return false;
         }
-        true
+    }
+
+    fn should_stop(&self) -> bool {
+        self.max_requests > 0 && self.slot.requests.load(Ordering::Relaxed) >= self.max_requests
     }
 
     fn accept_missed(&self) {

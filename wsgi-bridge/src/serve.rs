@@ -14,6 +14,7 @@ use crate::http::request::{HttpError, Limits, RequestHead, parse_head};
 use crate::http::response::error_response;
 use crate::logging::{AccessEntry, access_log};
 use crate::wsgi::call::{Exchange, WsgiApp, call_app};
+use crate::worker::WorkerHooks;
 use crate::wsgi::environ::Peer;
 
 /// What happens to the connection after a request.
@@ -101,7 +102,15 @@ impl HttpConnection {
     /// Serves one request: reads its head, calls the app, writes the response.
     /// `keep_alive` is the server's policy: whether it wants to reuse
     /// connections at all (the client and the response have their say too).
-    pub fn serve_one(&mut self, app: &WsgiApp, limits: &Limits, keep_alive: bool) -> Next {
+    /// `hooks` hear when a request starts and ends (not when the client
+    /// merely closed an idle connection).
+    pub fn serve_one(
+        &mut self,
+        app: &WsgiApp,
+        limits: &Limits,
+        keep_alive: bool,
+        hooks: &dyn WorkerHooks,
+    ) -> Next {
         let head = match self.read_head(limits) {
             HeadRead::Request(head) => head,
             HeadRead::Closed => return Next::Close,
@@ -110,8 +119,22 @@ impl HttpConnection {
                 return Next::Close;
             }
         };
+        hooks.request_started();
+        let next = self.serve_request(app, &head, limits, keep_alive);
+        hooks.request_finished();
+        next
+    }
+
+    /// Calls the app for a request whose head was read.
+    fn serve_request(
+        &mut self,
+        app: &WsgiApp,
+        head: &RequestHead,
+        limits: &Limits,
+        keep_alive: bool,
+    ) -> Next {
         let exchange = Exchange {
-            head: &head,
+            head,
             peer: &self.peer,
             stream: &self.stream,
             rbuf: std::mem::take(&mut self.rbuf),

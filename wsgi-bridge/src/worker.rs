@@ -3,7 +3,9 @@
 //! Stages 1 and 2 run their loop directly and need none of this. Stage 3's
 //! master runs the same loops in forked workers and watches them: a worker
 //! proves it is alive (heartbeat), shows whether it is busy, and stops after
-//! `--max-requests`. The loops call these hooks; stage 3 implements them.
+//! `--max-requests`. The loops call these hooks (`HttpConnection::serve_one`
+//! calls the request ones, only when a request really arrived); stage 3
+//! implements them.
 
 /// Hooks a worker loop calls. Every method has a do-nothing default.
 pub trait WorkerHooks: Sync {
@@ -18,10 +20,13 @@ pub trait WorkerHooks: Sync {
     /// process took it first (the "thundering herd" stage 3 measures).
     fn accept_missed(&self) {}
 
-    /// A request was served. Returning `false` asks the loop to stop
-    /// gracefully (the worker has served its `--max-requests`).
-    fn request_finished(&self) -> bool {
-        true
+    /// A request was served.
+    fn request_finished(&self) {}
+
+    /// Asked after each request: `true` makes the loop stop gracefully, as
+    /// on SIGTERM (the worker has served its `--max-requests`).
+    fn should_stop(&self) -> bool {
+        false
     }
 }
 
