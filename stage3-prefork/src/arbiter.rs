@@ -12,6 +12,7 @@
 //! ```
 
 use std::net::TcpListener;
+use std::path::Path;
 use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -380,7 +381,10 @@ impl Arbiter {
         // Stop listening first: from now on new clients are refused at once
         // instead of waiting in a backlog nobody will serve. (Workers keep
         // their own copy until they exit, and finish what they accepted.)
-        self.listeners = None;
+        if let Some(path) = self.listeners.take().and_then(|l| l.unix_path().map(Path::to_path_buf)) {
+            // The socket file would otherwise outlive the server.
+            let _ = std::fs::remove_file(path);
+        }
         for worker in &self.workers {
             let _ = kill(worker.pid, signal);
         }

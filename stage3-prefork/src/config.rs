@@ -10,6 +10,11 @@ use stage2_threads::ThreadConfig;
 use wsgi_bridge::boot;
 use wsgi_bridge::cli::{AppArgs, LimitArgs, LogArgs};
 use wsgi_bridge::embed::{AppSource, StartError};
+use wsgi_bridge::worker::WorkerHooks;
+use wsgi_bridge::wsgi::call::WsgiApp;
+
+use crate::listen::WorkerListener;
+use std::os::fd::BorrowedFd;
 
 /// How each worker serves its connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -99,8 +104,21 @@ pub struct Args {
     pub log: LogArgs,
 }
 
+/// What a worker runs once its app is loaded: a loop that accepts on the
+/// listener and serves until `stop` is readable or the hooks ask to stop.
+/// Stage 3 runs stage 1's or stage 2's HTTP loop; stage 4 its uwsgi loop.
+pub type ServeFn = Box<
+    dyn Fn(WorkerListener, &WsgiApp, BorrowedFd<'_>, &dyn WorkerHooks) -> std::io::Result<()>,
+>;
+
 /// The settings the master and its workers run with.
 pub struct Config {
+    /// The worker's loop.
+    pub serve: ServeFn,
+    /// Shown in the banner: `Listening at: http://…`.
+    pub scheme: &'static str,
+    /// The name in the banner and in `Server` headers.
+    pub server_name: &'static str,
     pub bind: SocketAddr,
     pub workers: usize,
     pub worker_class: WorkerClass,
@@ -114,9 +132,29 @@ pub struct Config {
     pub stats: Option<SocketAddr>,
     pub app: AppArgs,
     pub source: AppSource,
-    pub sync: SyncConfig,
-    pub threads: ThreadConfig,
 }
+
+/// How long a client may stall on a socket before a worker gives up on it.
+fn io_timeout(timeout: u64) -> Duration {
+    Duration::from_secs(if timeout == 0 { 30 } else { timeout })
+}
+
+// ANCHOR: worker_classes
+/// The HTTP worker classes: stage 1's loop or stage 2's, reused as they are.
+pub fn http_workers(class: WorkerClass, sync: SyncConfig, threads: ThreadConfig) -> ServeFn {
+    Box::new(move |listener, app, stop, hooks| {
+        let WorkerListener::Tcp(listener) = listener else {
+            return Err(std::io::Error::other("HTTP workers listen on TCP"));
+        };
+        match class {
+            WorkerClass::Sync => stage1_single::serve_forever(&listener, app, &sync, stop, hooks),
+            WorkerClass::Gthread => {
+                stage2_threads::serve_forever(&listener, app, &threads, stop, hooks)
+            }
+        }
+    })
+}
+// ANCHOR_END: worker_classes
 
 /// gunicorn's rule of thumb for the number of workers: two per core (one
 /// computes while the other waits on I/O), plus one.
@@ -150,9 +188,23 @@ impl Config {
         };
         let source = args.app.source()?;
         let limits = args.limits.limits();
-        // A socket timeout for sync workers: how long a client may stall.
-        let io_timeout = Duration::from_secs(if args.timeout == 0 { 30 } else { args.timeout });
+        let sync = SyncConfig {
+            limits: limits.clone(),
+            keep_alive: None,
+            timeout: io_timeout(args.timeout),
+        };
+        let threads = ThreadConfig {
+            limits: limits.clone(),
+            threads: args.threads,
+            keep_alive: Duration::from_secs(args.keep_alive),
+            timeout: io_timeout(args.timeout),
+            worker_connections: args.worker_connections,
+            graceful_timeout: Duration::from_secs(args.graceful_timeout),
+        };
         Ok(Config {
+            serve: http_workers(worker_class, sync, threads),
+            scheme: "http",
+            server_name: concat!("stage3-prefork/", env!("CARGO_PKG_VERSION")),
             bind,
             workers,
             worker_class,
@@ -164,19 +216,6 @@ impl Config {
             reuse_port: args.reuse_port,
             pid_file: args.pid,
             stats,
-            sync: SyncConfig {
-                limits: limits.clone(),
-                keep_alive: None,
-                timeout: io_timeout,
-            },
-            threads: ThreadConfig {
-                limits,
-                threads: args.threads,
-                keep_alive: Duration::from_secs(args.keep_alive),
-                timeout: io_timeout,
-                worker_connections: args.worker_connections,
-                graceful_timeout: Duration::from_secs(args.graceful_timeout),
-            },
             app: args.app,
             source,
         })

@@ -10,11 +10,14 @@
 //! is woken for another's connection.
 
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 
 use nix::sys::socket::{
-    AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, bind, listen, setsockopt, socket,
-    sockopt,
+    AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, UnixAddr, bind, listen,
+    setsockopt, socket, sockopt,
 };
 use wsgi_bridge::boot;
 use wsgi_bridge::embed::StartError;
@@ -25,6 +28,24 @@ pub enum Listeners {
     /// reserves the port (and learns it, for port 0) without ever receiving a
     /// connection, which only listening sockets do.
     ReusePort { addr: SocketAddr, _reserved: OwnedFd },
+    /// A unix socket, shared like a TCP one (stage 4: `--socket PATH`).
+    /// The master removes the file when it stops.
+    Unix { listener: UnixListener, path: PathBuf },
+}
+
+/// The socket one worker accepts on.
+pub enum WorkerListener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl WorkerListener {
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            WorkerListener::Tcp(l) => l.as_fd(),
+            WorkerListener::Unix(l) => l.as_fd(),
+        }
+    }
 }
 
 impl Listeners {
@@ -47,23 +68,85 @@ impl Listeners {
         })
     }
 
-    pub fn local_addr(&self) -> SocketAddr {
+    /// Binds a unix socket at `path` with permissions `mode`. A socket file
+    /// left by a server that died is replaced; one a live server listens on
+    /// is not.
+    pub fn bind_unix(path: &Path, mode: u32, backlog: i32) -> Result<Listeners, StartError> {
+        let shown = path.display();
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                return Err(StartError::new(format!(
+                    "{shown} exists and is not a socket: remove it or choose another --socket path"
+                )));
+            }
+            if UnixStream::connect(path).is_ok() {
+                return Err(StartError::new(format!(
+                    "another server is listening on {shown}: stop it or choose another --socket path"
+                )));
+            }
+            std::fs::remove_file(path)
+                .map_err(|e| StartError::new(format!("cannot remove the stale socket {shown}: {e}")))?;
+            log::info!("Removed a stale socket file: {shown}");
+        }
+        let fail = |e: nix::Error| StartError::new(format!("cannot listen on unix:{shown}: {e}"));
+        let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).map_err(fail)?;
+        let addr = UnixAddr::new(path).map_err(fail)?;
+        bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr).map_err(fail)?;
+        let backlog = Backlog::new(backlog).unwrap_or(Backlog::MAXCONN);
+        listen(&fd, backlog).map_err(fail)?;
+        // Who may connect: by default only this user (0600). nginx's workers
+        // run as another user when nginx is started by root, and need 0666 or
+        // a shared group (0660) — the 502 "Permission denied" of the book.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| StartError::new(format!("cannot chmod {shown}: {e}")))?;
+        Ok(Listeners::Unix {
+            listener: UnixListener::from(fd),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The address in the banner's form: `http://127.0.0.1:8000`, `unix:/path`.
+    pub fn describe(&self, scheme: &str) -> String {
         match self {
-            Listeners::Shared(l) => l.local_addr().expect("a bound socket has an address"),
-            Listeners::ReusePort { addr, .. } => *addr,
+            Listeners::Unix { path, .. } => format!("unix:{}", path.display()),
+            _ => format!("{scheme}://{}", self.tcp_addr().expect("a TCP socket")),
+        }
+    }
+
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Listeners::Shared(l) => l.local_addr().ok(),
+            Listeners::ReusePort { addr, .. } => Some(*addr),
+            Listeners::Unix { .. } => None,
+        }
+    }
+
+    /// `SERVER_NAME` and `SERVER_PORT` for environ.
+    pub fn server_name_port(&self) -> (String, String) {
+        match self.tcp_addr() {
+            Some(a) => (a.ip().to_string(), a.port().to_string()),
+            None => ("localhost".to_string(), String::new()),
+        }
+    }
+
+    pub fn unix_path(&self) -> Option<&Path> {
+        match self {
+            Listeners::Unix { path, .. } => Some(path),
+            _ => None,
         }
     }
 
     /// The socket a worker accepts on (called in the worker, after fork).
-    pub fn for_worker(&self) -> std::io::Result<TcpListener> {
+    pub fn for_worker(&self) -> std::io::Result<WorkerListener> {
         match self {
-            Listeners::Shared(l) => l.try_clone(),
+            Listeners::Shared(l) => l.try_clone().map(WorkerListener::Tcp),
+            Listeners::Unix { listener, .. } => listener.try_clone().map(WorkerListener::Unix),
             Listeners::ReusePort { addr, .. } => {
                 let fd = reuse_port_socket(*addr)?;
                 listen(&fd, Backlog::MAXCONN)?;
                 let listener = TcpListener::from(fd);
                 boot::defer_accept(&listener);
-                Ok(listener)
+                Ok(WorkerListener::Tcp(listener))
             }
         }
     }

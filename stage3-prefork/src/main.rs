@@ -64,15 +64,13 @@ fn run(args: Args) -> Result<i32, StartError> {
 
     let pid = std::process::id();
     log::info!("Starting stage3-prefork {}", env!("CARGO_PKG_VERSION"));
-    log::info!("Listening at: http://{} ({pid})", listeners.local_addr());
+    log::info!("Listening at: {} ({pid})", listeners.describe(config.scheme));
     log::info!(
         "Using worker: {}",
         format!("{:?}", config.worker_class).to_lowercase()
     );
-    if let Some(stats) = &stats {
-        if let Ok(addr) = stats.local_addr() {
-            log::info!("Stats server at: {addr}");
-        }
+    if let Some(Ok(addr)) = stats.as_ref().map(TcpListener::local_addr) {
+        log::info!("Stats server at: {addr}");
     }
     log::info!(
         "Serving {} with {} workers{}",

@@ -39,7 +39,7 @@ pub fn snapshot(arbiter: &Arbiter) -> Value {
     json!({
         "master": {
             "pid": std::process::id(),
-            "listen": arbiter.listeners.as_ref().map(|l| l.local_addr().to_string()),
+            "listen": arbiter.listeners.as_ref().map(|l| l.describe(config.scheme)),
             "worker_class": format!("{:?}", config.worker_class).to_lowercase(),
             "workers_target": arbiter.target,
             "generation": arbiter.generation,

@@ -112,17 +112,16 @@ pub fn run(spec: WorkerSpec<'_>) -> i32 {
             return WORKER_BOOT_ERROR;
         }
     };
-    let local = spec.listeners.local_addr();
+    let (server_name, server_port) = spec.listeners.server_name_port();
     let info = ServerInfo {
-        server_name: local.ip().to_string(),
-        server_port: local.port().to_string(),
+        server_name,
+        server_port,
         script_name: config.app.script_name(),
         url_scheme: "http",
         multithread: config.worker_class == WorkerClass::Gthread,
         multiprocess: spec.multiprocess,
     };
-    let software = concat!("stage3-prefork/", env!("CARGO_PKG_VERSION"));
-    let app = match Python::attach(|py| WsgiApp::new(py, app, info, software)) {
+    let app = match Python::attach(|py| WsgiApp::new(py, app, info, config.server_name)) {
         Ok(app) => app,
         Err(e) => {
             log::error!("cannot prepare the app: {e}");
@@ -135,16 +134,8 @@ pub fn run(spec: WorkerSpec<'_>) -> i32 {
     };
     hooks.heartbeat();
 
-    // ANCHOR: worker_classes
-    let result = match config.worker_class {
-        WorkerClass::Sync => {
-            stage1_single::serve_forever(&listener, &app, &config.sync, stop.as_fd(), &hooks)
-        }
-        WorkerClass::Gthread => {
-            stage2_threads::serve_forever(&listener, &app, &config.threads, stop.as_fd(), &hooks)
-        }
-    };
-    // ANCHOR_END: worker_classes
+    // The worker class: stage 1's loop, stage 2's, or stage 4's uwsgi loop.
+    let result = (config.serve)(listener, &app, stop.as_fd(), &hooks);
     flush_python_output();
     match result {
         Ok(()) => {

@@ -17,5 +17,7 @@ pub mod embed;
 pub mod http;
 pub mod logging;
 pub mod serve;
+pub mod serve_uwsgi;
+pub mod uwsgi;
 pub mod worker;
 pub mod wsgi;

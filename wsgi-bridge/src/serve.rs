@@ -13,7 +13,7 @@ use crate::conn::{ReadBuf, Stream};
 use crate::http::request::{HttpError, Limits, RequestHead, parse_head};
 use crate::http::response::error_response;
 use crate::logging::{AccessEntry, access_log};
-use crate::wsgi::call::{Exchange, WsgiApp, call_app};
+use crate::wsgi::call::{Exchange, Request, WsgiApp, call_app};
 use crate::worker::WorkerHooks;
 use crate::wsgi::environ::Peer;
 
@@ -134,8 +134,10 @@ impl HttpConnection {
         keep_alive: bool,
     ) -> Next {
         let exchange = Exchange {
-            head,
-            peer: &self.peer,
+            request: Request::Http {
+                head,
+                peer: &self.peer,
+            },
             stream: &self.stream,
             rbuf: std::mem::take(&mut self.rbuf),
             keep_alive_allowed: keep_alive && head.keep_alive,

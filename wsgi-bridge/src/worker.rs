@@ -7,6 +7,7 @@
 //! calls the request ones, only when a request really arrived); stage 3
 //! implements them.
 
+// ANCHOR: worker_hooks
 /// Hooks a worker loop calls. Every method has a do-nothing default.
 pub trait WorkerHooks: Sync {
     /// Called at least once a second while the loop is not stuck in a
@@ -29,6 +30,7 @@ pub trait WorkerHooks: Sync {
         false
     }
 }
+// ANCHOR_END: worker_hooks
 
 /// The hooks of a server that runs its loop itself.
 pub struct NoHooks;

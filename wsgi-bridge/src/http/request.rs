@@ -798,7 +798,7 @@ fn strip_http_scheme(target: &str) -> Option<&str> {
 /// than refused: real clients send such paths and nothing is ambiguous
 /// about them. A decoded NUL (`%00`) is refused: C code (the OS, a
 /// database driver) would see the path end there, while Python would not.
-fn percent_decode(raw: &[u8]) -> Result<Vec<u8>, HttpError> {
+pub fn percent_decode(raw: &[u8]) -> Result<Vec<u8>, HttpError> {
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
     while let Some(&b) = raw.get(i) {

@@ -22,7 +22,9 @@ use super::input::{BodyReader, WsgiInput};
 use super::start_response::{ResponseWriter, StartResponse, body_bytes};
 use crate::conn::{ReadBuf, Stream};
 use crate::embed::format_exception;
-use crate::http::request::RequestHead;
+use crate::http::request::{BodyKind, RequestHead, Version};
+use crate::uwsgi::UwsgiRequest;
+use super::start_response::Protocol;
 
 /// An unread body up to this size is read and thrown away so the connection
 /// can be reused; past it, closing is cheaper.
@@ -54,10 +56,78 @@ impl WsgiApp {
     }
 }
 
+/// A request, as one of the two protocols delivered it.
+#[derive(Clone, Copy)]
+pub enum Request<'a> {
+    /// Parsed from HTTP/1.1 by this server (stages 1 to 3).
+    Http {
+        head: &'a RequestHead,
+        peer: &'a Peer,
+    },
+    /// Already parsed by nginx, received as uwsgi variables (stage 4).
+    Uwsgi(&'a UwsgiRequest),
+}
+
+impl Request<'_> {
+    pub fn method(&self) -> &str {
+        match self {
+            Request::Http { head, .. } => &head.method,
+            Request::Uwsgi(r) => r.method(),
+        }
+    }
+
+    /// The target as the client sent it, for logs.
+    pub fn target(&self) -> String {
+        match self {
+            Request::Http { head, .. } => head.target.clone(),
+            Request::Uwsgi(r) => r.uri(),
+        }
+    }
+
+    /// Who sent it, for logs.
+    pub fn client(&self) -> String {
+        match self {
+            Request::Http { peer, .. } => format!("{}:{}", peer.addr, peer.port),
+            Request::Uwsgi(r) => {
+                let addr = r.var("REMOTE_ADDR").map(String::from_utf8_lossy);
+                format!("{} (through the uwsgi socket)", addr.unwrap_or_default())
+            }
+        }
+    }
+
+    fn body(&self) -> BodyKind {
+        match self {
+            Request::Http { head, .. } => head.body,
+            Request::Uwsgi(r) => r.body,
+        }
+    }
+
+    fn expect_continue(&self) -> bool {
+        // nginx answers `Expect: 100-continue` itself, before it forwards.
+        matches!(self, Request::Http { head, .. } if head.expect_continue)
+    }
+
+    fn version(&self) -> Version {
+        match self {
+            Request::Http { head, .. } => head.version,
+            Request::Uwsgi(r) => match r.var("SERVER_PROTOCOL") {
+                Some(b"HTTP/1.0") => Version::Http10,
+                _ => Version::Http11,
+            },
+        }
+    }
+
+    fn protocol(&self) -> Protocol {
+        match self {
+            Request::Http { .. } => Protocol::Http,
+            Request::Uwsgi(_) => Protocol::Uwsgi,
+        }
+    }
+}
+
 /// What one request brings to the app.
 pub struct Exchange<'a> {
-    pub head: &'a RequestHead,
-    pub peer: &'a Peer,
+    pub request: Request<'a>,
     pub stream: &'a Arc<Stream>,
     /// The bytes read after the request head (the body starts here).
     pub rbuf: ReadBuf,
@@ -81,8 +151,7 @@ pub struct Outcome {
 /// Calls the app for one request and writes its response.
 pub fn call_app(py: Python<'_>, app: &WsgiApp, ex: Exchange<'_>) -> Outcome {
     let Exchange {
-        head,
-        peer,
+        request,
         stream,
         rbuf,
         keep_alive_allowed,
@@ -92,18 +161,19 @@ pub fn call_app(py: Python<'_>, app: &WsgiApp, ex: Exchange<'_>) -> Outcome {
     let reader = BodyReader::new(
         stream.clone(),
         rbuf,
-        head.body,
-        head.expect_continue,
+        request.body(),
+        request.expect_continue(),
         max_body,
         response_started.clone(),
     );
     let writer = ResponseWriter::new(
         stream.clone(),
         app.server_software.clone(),
-        head.version,
-        head.method == "HEAD",
+        request.version(),
+        request.method() == "HEAD",
         keep_alive_allowed,
         response_started,
+        request.protocol(),
     );
     let input = Bound::new(
         py,
@@ -127,7 +197,7 @@ pub fn call_app(py: Python<'_>, app: &WsgiApp, ex: Exchange<'_>) -> Outcome {
         }
     };
 
-    let result = run_app(py, app, head, peer, &input, &start_response);
+    let result = run_app(py, app, &request, &input, &start_response);
 
     let mut reader = input
         .borrow_mut()
@@ -141,7 +211,7 @@ pub fn call_app(py: Python<'_>, app: &WsgiApp, ex: Exchange<'_>) -> Outcome {
         Ok(()) => {
             if let Err(e) = writer.finish(py) {
                 // finish() fails only when no start_response was ever called.
-                report_app_error(py, head, &e);
+                report_app_error(py, &request, &e);
                 writer.send_error(py, 500, "Internal Server Error");
             }
         }
@@ -151,9 +221,9 @@ pub fn call_app(py: Python<'_>, app: &WsgiApp, ex: Exchange<'_>) -> Outcome {
                 // app's fault, and worth one line, not a traceback.
                 log::info!(
                     "request {} {} from {}: {} ({})",
-                    head.method,
-                    head.target,
-                    peer.addr,
+                    request.method(),
+                    request.target(),
+                    request.client(),
                     failure.reason,
                     failure.status
                 );
@@ -163,7 +233,7 @@ pub fn call_app(py: Python<'_>, app: &WsgiApp, ex: Exchange<'_>) -> Outcome {
                     writer.send_error(py, failure.status, failure.reason);
                 }
             } else if writer.client_gone.is_none() {
-                report_app_error(py, head, &e);
+                report_app_error(py, &request, &e);
                 if writer.headers_sent {
                     // The client has the head and part of the body: the
                     // only honest signal left is to cut the connection.
@@ -177,11 +247,10 @@ pub fn call_app(py: Python<'_>, app: &WsgiApp, ex: Exchange<'_>) -> Outcome {
     // ANCHOR_END: app_errors
     if let Some(e) = &writer.client_gone {
         log::info!(
-            "client {}:{} went away during the response to {} {} ({e})",
-            peer.addr,
-            peer.port,
-            head.method,
-            head.target
+            "client {} went away during the response to {} {} ({e})",
+            request.client(),
+            request.method(),
+            request.target()
         );
     }
 
@@ -198,10 +267,10 @@ pub fn call_app(py: Python<'_>, app: &WsgiApp, ex: Exchange<'_>) -> Outcome {
     // ANCHOR_END: discard_rest
 }
 
-fn report_app_error(py: Python<'_>, head: &RequestHead, err: &PyErr) {
+fn report_app_error(py: Python<'_>, request: &Request<'_>, err: &PyErr) {
     log::error!(
         "Error handling request {}\n{}",
-        head.target,
+        request.target(),
         format_exception(py, err).trim_end()
     );
 }
@@ -213,19 +282,23 @@ fn report_app_error(py: Python<'_>, head: &RequestHead, err: &PyErr) {
 fn run_app(
     py: Python<'_>,
     app: &WsgiApp,
-    head: &RequestHead,
-    peer: &Peer,
+    request: &Request<'_>,
     input: &Bound<'_, WsgiInput>,
     start_response: &Bound<'_, StartResponse>,
 ) -> PyResult<()> {
-    let environ = environ::build(
-        py,
-        app.template.bind(py),
-        head,
-        peer,
-        &app.info.script_name,
-        input.as_any(),
-    )?;
+    let environ = match request {
+        Request::Http { head, peer } => environ::build(
+            py,
+            app.template.bind(py),
+            head,
+            peer,
+            &app.info.script_name,
+            input.as_any(),
+        )?,
+        Request::Uwsgi(packet) => {
+            environ::build_from_vars(py, app.template.bind(py), packet, input.as_any())?
+        }
+    };
     let iterable = app.app.bind(py).call1((environ, start_response))?;
     let sent = send_body(py, &iterable, start_response);
     let closed = match iterable.getattr(pyo3::intern!(py, "close")) {

@@ -9,6 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 
 use crate::http::request::RequestHead;
+use crate::uwsgi::UwsgiRequest;
 
 /// What the server knows about itself, constant for its lifetime.
 #[derive(Clone, Debug)]
@@ -143,6 +144,58 @@ pub fn build<'py>(
     Ok(env)
 }
 // ANCHOR_END: environ_headers
+
+/// The environ of a uwsgi request: nginx sent the CGI variables ready-made
+/// (its `uwsgi_params` file names them), so they are copied as they are, and
+/// what the stock file leaves out is filled in.
+pub fn build_from_vars<'py>(
+    py: Python<'py>,
+    template: &Bound<'py, PyDict>,
+    request: &UwsgiRequest,
+    input: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let env = template.copy()?;
+    for (key, value) in &request.vars {
+        env.set_item(key, latin1_str(py, value))?;
+    }
+    let missing = |key: &str| !env.contains(key).unwrap_or(true);
+    for (key, default) in [
+        ("REQUEST_METHOD", "GET"),
+        ("QUERY_STRING", ""),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ("REMOTE_ADDR", ""),
+    ] {
+        if missing(key) {
+            env.set_item(key, default)?;
+        }
+    }
+    if missing("PATH_INFO") {
+        // PATH_INFO is the decoded path of REQUEST_URI.
+        let uri = request.var("REQUEST_URI").unwrap_or(b"/");
+        let path = uri.split(|&b| b == b'?').next().unwrap_or(b"/");
+        let decoded = crate::http::request::percent_decode(path).unwrap_or_else(|_| path.to_vec());
+        env.set_item("PATH_INFO", latin1_str(py, &decoded))?;
+    }
+    if missing("HTTP_HOST") {
+        // HTTP/1.0 clients may send no Host; URL reconstruction (PEP 3333)
+        // then uses SERVER_NAME and SERVER_PORT.
+        let name = request.var("SERVER_NAME").map(|v| String::from_utf8_lossy(v).to_string());
+        let port = request.var("SERVER_PORT").map(|v| String::from_utf8_lossy(v).to_string());
+        if let Some(name) = name {
+            let host = match port.as_deref() {
+                None | Some("80") | Some("443") | Some("") => name,
+                Some(port) => format!("{name}:{port}"),
+            };
+            env.set_item("HTTP_HOST", host)?;
+        }
+    }
+    let https = request.var("HTTPS").is_some_and(|v| v.eq_ignore_ascii_case(b"on"));
+    if https || request.var("REQUEST_SCHEME") == Some(b"https") {
+        env.set_item("wsgi.url_scheme", "https")?;
+    }
+    env.set_item(intern!(py, "wsgi.input"), input)?;
+    Ok(env)
+}
 
 #[cfg(test)]
 mod tests {

@@ -34,6 +34,19 @@ pub struct ResponseHead {
     pub close: bool,
 }
 
+/// Which protocol the response goes out in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 straight to the client: `Server` and `Date` headers,
+    /// keep-alive, chunked bodies.
+    Http,
+    /// The answer to a uwsgi packet: a plain HTTP status line and headers,
+    /// Content-Length when known, otherwise the body until the connection
+    /// closes; never chunked, always closed. nginx adds `Server`, `Date` and
+    /// the framing its own client needs.
+    Uwsgi,
+}
+
 /// Buffered bytes are written out once they pass this size, so a large list
 /// body is not held whole in memory.
 const FLUSH_THRESHOLD: usize = 64 * 1024;
@@ -63,6 +76,7 @@ pub struct ResponseWriter {
     /// The client went away: later writes are skipped.
     pub client_gone: Option<io::Error>,
     response_started: Arc<AtomicBool>,
+    protocol: Protocol,
 }
 
 impl ResponseWriter {
@@ -73,6 +87,7 @@ impl ResponseWriter {
         head_request: bool,
         keep_alive_allowed: bool,
         response_started: Arc<AtomicBool>,
+        protocol: Protocol,
     ) -> ResponseWriter {
         ResponseWriter {
             stream,
@@ -89,6 +104,7 @@ impl ResponseWriter {
             must_close: false,
             client_gone: None,
             response_started,
+            protocol,
         }
     }
 
@@ -120,7 +136,7 @@ impl ResponseWriter {
             // A HEAD response has no body whatever its headers say; with an
             // unknown length there is nothing true to announce.
             Framing::NoBody
-        } else if self.request_version == Version::Http11 {
+        } else if self.request_version == Version::Http11 && self.protocol == Protocol::Http {
             framing_header = Some(b"Transfer-Encoding: chunked\r\n".to_vec());
             Framing::Chunked
         } else {
@@ -134,8 +150,16 @@ impl ResponseWriter {
         self.must_close |= !keep_alive;
         // ANCHOR_END: choose_framing
 
-        push_status_and_common_headers(&mut self.out, &head.status_line, &self.server);
-        if !keep_alive {
+        if self.protocol == Protocol::Uwsgi {
+            self.out.extend_from_slice(b"HTTP/1.1 ");
+            self.out.extend_from_slice(&head.status_line);
+            self.out.extend_from_slice(b"\r\n");
+        } else {
+            push_status_and_common_headers(&mut self.out, &head.status_line, &self.server);
+        }
+        if self.protocol == Protocol::Uwsgi {
+            // The connection is closed after every response; nginx knows.
+        } else if !keep_alive {
             self.out.extend_from_slice(b"Connection: close\r\n");
         } else if self.request_version == Version::Http10 {
             // HTTP/1.0 closes by default; say that this one stays open.
