@@ -56,6 +56,15 @@ fn read(path: &Path) -> String {
     fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
 
+/// A path as the messages show it: relative to the workspace root.
+fn shown(path: &Path) -> String {
+    let root = repo_root();
+    path.strip_prefix(&root)
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
 /// `a/b/../c` → `a/c`, without touching the file system.
 fn normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
@@ -196,7 +205,7 @@ fn include_problems(chapter: &Path, text: &str) -> Vec<String> {
     let dir = chapter.parent().expect("a chapter is in a directory");
     let mut problems = Vec::new();
     for inc in find_includes(text) {
-        let here = format!("{}:{}", chapter.display(), inc.line);
+        let here = format!("{}:{}", shown(chapter), inc.line);
         let target = normalize(&dir.join(&inc.path));
         let source = match fs::read_to_string(&target) {
             Ok(s) => s,
@@ -205,7 +214,7 @@ fn include_problems(chapter: &Path, text: &str) -> Vec<String> {
                     "{here}: {{{{#{} {}}}}} names {}, which cannot be read ({e})",
                     inc.kind,
                     inc.path,
-                    target.display()
+                    shown(&target)
                 ));
                 continue;
             }
@@ -327,10 +336,11 @@ fn find_links(text: &str) -> Vec<LinkTarget> {
             rest = &after[end..];
         }
         let trimmed = line.trim_start();
-        if line.len() - trimmed.len() <= 3 && trimmed.starts_with('[') {
-            if let Some((_, target)) = trimmed.split_once("]:") {
-                push(target);
-            }
+        if line.len() - trimmed.len() <= 3
+            && trimmed.starts_with('[')
+            && let Some((_, target)) = trimmed.split_once("]:")
+        {
+            push(target);
         }
         for attr in ["href=\"", "src=\""] {
             let mut rest = line.as_str();
@@ -424,7 +434,7 @@ fn link_problems(chapter: &Path, text: &str, src: &Path) -> Vec<String> {
         if is_external(&link.target) {
             continue;
         }
-        let here = format!("{}:{}", chapter.display(), link.line);
+        let here = format!("{}:{}", shown(chapter), link.line);
         let (path, fragment) = match link.target.split_once('#') {
             Some((p, f)) => (p, Some(f)),
             None => (link.target.as_str(), None),
@@ -446,7 +456,7 @@ fn link_problems(chapter: &Path, text: &str, src: &Path) -> Vec<String> {
             problems.push(format!(
                 "{here}: ({}) points at {}, which does not exist",
                 link.target,
-                target.display()
+                shown(&target)
             ));
             continue;
         }
@@ -465,7 +475,7 @@ fn link_problems(chapter: &Path, text: &str, src: &Path) -> Vec<String> {
             problems.push(format!(
                 "{here}: ({}): {} has no heading with the id `{fragment}`",
                 link.target,
-                target.display()
+                shown(&target)
             ));
         }
     }
@@ -521,7 +531,7 @@ fn every_chapter_is_in_the_summary() {
     let orphans: Vec<String> = markdown_files(&src)
         .into_iter()
         .filter(|p| !p.ends_with("SUMMARY.md") && !listed.contains(p))
-        .map(|p| p.display().to_string())
+        .map(|p| shown(&p))
         .collect();
     assert!(
         orphans.is_empty(),

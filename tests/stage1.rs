@@ -23,7 +23,10 @@ fn no_arguments_serve_the_builtin_hello_app_from_any_directory() {
     assert_eq!(r.status, 200);
     assert_eq!(r.body, b"Hello, World!\n");
     let banner = server.stderr_text();
-    assert!(banner.contains("Serving the built-in hello app with Python 3."), "{banner}");
+    assert!(
+        banner.contains("Serving the built-in hello app with Python 3."),
+        "{banner}"
+    );
 }
 
 #[test]
@@ -35,7 +38,10 @@ fn unknown_module_is_one_sentence_and_exit_1() {
         .code(1);
     let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
     let last = stderr.lines().last().unwrap_or_default();
-    assert!(last.starts_with("error: cannot find the module 'no_such_module'"), "{stderr}");
+    assert!(
+        last.starts_with("error: cannot find the module 'no_such_module'"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
@@ -61,30 +67,53 @@ fn missing_callable_bad_spec_and_not_callable_are_refused() {
 #[test]
 fn import_error_inside_the_app_shows_the_traceback() {
     let dir = tempdir("import-error");
-    std::fs::write(dir.join("broken.py"), "import no_such_dependency\napp = None\n").unwrap();
+    std::fs::write(
+        dir.join("broken.py"),
+        "import no_such_dependency\napp = None\n",
+    )
+    .unwrap();
     let out = Command::new(workspace_bin(BIN))
         .args(["broken:app", "-b", "127.0.0.1:0", "--chdir"])
         .arg(&dir)
         .assert()
         .code(1);
     let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
-    assert!(stderr.contains("Traceback (most recent call last)"), "{stderr}");
-    assert!(stderr.contains("No module named 'no_such_dependency'"), "{stderr}");
-    assert!(stderr.lines().last().unwrap().contains("importing 'broken' failed"), "{stderr}");
+    assert!(
+        stderr.contains("Traceback (most recent call last)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("No module named 'no_such_dependency'"),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .lines()
+            .last()
+            .unwrap()
+            .contains("importing 'broken' failed"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn port_in_use_is_one_sentence_and_exit_1() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let out = Command::new(workspace_bin(BIN)).args(["-b", &addr]).assert().code(1);
+    let out = Command::new(workspace_bin(BIN))
+        .args(["-b", &addr])
+        .assert()
+        .code(1);
     let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
     assert!(stderr.contains("address is already in use"), "{stderr}");
 }
 
 #[test]
 fn bad_cli_argument_is_refused_without_panic() {
-    let out = Command::new(workspace_bin(BIN)).args(["--keep-alive", "soon"]).assert().failure();
+    let out = Command::new(workspace_bin(BIN))
+        .args(["--keep-alive", "soon"])
+        .assert()
+        .failure();
     let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
     assert!(stderr.contains("invalid value 'soon'"), "{stderr}");
 }
@@ -107,7 +136,10 @@ fn wsgi_file_pythonpath_and_virtualenv() {
     assert!(status.success());
     let version = String::from_utf8(
         Command::new("python3")
-            .args(["-c", "import sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}')"])
+            .args([
+                "-c",
+                "import sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}')",
+            ])
             .output()
             .unwrap()
             .stdout,
@@ -120,10 +152,20 @@ fn wsgi_file_pythonpath_and_virtualenv() {
     let venv_arg = venv.to_string_lossy().to_string();
     let server = ServerProcess::start(
         BIN,
-        &["--wsgi-file", file.to_str().unwrap(), "--virtualenv", &venv_arg, "-b", "127.0.0.1:0"],
+        &[
+            "--wsgi-file",
+            file.to_str().unwrap(),
+            "--virtualenv",
+            &venv_arg,
+            "-b",
+            "127.0.0.1:0",
+        ],
     )
     .expect("starts with --wsgi-file and --virtualenv");
-    assert_eq!(client::get(server.addr(), "/").unwrap().body, b"from the venv");
+    assert_eq!(
+        client::get(server.addr(), "/").unwrap().body,
+        b"from the venv"
+    );
 
     // Without the virtualenv the import fails, clearly.
     let out = Command::new(workspace_bin(BIN))
@@ -140,17 +182,33 @@ fn wsgi_file_pythonpath_and_virtualenv() {
     std::fs::write(lib.join("helper_mod.py"), "WORD = b'from --pythonpath'\n").unwrap();
     let server = ServerProcess::start(
         BIN,
-        &["--wsgi-file", file.to_str().unwrap(), "--pythonpath", lib.to_str().unwrap(), "-b", "127.0.0.1:0"],
+        &[
+            "--wsgi-file",
+            file.to_str().unwrap(),
+            "--pythonpath",
+            lib.to_str().unwrap(),
+            "-b",
+            "127.0.0.1:0",
+        ],
     )
     .expect("starts with --pythonpath");
-    assert_eq!(client::get(server.addr(), "/").unwrap().body, b"from --pythonpath");
+    assert_eq!(
+        client::get(server.addr(), "/").unwrap().body,
+        b"from --pythonpath"
+    );
 }
 
 #[test]
 fn script_name_is_split_from_path_info() {
     let server = ServerProcess::start(
         BIN,
-        &["apps.lab:app", "--script-name", "/mount", "-b", "127.0.0.1:0"],
+        &[
+            "apps.lab:app",
+            "--script-name",
+            "/mount",
+            "-b",
+            "127.0.0.1:0",
+        ],
     )
     .unwrap();
     let r = client::get(server.addr(), "/mount/environ").unwrap();
@@ -211,8 +269,7 @@ fn flask_app_serves_json() {
         eprintln!("SKIPPED: Flask is not installed (pip install flask)");
         return;
     }
-    let server =
-        ServerProcess::start(BIN, &["apps.flask_app:app", "-b", "127.0.0.1:0"]).unwrap();
+    let server = ServerProcess::start(BIN, &["apps.flask_app:app", "-b", "127.0.0.1:0"]).unwrap();
     let r = client::get(server.addr(), "/hello/ada").unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("application/json"));
@@ -246,10 +303,20 @@ fn wsgiref_validator_finds_nothing_to_complain_about() {
     )
     .unwrap();
     let addr = server.addr();
-    for path in ["/", "/environ?x=1", "/stream?n=3", "/bytes?n=1000", "/file", "/counter"] {
+    for path in [
+        "/",
+        "/environ?x=1",
+        "/stream?n=3",
+        "/bytes?n=1000",
+        "/file",
+        "/counter",
+    ] {
         assert_eq!(client::get(addr, path).unwrap().status, 200, "{path}");
     }
-    let head = client::request(addr, b"HEAD / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let head = client::request(
+        addr,
+        b"HEAD / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
     assert!(head.is_ok());
     let post = client::request(
         addr,
@@ -264,7 +331,10 @@ fn wsgiref_validator_finds_nothing_to_complain_about() {
     .unwrap();
     assert_eq!(lines.status, 200);
     let log = server.stderr_text();
-    assert!(!log.contains("AssertionError") && !log.contains("Error handling"), "{log}");
+    assert!(
+        !log.contains("AssertionError") && !log.contains("Error handling"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -285,7 +355,10 @@ fn access_log_lines_in_combined_format() {
         let out = server.stdout_text();
         if let Some(line) = out.lines().find(|l| l.contains("/bytes?n=7")) {
             assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
-            assert!(line.ends_with("\"GET /bytes?n=7 HTTP/1.1\" 200 7 \"-\" \"ua/1\""), "{line}");
+            assert!(
+                line.ends_with("\"GET /bytes?n=7 HTTP/1.1\" 200 7 \"-\" \"ua/1\""),
+                "{line}"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "no access log line in: {out}");

@@ -17,10 +17,16 @@ const BIN: &str = "stage3-prefork";
 fn children(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
         // The fields after the command name (which may contain spaces).
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
         let fields: Vec<&str> = rest.split_whitespace().collect();
         if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) && fields[0] != "Z" {
             out.push(child);
@@ -54,20 +60,34 @@ fn stats(server: &ServerProcess) -> Value {
 }
 
 fn start(args: &[&str]) -> ServerProcess {
-    let mut all = vec!["apps.lab:app", "-b", "127.0.0.1:0", "--stats", "127.0.0.1:0"];
+    let mut all = vec![
+        "apps.lab:app",
+        "-b",
+        "127.0.0.1:0",
+        "--stats",
+        "127.0.0.1:0",
+    ];
     all.extend_from_slice(args);
     ServerProcess::start(BIN, &all).expect("stage 3 starts")
 }
 
 fn pid_of_response(addr: std::net::SocketAddr) -> u32 {
-    client::get(addr, "/pid").unwrap().text().trim().parse().unwrap()
+    client::get(addr, "/pid")
+        .unwrap()
+        .text()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 #[test]
 fn no_arguments_serve_hello_with_the_default_workers() {
     let tmp = std::env::temp_dir();
     let server = ServerProcess::start_with(BIN, &["-b", "127.0.0.1:0"], &[], Some(&tmp)).unwrap();
-    assert_eq!(client::get(server.addr(), "/").unwrap().body, b"Hello, World!\n");
+    assert_eq!(
+        client::get(server.addr(), "/").unwrap().body,
+        b"Hello, World!\n"
+    );
     let cores = std::thread::available_parallelism().unwrap().get();
     wait_until("2 x cores + 1 workers run", Duration::from_secs(10), || {
         children(server.pid()).len() == 2 * cores + 1
@@ -84,7 +104,11 @@ fn a_killed_worker_is_replaced_and_other_requests_never_fail() {
     let mut victim = 0;
     wait_until("a worker is busy", Duration::from_secs(5), || {
         let s = stats(&server);
-        let busy = s["workers"].as_array().unwrap().iter().find(|w| w["status"] == "busy");
+        let busy = s["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["status"] == "busy");
         victim = busy.map_or(0, |w| w["pid"].as_u64().unwrap() as u32);
         victim != 0
     });
@@ -116,17 +140,32 @@ fn a_killed_worker_is_replaced_and_other_requests_never_fail() {
     let replaced_after = killed_at.elapsed();
     wait_until("the new worker answers", Duration::from_secs(2), || {
         let s = stats(&server);
-        s["workers"].as_array().unwrap().iter().all(|w| w["pid"] != victim)
+        s["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w["pid"] != victim)
             && children(server.pid()).iter().any(|p| *p != victim)
     });
     std::thread::sleep(Duration::from_millis(300));
     done.store(true, Ordering::Relaxed);
     load.join().unwrap();
-    assert!(slow.join().unwrap().is_err(), "the killed worker's request cannot succeed");
+    assert!(
+        slow.join().unwrap().is_err(),
+        "the killed worker's request cannot succeed"
+    );
     assert!(served.load(Ordering::Relaxed) > 10);
-    assert_eq!(failures.load(Ordering::Relaxed), 0, "requests to the other workers failed");
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "requests to the other workers failed"
+    );
     assert!(replaced_after < Duration::from_secs(2));
-    assert!(server.stderr_text().contains("was sent SIGKILL! Perhaps out of memory?"));
+    assert!(
+        server
+            .stderr_text()
+            .contains("was sent SIGKILL! Perhaps out of memory?")
+    );
 }
 
 #[test]
@@ -158,9 +197,14 @@ fn term_lets_an_inflight_request_finish_then_exits_0() {
     let inflight = std::thread::spawn(move || client::get(addr, "/io?ms=2000"));
     std::thread::sleep(Duration::from_millis(400));
     server.signal(libc::SIGTERM);
-    let r = inflight.join().unwrap().expect("the in-flight request completes");
+    let r = inflight
+        .join()
+        .unwrap()
+        .expect("the in-flight request completes");
     assert_eq!(r.status, 200);
-    let status = server.wait_timeout(Duration::from_secs(10)).expect("the master exits");
+    let status = server
+        .wait_timeout(Duration::from_secs(10))
+        .expect("the master exits");
     assert_eq!(status.code(), Some(0));
     assert!(children(server.pid()).is_empty());
 }
@@ -192,7 +236,15 @@ fn hup_reloads_new_code_without_refusing_a_connection() {
     std::fs::write(dir.join("reloadable.py"), app("v1")).unwrap();
     let server = ServerProcess::start(
         BIN,
-        &["reloadable:app", "--chdir", dir.to_str().unwrap(), "-w", "2", "-b", "127.0.0.1:0"],
+        &[
+            "reloadable:app",
+            "--chdir",
+            dir.to_str().unwrap(),
+            "-w",
+            "2",
+            "-b",
+            "127.0.0.1:0",
+        ],
     )
     .unwrap();
     let addr = server.addr();
@@ -212,16 +264,22 @@ fn hup_reloads_new_code_without_refusing_a_connection() {
     };
     std::fs::write(dir.join("reloadable.py"), app("v2")).unwrap();
     server.signal(libc::SIGHUP);
-    wait_until("responses come from the new code", Duration::from_secs(10), || {
-        client::get(addr, "/").is_ok_and(|r| r.body == b"v2")
-    });
+    wait_until(
+        "responses come from the new code",
+        Duration::from_secs(10),
+        || client::get(addr, "/").is_ok_and(|r| r.body == b"v2"),
+    );
     // Every worker is of the new generation now.
     wait_until("old workers are gone", Duration::from_secs(10), || {
         (0..10).all(|_| client::get(addr, "/").is_ok_and(|r| r.body == b"v2"))
     });
     done.store(true, Ordering::Relaxed);
     load.join().unwrap();
-    assert_eq!(failures.load(Ordering::Relaxed), 0, "a request failed during the reload");
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "a request failed during the reload"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -234,10 +292,19 @@ fn an_app_that_fails_to_import_stops_the_master_instead_of_a_respawn_loop() {
         .assert()
         .code(1);
     let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
-    assert!(stderr.contains("cannot find the module 'no_such_module'"), "{stderr}");
-    assert!(stderr.contains("Reason: Worker failed to boot."), "{stderr}");
+    assert!(
+        stderr.contains("cannot find the module 'no_such_module'"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("Reason: Worker failed to boot."),
+        "{stderr}"
+    );
     let boots = stderr.matches("Booting worker").count();
-    assert!(boots <= 2, "{boots} workers were booted: a respawn loop\n{stderr}");
+    assert!(
+        boots <= 2,
+        "{boots} workers were booted: a respawn loop\n{stderr}"
+    );
 
     // With --preload the master imports the app itself: one sentence, exit 1.
     let out = Command::new(workspace_bin(BIN))
@@ -246,28 +313,54 @@ fn an_app_that_fails_to_import_stops_the_master_instead_of_a_respawn_loop() {
         .assert()
         .code(1);
     let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
-    assert!(stderr.lines().last().unwrap().starts_with("error: cannot find the module"), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("error: cannot find the module"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("Booting worker"), "{stderr}");
 }
 
 #[test]
 fn max_requests_recycles_workers() {
-    let server = start(&["-w", "1", "--max-requests", "3", "--max-requests-jitter", "2"]);
+    let server = start(&[
+        "-w",
+        "1",
+        "--max-requests",
+        "3",
+        "--max-requests-jitter",
+        "2",
+    ]);
     let mut pids = std::collections::BTreeSet::new();
     for _ in 0..12 {
         pids.insert(pid_of_response(server.addr()));
     }
-    assert!(pids.len() >= 2, "one worker served 12 requests despite --max-requests 3");
-    assert!(server.stderr_text().contains("Autorestarting worker after current request"));
+    assert!(
+        pids.len() >= 2,
+        "one worker served 12 requests despite --max-requests 3"
+    );
+    assert!(
+        server
+            .stderr_text()
+            .contains("Autorestarting worker after current request")
+    );
 }
 
 #[test]
 fn preload_serves_and_reports_multiprocess() {
     let server = start(&["-w", "2", "--preload"]);
-    let e: Value = serde_json::from_slice(&client::get(server.addr(), "/environ").unwrap().body).unwrap();
+    let e: Value =
+        serde_json::from_slice(&client::get(server.addr(), "/environ").unwrap().body).unwrap();
     assert_eq!(e["wsgi.multiprocess"], true);
     assert_eq!(e["wsgi.multithread"], false);
-    assert!(server.stderr_text().contains("(app preloaded in the master)"));
+    assert!(
+        server
+            .stderr_text()
+            .contains("(app preloaded in the master)")
+    );
     assert_eq!(stats(&server)["master"]["preload"], true);
 }
 
@@ -298,7 +391,11 @@ fn gthread_workers_serve_concurrent_sleeps() {
         assert_eq!(h.join().unwrap(), 200);
     }
     // One worker, four threads: four 1 s sleeps overlap instead of taking 4 s.
-    assert!(started.elapsed() < Duration::from_millis(3000), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(3000),
+        "{:?}",
+        started.elapsed()
+    );
     let e: Value = serde_json::from_slice(&client::get(addr, "/environ").unwrap().body).unwrap();
     assert_eq!(e["wsgi.multithread"], true);
     assert!(server.stderr_text().contains("Using worker: gthread"));
@@ -308,7 +405,11 @@ fn gthread_workers_serve_concurrent_sleeps() {
 fn pid_file_is_written_and_removed() {
     let path = std::env::temp_dir().join(format!("wsgi-course-stage3-{}.pid", std::process::id()));
     let mut server = start(&["-w", "1", "--pid", path.to_str().unwrap()]);
-    let written: u32 = std::fs::read_to_string(&path).unwrap().trim().parse().unwrap();
+    let written: u32 = std::fs::read_to_string(&path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert_eq!(written, server.pid());
     server.signal(libc::SIGTERM);
     server.wait_timeout(Duration::from_secs(10)).expect("exits");
@@ -323,12 +424,16 @@ fn int_stops_fast_and_a_killed_master_takes_its_workers_along() {
     std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
     server.signal(libc::SIGINT);
-    let status = server.wait_timeout(Duration::from_secs(5)).expect("INT stops the master fast");
+    let status = server
+        .wait_timeout(Duration::from_secs(5))
+        .expect("INT stops the master fast");
     assert_eq!(status.code(), Some(0));
     assert!(started.elapsed() < Duration::from_secs(4));
 
     let server = start(&["-w", "2"]);
-    wait_until("two workers", Duration::from_secs(5), || children(server.pid()).len() == 2);
+    wait_until("two workers", Duration::from_secs(5), || {
+        children(server.pid()).len() == 2
+    });
     let workers = children(server.pid());
     server.signal(libc::SIGKILL);
     wait_until("orphaned workers exit", Duration::from_secs(5), || {
@@ -340,6 +445,9 @@ fn int_stops_fast_and_a_killed_master_takes_its_workers_along() {
 
 fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
         .unwrap_or(true)
 }

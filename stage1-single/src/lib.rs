@@ -14,8 +14,8 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use wsgi_bridge::conn::Stream;
 use wsgi_bridge::http::request::Limits;
 use wsgi_bridge::serve::{HttpConnection, Next};
-use wsgi_bridge::wsgi::call::WsgiApp;
 use wsgi_bridge::worker::WorkerHooks;
+use wsgi_bridge::wsgi::call::WsgiApp;
 use wsgi_bridge::wsgi::environ::Peer;
 
 /// How the loop treats connections.
@@ -39,15 +39,36 @@ pub fn serve_forever(
     stop: BorrowedFd<'_>,
     hooks: &dyn WorkerHooks,
 ) -> io::Result<()> {
+    accept_loop(
+        listener.as_fd(),
+        stop,
+        hooks,
+        || listener.accept(),
+        // While this connection is served, nobody else is: the lesson of stage 1.
+        |(stream, addr)| serve_connection(stream, addr, app, config, stop, hooks),
+    )
+}
+
+/// The loop of a worker that serves one connection at a time, whatever the
+/// protocol: sleep until a connection arrives (or `stop` is readable), take
+/// it with `accept`, `serve` it to the end, repeat. `serve` returns `false`
+/// to stop. Stage 4 runs it with uwsgi connections on a unix socket.
+pub fn accept_loop<C>(
+    listener: BorrowedFd<'_>,
+    stop: BorrowedFd<'_>,
+    hooks: &dyn WorkerHooks,
+    mut accept: impl FnMut() -> io::Result<C>,
+    mut serve: impl FnMut(C) -> bool,
+) -> io::Result<()> {
     // Non-blocking, so that a wake-up without a connection to take (another
     // process took it first, in stage 3) returns instead of blocking.
-    listener.set_nonblocking(true)?;
+    set_nonblocking(listener)?;
     loop {
         hooks.heartbeat();
         // Sleep until a client connects or we are told to stop; wake up
         // every second anyway to send the heartbeat.
         let mut fds = [
-            PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+            PollFd::new(listener, PollFlags::POLLIN),
             PollFd::new(stop, PollFlags::POLLIN),
         ];
         match poll(&mut fds, PollTimeout::from(1000u16)) {
@@ -59,11 +80,9 @@ pub fn serve_forever(
         if is_readable(&fds[1]) {
             return Ok(());
         }
-        match listener.accept() {
-            // While this connection is served, nobody else is: the lesson
-            // of stage 1.
-            Ok((stream, addr)) => {
-                if !serve_connection(stream, addr, app, config, stop, hooks) {
+        match accept() {
+            Ok(connection) => {
+                if !serve(connection) {
                     return Ok(());
                 }
             }
@@ -77,6 +96,13 @@ pub fn serve_forever(
             }
         }
     }
+}
+
+fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    Ok(())
 }
 // ANCHOR_END: serve_forever
 
@@ -142,7 +168,6 @@ fn wait_for_request(conn: &HttpConnection, idle: Duration, stop: BorrowedFd<'_>)
 }
 
 fn is_readable(fd: &PollFd<'_>) -> bool {
-    fd.revents().is_some_and(|r| {
-        r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
-    })
+    fd.revents()
+        .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR))
 }

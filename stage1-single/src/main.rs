@@ -82,9 +82,16 @@ fn run(args: Args) -> Result<(), StartError> {
         .map_err(|e| StartError::new(format!("cannot prepare the app: {e}")))?;
 
     let pid = std::process::id();
-    log::info!("Starting stage1-single {}: one thread, one connection at a time", env!("CARGO_PKG_VERSION"));
+    log::info!(
+        "Starting stage1-single {}: one thread, one connection at a time",
+        env!("CARGO_PKG_VERSION")
+    );
     log::info!("Listening at: http://{local} ({pid})");
-    log::info!("Serving {} with {}", source.describe(), boot::python_description());
+    log::info!(
+        "Serving {} with {}",
+        source.describe(),
+        boot::python_description()
+    );
 
     let config = SyncConfig {
         limits: args.limits.limits(),

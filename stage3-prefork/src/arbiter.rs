@@ -12,8 +12,8 @@
 //! ```
 
 use std::net::TcpListener;
-use std::path::Path;
 use std::os::fd::AsFd;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -72,6 +72,9 @@ pub struct Arbiter {
     preloaded: Option<Py<PyAny>>,
     pub started: Instant,
     boot_failed: bool,
+    /// The sidecar process (stage 4's router) and when it was last started.
+    sidecar: Option<(Pid, Instant)>,
+    sidecar_failures: u32,
 }
 
 impl Arbiter {
@@ -94,6 +97,8 @@ impl Arbiter {
             preloaded,
             started: Instant::now(),
             boot_failed: false,
+            sidecar: None,
+            sidecar_failures: 0,
         })
     }
 
@@ -151,6 +156,9 @@ impl Arbiter {
     /// Forks workers until `target` are running; asks the oldest extra ones
     /// to stop when there are too many (after TTOU).
     fn manage_workers(&mut self) {
+        if self.config.sidecar.is_some() && self.sidecar.is_none() {
+            self.spawn_sidecar();
+        }
         let running = |w: &&WorkerProcess| w.state == WorkerState::Running;
         while self.workers.iter().filter(running).count() < self.target {
             if !self.spawn_worker() {
@@ -199,7 +207,10 @@ impl Arbiter {
                 self.stats = None;
                 let status = worker::run(WorkerSpec {
                     config: &self.config,
-                    listeners: self.listeners.as_ref().expect("listening while workers run"),
+                    listeners: self
+                        .listeners
+                        .as_ref()
+                        .expect("listening while workers run"),
                     slot: self.scoreboard.slot(slot),
                     preloaded: self.preloaded.as_ref(),
                     multiprocess: self.target > 1,
@@ -213,7 +224,10 @@ impl Arbiter {
                 std::process::exit(status);
             }
             Ok(ForkResult::Parent { child }) => {
-                self.scoreboard.slot(slot).pid.store(child.as_raw(), Ordering::Relaxed);
+                self.scoreboard
+                    .slot(slot)
+                    .pid
+                    .store(child.as_raw(), Ordering::Relaxed);
                 self.workers.push(WorkerProcess {
                     pid: child,
                     slot,
@@ -256,6 +270,33 @@ impl Arbiter {
     }
     // ANCHOR_END: spawn_worker
 
+    /// Forks the sidecar. A sidecar that keeps dying at once is given up on,
+    /// with an error, instead of being restarted in a tight loop.
+    fn spawn_sidecar(&mut self) {
+        if self.sidecar_failures >= 5 {
+            return;
+        }
+        let old_mask = signals::block_all();
+        let forked = self.fork();
+        if !matches!(forked, Ok(ForkResult::Child)) {
+            signals::restore(&old_mask);
+        }
+        match forked {
+            Ok(ForkResult::Child) => {
+                if let Some(signals) = self.signals.take() {
+                    signals.forget_in_child();
+                }
+                self.stats = None;
+                let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
+                signals::restore(&old_mask);
+                let run = self.config.sidecar.as_ref().expect("a sidecar to run");
+                std::process::exit(run());
+            }
+            Ok(ForkResult::Parent { child }) => self.sidecar = Some((child, Instant::now())),
+            Err(e) => log::error!("fork failed: {e}"),
+        }
+    }
+
     // ANCHOR: reap_workers
     /// Collects the exit status of every worker that died, and says how.
     fn reap_workers(&mut self) {
@@ -265,6 +306,19 @@ impl Arbiter {
                 Ok(status) => status,
             };
             let Some(pid) = status.pid() else { continue };
+            if let Some((sidecar, started)) = self.sidecar.filter(|(p, _)| *p == pid) {
+                self.sidecar = None;
+                log::error!("The HTTP router (pid:{sidecar}) stopped ({status:?}); restarting it");
+                if started.elapsed() < Duration::from_secs(2) {
+                    self.sidecar_failures += 1;
+                    if self.sidecar_failures >= 5 {
+                        log::error!("The HTTP router keeps dying at start-up: giving up on it");
+                    }
+                } else {
+                    self.sidecar_failures = 0;
+                }
+                continue;
+            }
             let Some(index) = self.workers.iter().position(|w| w.pid == pid) else {
                 continue;
             };
@@ -286,11 +340,17 @@ impl Arbiter {
                     log::error!("Worker (pid:{pid}) was sent SIGKILL! Perhaps out of memory?");
                 }
                 WaitStatus::Signaled(_, signal, _) if !expected || signal != Signal::SIGKILL => {
-                    log::error!("Worker (pid:{pid}) was sent {}!", signals::name(signal as i32));
+                    log::error!(
+                        "Worker (pid:{pid}) was sent {}!",
+                        signals::name(signal as i32)
+                    );
                 }
                 _ => {}
             }
-            self.scoreboard.slot(worker.slot).pid.store(0, Ordering::Relaxed);
+            self.scoreboard
+                .slot(worker.slot)
+                .pid
+                .store(0, Ordering::Relaxed);
         }
     }
     // ANCHOR_END: reap_workers
@@ -304,7 +364,9 @@ impl Arbiter {
         for worker in &mut self.workers {
             match worker.state {
                 WorkerState::Running => {
-                    let Some(timeout) = self.config.timeout else { continue };
+                    let Some(timeout) = self.config.timeout else {
+                        continue;
+                    };
                     let silent = self.scoreboard.slot(worker.slot).silent_for_ms();
                     if silent > timeout.as_millis() as u64 {
                         log::error!(
@@ -317,7 +379,10 @@ impl Arbiter {
                     }
                 }
                 WorkerState::Stopping(since) if since.elapsed() > graceful => {
-                    log::warn!("Worker (pid:{}) did not stop in time: killing it", worker.pid);
+                    log::warn!(
+                        "Worker (pid:{}) did not stop in time: killing it",
+                        worker.pid
+                    );
                     let _ = kill(worker.pid, Signal::SIGKILL);
                     worker.state = WorkerState::Killed;
                 }
@@ -381,9 +446,17 @@ impl Arbiter {
         // Stop listening first: from now on new clients are refused at once
         // instead of waiting in a backlog nobody will serve. (Workers keep
         // their own copy until they exit, and finish what they accepted.)
-        if let Some(path) = self.listeners.take().and_then(|l| l.unix_path().map(Path::to_path_buf)) {
+        if let Some(path) = self
+            .listeners
+            .take()
+            .and_then(|l| l.unix_path().map(Path::to_path_buf))
+        {
             // The socket file would otherwise outlive the server.
             let _ = std::fs::remove_file(path);
+        }
+        if let Some((pid, _)) = self.sidecar.take() {
+            let _ = kill(pid, Signal::SIGTERM);
+            let _ = waitpid(pid, None);
         }
         for worker in &self.workers {
             let _ = kill(worker.pid, signal);
@@ -394,7 +467,10 @@ impl Arbiter {
             self.reap_workers();
         }
         for worker in &self.workers {
-            log::warn!("Worker (pid:{}) did not stop in time: killing it", worker.pid);
+            log::warn!(
+                "Worker (pid:{}) did not stop in time: killing it",
+                worker.pid
+            );
             let _ = kill(worker.pid, Signal::SIGKILL);
         }
         while !self.workers.is_empty() {

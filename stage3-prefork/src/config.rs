@@ -107,9 +107,13 @@ pub struct Args {
 /// What a worker runs once its app is loaded: a loop that accepts on the
 /// listener and serves until `stop` is readable or the hooks ask to stop.
 /// Stage 3 runs stage 1's or stage 2's HTTP loop; stage 4 its uwsgi loop.
-pub type ServeFn = Box<
-    dyn Fn(WorkerListener, &WsgiApp, BorrowedFd<'_>, &dyn WorkerHooks) -> std::io::Result<()>,
->;
+pub type ServeFn =
+    Box<dyn Fn(WorkerListener, &WsgiApp, BorrowedFd<'_>, &dyn WorkerHooks) -> std::io::Result<()>>;
+
+/// A helper process the master runs beside the workers and restarts if it
+/// dies (stage 4's HTTP router). Runs in the forked child; returns its exit
+/// status.
+pub type SidecarFn = Box<dyn Fn() -> i32>;
 
 /// The settings the master and its workers run with.
 pub struct Config {
@@ -119,7 +123,8 @@ pub struct Config {
     pub scheme: &'static str,
     /// The name in the banner and in `Server` headers.
     pub server_name: &'static str,
-    pub bind: SocketAddr,
+    /// The TCP address to listen on (stage 4 may listen on a unix socket instead).
+    pub bind: Option<SocketAddr>,
     pub workers: usize,
     pub worker_class: WorkerClass,
     pub timeout: Option<Duration>,
@@ -132,6 +137,8 @@ pub struct Config {
     pub stats: Option<SocketAddr>,
     pub app: AppArgs,
     pub source: AppSource,
+    /// A helper process to run beside the workers, if any.
+    pub sidecar: Option<SidecarFn>,
 }
 
 /// How long a client may stall on a socket before a worker gives up on it.
@@ -205,7 +212,7 @@ impl Config {
             serve: http_workers(worker_class, sync, threads),
             scheme: "http",
             server_name: concat!("stage3-prefork/", env!("CARGO_PKG_VERSION")),
-            bind,
+            bind: Some(bind),
             workers,
             worker_class,
             timeout: (args.timeout > 0).then(|| Duration::from_secs(args.timeout)),
@@ -216,6 +223,7 @@ impl Config {
             reuse_port: args.reuse_port,
             pid_file: args.pid,
             stats,
+            sidecar: None,
             app: args.app,
             source,
         })

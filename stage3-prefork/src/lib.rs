@@ -7,6 +7,7 @@
 pub mod arbiter;
 pub mod config;
 pub mod listen;
+pub mod master;
 pub mod scoreboard;
 pub mod signals;
 pub mod stats;

@@ -27,10 +27,16 @@ pub enum Listeners {
     /// The master holds a socket bound to the address but not listening: it
     /// reserves the port (and learns it, for port 0) without ever receiving a
     /// connection, which only listening sockets do.
-    ReusePort { addr: SocketAddr, _reserved: OwnedFd },
+    ReusePort {
+        addr: SocketAddr,
+        _reserved: OwnedFd,
+    },
     /// A unix socket, shared like a TCP one (stage 4: `--socket PATH`).
     /// The master removes the file when it stops.
-    Unix { listener: UnixListener, path: PathBuf },
+    Unix {
+        listener: UnixListener,
+        path: PathBuf,
+    },
 }
 
 /// The socket one worker accepts on.
@@ -54,14 +60,19 @@ impl Listeners {
             return boot::bind_tcp(addr).map(Listeners::Shared);
         }
         let reserved = reuse_port_socket(addr).map_err(|e| boot::bind_error(addr, e.into()))?;
-        let local = nix::sys::socket::getsockname::<SockaddrStorage>(std::os::fd::AsRawFd::as_raw_fd(&reserved))
-            .ok()
-            .and_then(|s| {
-                s.as_sockaddr_in()
-                    .map(|a| SocketAddr::from((a.ip(), a.port())))
-                    .or_else(|| s.as_sockaddr_in6().map(|a| SocketAddr::from((a.ip(), a.port()))))
-            })
-            .unwrap_or(addr);
+        let local = nix::sys::socket::getsockname::<SockaddrStorage>(
+            std::os::fd::AsRawFd::as_raw_fd(&reserved),
+        )
+        .ok()
+        .and_then(|s| {
+            s.as_sockaddr_in()
+                .map(|a| SocketAddr::from((a.ip(), a.port())))
+                .or_else(|| {
+                    s.as_sockaddr_in6()
+                        .map(|a| SocketAddr::from((a.ip(), a.port())))
+                })
+        })
+        .unwrap_or(addr);
         Ok(Listeners::ReusePort {
             addr: local,
             _reserved: reserved,
@@ -84,12 +95,19 @@ impl Listeners {
                     "another server is listening on {shown}: stop it or choose another --socket path"
                 )));
             }
-            std::fs::remove_file(path)
-                .map_err(|e| StartError::new(format!("cannot remove the stale socket {shown}: {e}")))?;
+            std::fs::remove_file(path).map_err(|e| {
+                StartError::new(format!("cannot remove the stale socket {shown}: {e}"))
+            })?;
             log::info!("Removed a stale socket file: {shown}");
         }
         let fail = |e: nix::Error| StartError::new(format!("cannot listen on unix:{shown}: {e}"));
-        let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).map_err(fail)?;
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(fail)?;
         let addr = UnixAddr::new(path).map_err(fail)?;
         bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr).map_err(fail)?;
         let backlog = Backlog::new(backlog).unwrap_or(Backlog::MAXCONN);
@@ -161,6 +179,9 @@ fn reuse_port_socket(addr: SocketAddr) -> nix::Result<OwnedFd> {
     let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
     setsockopt(&fd, sockopt::ReuseAddr, &true)?;
     setsockopt(&fd, sockopt::ReusePort, &true)?;
-    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrStorage::from(addr))?;
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrStorage::from(addr),
+    )?;
     Ok(fd)
 }

@@ -48,9 +48,8 @@ impl SignalQueue {
         for signal in HANDLED {
             // SAFETY: the action only touches atomics and calls write(2),
             // both async-signal-safe.
-            let id = unsafe {
-                signal_hook::low_level::register(signal, move || on_signal(signal))
-            }?;
+            let id =
+                unsafe { signal_hook::low_level::register(signal, move || on_signal(signal)) }?;
             ids.push(id);
         }
         Ok(SignalQueue {
@@ -74,7 +73,11 @@ impl SignalQueue {
             let n = PENDING[signal as usize].swap(0, Ordering::SeqCst);
             // Three TTINs in a row are three more workers; repeated CHLDs
             // or TERMs mean the same as one.
-            let times = if matches!(signal, libc::SIGTTIN | libc::SIGTTOU) { n } else { n.min(1) };
+            let times = if matches!(signal, libc::SIGTTIN | libc::SIGTTOU) {
+                n
+            } else {
+                n.min(1)
+            };
             out.extend(std::iter::repeat_n(signal, times));
         }
         out

@@ -23,42 +23,81 @@ pub const NEEDS_KEEP_ALIVE: &[&str] = &[
 pub const CASES: &[(&str, Case)] = &[
     ("hello", hello),
     ("environ_basics", environ_basics),
-    ("environ_path_is_percent_decoded_latin1", environ_path_is_percent_decoded_latin1),
-    ("environ_repeated_headers_are_joined", environ_repeated_headers_are_joined),
-    ("environ_drops_headers_with_underscores", environ_drops_headers_with_underscores),
-    ("environ_content_headers_have_cgi_names", environ_content_headers_have_cgi_names),
+    (
+        "environ_path_is_percent_decoded_latin1",
+        environ_path_is_percent_decoded_latin1,
+    ),
+    (
+        "environ_repeated_headers_are_joined",
+        environ_repeated_headers_are_joined,
+    ),
+    (
+        "environ_drops_headers_with_underscores",
+        environ_drops_headers_with_underscores,
+    ),
+    (
+        "environ_content_headers_have_cgi_names",
+        environ_content_headers_have_cgi_names,
+    ),
     ("environ_absolute_form_target", environ_absolute_form_target),
     ("body_with_content_length", body_with_content_length),
     ("body_chunked_with_trailers", body_chunked_with_trailers),
     ("body_empty", body_empty),
     ("body_large", body_large),
-    ("input_readline_readlines_iteration", input_readline_readlines_iteration),
+    (
+        "input_readline_readlines_iteration",
+        input_readline_readlines_iteration,
+    ),
     ("head_has_no_body", head_has_no_body),
     ("expect_100_continue", expect_100_continue),
     ("stream_is_chunked_on_http11", stream_is_chunked_on_http11),
-    ("stream_is_close_delimited_on_http10", stream_is_close_delimited_on_http10),
+    (
+        "stream_is_close_delimited_on_http10",
+        stream_is_close_delimited_on_http10,
+    ),
     ("http10_closes_by_default", http10_closes_by_default),
     ("http10_keep_alive_on_request", http10_keep_alive_on_request),
     ("keep_alive_two_requests", keep_alive_two_requests),
-    ("pipelined_requests_answered_in_order", pipelined_requests_answered_in_order),
+    (
+        "pipelined_requests_answered_in_order",
+        pipelined_requests_answered_in_order,
+    ),
     ("connection_close_is_honoured", connection_close_is_honoured),
     ("file_wrapper", file_wrapper),
-    ("app_error_before_headers_is_500", app_error_before_headers_is_500),
-    ("app_error_after_headers_truncates", app_error_after_headers_truncates),
-    ("client_disconnect_mid_response", client_disconnect_mid_response),
+    (
+        "app_error_before_headers_is_500",
+        app_error_before_headers_is_500,
+    ),
+    (
+        "app_error_after_headers_truncates",
+        app_error_after_headers_truncates,
+    ),
+    (
+        "client_disconnect_mid_response",
+        client_disconnect_mid_response,
+    ),
     ("bad_request_line", bad_request_line),
     ("bad_version", bad_version),
     ("missing_host_on_http11", missing_host_on_http11),
     ("duplicate_content_length", duplicate_content_length),
     ("invalid_content_length", invalid_content_length),
-    ("content_length_with_transfer_encoding", content_length_with_transfer_encoding),
-    ("unknown_transfer_coding_is_501", unknown_transfer_coding_is_501),
+    (
+        "content_length_with_transfer_encoding",
+        content_length_with_transfer_encoding,
+    ),
+    (
+        "unknown_transfer_coding_is_501",
+        unknown_transfer_coding_is_501,
+    ),
     ("bad_chunk_size", bad_chunk_size),
     ("request_line_too_long", request_line_too_long),
     ("header_too_long", header_too_long),
     ("too_many_headers", too_many_headers),
     ("body_over_limit_is_413", body_over_limit_is_413),
-    ("chunked_body_over_limit_is_413", chunked_body_over_limit_is_413),
+    (
+        "chunked_body_over_limit_is_413",
+        chunked_body_over_limit_is_413,
+    ),
     ("obsolete_line_folding_is_400", obsolete_line_folding_is_400),
     ("nul_in_header_is_400", nul_in_header_is_400),
 ];
@@ -96,9 +135,17 @@ fn environ_basics(addr: SocketAddr) {
     assert_eq!(e["HTTP_HOST"], "example.test:8080");
     assert_eq!(e["HTTP_USER_AGENT"], "case/1");
     assert_eq!(e["REMOTE_ADDR"], "127.0.0.1");
-    assert!(e["REMOTE_PORT"].as_str().is_some_and(|p| p.parse::<u16>().is_ok()));
+    assert!(
+        e["REMOTE_PORT"]
+            .as_str()
+            .is_some_and(|p| p.parse::<u16>().is_ok())
+    );
     assert!(e["SERVER_NAME"].as_str().is_some_and(|s| !s.is_empty()));
-    assert!(e["SERVER_PORT"].as_str().is_some_and(|p| p.parse::<u16>().is_ok()));
+    assert!(
+        e["SERVER_PORT"]
+            .as_str()
+            .is_some_and(|p| p.parse::<u16>().is_ok())
+    );
     assert_eq!(e["wsgi.version"], serde_json::json!([1, 0]));
     assert_eq!(e["wsgi.url_scheme"], "http");
     assert_eq!(e["wsgi.run_once"], false);
@@ -109,7 +156,10 @@ fn environ_basics(addr: SocketAddr) {
 
 fn environ_path_is_percent_decoded_latin1(addr: SocketAddr) {
     // "é" in UTF-8 is C3 A9; PEP 3333 gives each byte as one latin-1 character.
-    let e = environ(addr, b"GET /environ/caf%C3%A9/a%2Fb%20c HTTP/1.1\r\nHost: t\r\n\r\n");
+    let e = environ(
+        addr,
+        b"GET /environ/caf%C3%A9/a%2Fb%20c HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
     assert_eq!(e["PATH_INFO"], "/environ/caf\u{c3}\u{a9}/a/b c");
     assert_eq!(e["RAW_URI"], "/environ/caf%C3%A9/a%2Fb%20c");
 }
@@ -124,8 +174,14 @@ fn environ_repeated_headers_are_joined(addr: SocketAddr) {
 }
 
 fn environ_drops_headers_with_underscores(addr: SocketAddr) {
-    let e = environ(addr, b"GET /environ HTTP/1.1\r\nHost: t\r\nX_User: mallory\r\n\r\n");
-    assert!(e.get("HTTP_X_USER").is_none(), "X_User must not become HTTP_X_USER");
+    let e = environ(
+        addr,
+        b"GET /environ HTTP/1.1\r\nHost: t\r\nX_User: mallory\r\n\r\n",
+    );
+    assert!(
+        e.get("HTTP_X_USER").is_none(),
+        "X_User must not become HTTP_X_USER"
+    );
 }
 
 fn environ_content_headers_have_cgi_names(addr: SocketAddr) {
@@ -140,13 +196,19 @@ fn environ_content_headers_have_cgi_names(addr: SocketAddr) {
 }
 
 fn environ_absolute_form_target(addr: SocketAddr) {
-    let e = environ(addr, b"GET http://t/environ/x?q=1 HTTP/1.1\r\nHost: t\r\n\r\n");
+    let e = environ(
+        addr,
+        b"GET http://t/environ/x?q=1 HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
     assert_eq!(e["PATH_INFO"], "/environ/x");
     assert_eq!(e["QUERY_STRING"], "q=1");
 }
 
 fn body_with_content_length(addr: SocketAddr) {
-    let r = send(addr, b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\nhello world");
+    let r = send(
+        addr,
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\nhello world",
+    );
     assert_eq!(r.status, 200);
     assert_eq!(r.body, b"hello world");
 }
@@ -161,7 +223,10 @@ fn body_chunked_with_trailers(addr: SocketAddr) {
 }
 
 fn body_empty(addr: SocketAddr) {
-    let r = send(addr, b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n");
+    let r = send(
+        addr,
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+    );
     assert_eq!(r.status, 200);
     assert!(r.body.is_empty());
     assert_eq!(r.header("content-length"), Some("0"));
@@ -183,9 +248,18 @@ fn body_large(addr: SocketAddr) {
 fn input_readline_readlines_iteration(addr: SocketAddr) {
     let body = "first line\nsecond\nthird without newline";
     for (mode, expected) in [
-        ("iter", serde_json::json!(["first line\n", "second\n", "third without newline"])),
-        ("readlines", serde_json::json!(["first line\n", "second\n", "third without newline"])),
-        ("readline", serde_json::json!(["fir", "st line\n", "second\n", "third without newline"])),
+        (
+            "iter",
+            serde_json::json!(["first line\n", "second\n", "third without newline"]),
+        ),
+        (
+            "readlines",
+            serde_json::json!(["first line\n", "second\n", "third without newline"]),
+        ),
+        (
+            "readline",
+            serde_json::json!(["fir", "st line\n", "second\n", "third without newline"]),
+        ),
     ] {
         let raw = format!(
             "POST /lines?mode={mode} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
@@ -199,12 +273,20 @@ fn input_readline_readlines_iteration(addr: SocketAddr) {
 
 fn head_has_no_body(addr: SocketAddr) {
     let mut c = Conn::connect(addr).unwrap();
-    c.send(b"HEAD / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    c.send(b"HEAD / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let raw = c.read_to_close().unwrap();
     let text = String::from_utf8_lossy(&raw);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    assert!(text.to_ascii_lowercase().contains("\r\ncontent-length: 14\r\n"), "{text}");
-    assert!(text.ends_with("\r\n\r\n"), "a HEAD response must end with its head: {text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("\r\ncontent-length: 14\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("\r\n\r\n"),
+        "a HEAD response must end with its head: {text}"
+    );
 }
 
 fn expect_100_continue(addr: SocketAddr) {
@@ -222,7 +304,10 @@ fn expect_100_continue(addr: SocketAddr) {
 fn stream_is_chunked_on_http11(addr: SocketAddr) {
     let r = send(addr, b"GET /stream?n=3 HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(r.status, 200);
-    assert!(r.chunked, "a streamed body of unknown length is chunked on HTTP/1.1");
+    assert!(
+        r.chunked,
+        "a streamed body of unknown length is chunked on HTTP/1.1"
+    );
     assert_eq!(r.body, b"chunk 0\nchunk 1\nchunk 2\n");
 }
 
@@ -231,8 +316,14 @@ fn stream_is_close_delimited_on_http10(addr: SocketAddr) {
     c.send(b"GET /stream?n=3 HTTP/1.0\r\n\r\n").unwrap();
     let raw = c.read_to_close().unwrap();
     let text = String::from_utf8_lossy(&raw);
-    assert!(!text.to_ascii_lowercase().contains("transfer-encoding"), "{text}");
-    assert!(text.ends_with("\r\n\r\nchunk 0\nchunk 1\nchunk 2\n"), "{text}");
+    assert!(
+        !text.to_ascii_lowercase().contains("transfer-encoding"),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("\r\n\r\nchunk 0\nchunk 1\nchunk 2\n"),
+        "{text}"
+    );
 }
 
 fn http10_closes_by_default(addr: SocketAddr) {
@@ -240,15 +331,24 @@ fn http10_closes_by_default(addr: SocketAddr) {
     c.send(b"GET / HTTP/1.0\r\n\r\n").unwrap();
     let r = c.read_response(false).unwrap();
     assert_eq!(r.status, 200);
-    assert!(c.is_closed(Duration::from_secs(3)), "HTTP/1.0 without keep-alive must be closed");
+    assert!(
+        c.is_closed(Duration::from_secs(3)),
+        "HTTP/1.0 without keep-alive must be closed"
+    );
 }
 
 fn http10_keep_alive_on_request(addr: SocketAddr) {
     let mut c = Conn::connect(addr).unwrap();
-    c.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap();
+    c.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .unwrap();
     let r = c.read_response(false).unwrap();
     assert_eq!(r.status, 200);
-    assert_eq!(r.header("connection").map(str::to_ascii_lowercase).as_deref(), Some("keep-alive"));
+    assert_eq!(
+        r.header("connection")
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
+        Some("keep-alive")
+    );
     c.send(b"GET / HTTP/1.0\r\n\r\n").unwrap();
     assert_eq!(c.read_response(false).unwrap().status, 200);
 }
@@ -278,7 +378,8 @@ fn pipelined_requests_answered_in_order(addr: SocketAddr) {
 
 fn connection_close_is_honoured(addr: SocketAddr) {
     let mut c = Conn::connect(addr).unwrap();
-    c.send(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    c.send(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let r = c.read_response(false).unwrap();
     assert_eq!(r.header("connection"), Some("close"));
     assert!(c.is_closed(Duration::from_secs(3)));
@@ -288,7 +389,10 @@ fn file_wrapper(addr: SocketAddr) {
     let r = send(addr, b"GET /file HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(r.status, 200);
     let lab = std::fs::read(wsgi_course::server::repo_root().join("apps/lab.py")).unwrap();
-    assert!(r.body == lab, "the file sent through wsgi.file_wrapper differs from apps/lab.py");
+    assert!(
+        r.body == lab,
+        "the file sent through wsgi.file_wrapper differs from apps/lab.py"
+    );
 }
 
 fn app_error_before_headers_is_500(addr: SocketAddr) {
@@ -309,7 +413,11 @@ fn client_disconnect_mid_response(addr: SocketAddr) {
     // the app's iterable and go on serving (the suite checks that after
     // every case).
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    std::io::Write::write_all(&mut stream, b"GET /bytes?n=50000000 HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    std::io::Write::write_all(
+        &mut stream,
+        b"GET /bytes?n=50000000 HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .unwrap();
     let mut first = [0u8; 4096];
     let n = stream.read(&mut first).unwrap();
     assert!(first[..n].starts_with(b"HTTP/1.1 200"));
@@ -318,9 +426,14 @@ fn client_disconnect_mid_response(addr: SocketAddr) {
 fn expect_status_then_close(addr: SocketAddr, raw: &[u8], status: u16) {
     let mut c = Conn::connect(addr).unwrap();
     c.send(raw).unwrap();
-    let r = c.read_response(false).unwrap_or_else(|e| panic!("expected {status}, got {e}"));
+    let r = c
+        .read_response(false)
+        .unwrap_or_else(|e| panic!("expected {status}, got {e}"));
     assert_eq!(r.status, status, "{}", r.text());
-    assert!(c.is_closed(Duration::from_secs(3)), "the connection must close after {status}");
+    assert!(
+        c.is_closed(Duration::from_secs(3)),
+        "the connection must close after {status}"
+    );
 }
 
 fn bad_request_line(addr: SocketAddr) {
@@ -381,7 +494,10 @@ fn request_line_too_long(addr: SocketAddr) {
 }
 
 fn header_too_long(addr: SocketAddr) {
-    let raw = format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n", "a".repeat(9000));
+    let raw = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(9000)
+    );
     expect_status_then_close(addr, raw.as_bytes(), 431);
 }
 
@@ -416,7 +532,11 @@ fn chunked_body_over_limit_is_413(addr: SocketAddr) {
 }
 
 fn obsolete_line_folding_is_400(addr: SocketAddr) {
-    expect_status_then_close(addr, b"GET / HTTP/1.1\r\nHost: t\r\nX-A: one\r\n two\r\n\r\n", 400);
+    expect_status_then_close(
+        addr,
+        b"GET / HTTP/1.1\r\nHost: t\r\nX-A: one\r\n two\r\n\r\n",
+        400,
+    );
 }
 
 fn nul_in_header_is_400(addr: SocketAddr) {

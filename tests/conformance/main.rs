@@ -37,7 +37,11 @@ pub fn run_suite(stage: &Stage) {
     let mut failed = Vec::new();
     for (name, case) in cases::CASES {
         let by_design = !stage.keep_alive && cases::NEEDS_KEEP_ALIVE.contains(name);
-        let case: Case = if by_design { closes_after_each_response } else { *case };
+        let case: Case = if by_design {
+            closes_after_each_response
+        } else {
+            *case
+        };
         let result = catch_unwind(AssertUnwindSafe(|| case(addr)));
         if let Err(panic) = result {
             let msg = panic
@@ -88,7 +92,10 @@ fn closes_after_each_response(addr: SocketAddr) {
     let r = c.read_response(false).unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.header("connection"), Some("close"));
-    assert!(c.is_closed(Duration::from_secs(3)), "the connection must be closed");
+    assert!(
+        c.is_closed(Duration::from_secs(3)),
+        "the connection must be closed"
+    );
 }
 
 #[test]

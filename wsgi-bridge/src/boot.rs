@@ -46,13 +46,15 @@ pub fn python_description() -> String {
 /// becomes readable. Handlers do nothing else (little is safe inside a signal
 /// handler). A second SIGINT or SIGTERM exits at once, for the impatient.
 pub fn stop_on_signals() -> Result<UnixStream, StartError> {
-    let fail = |e: std::io::Error| StartError::new(format!("cannot install the signal handlers: {e}"));
+    let fail =
+        |e: std::io::Error| StartError::new(format!("cannot install the signal handlers: {e}"));
     let (stop_read, stop_write) = UnixStream::pair().map_err(fail)?;
     let stopping = Arc::new(AtomicBool::new(false));
     for signal in [SIGINT, SIGTERM] {
         // Order matters: the exit-if-already-set action is registered first,
         // so the first signal only sets the flag.
-        signal_hook::flag::register_conditional_shutdown(signal, 1, stopping.clone()).map_err(fail)?;
+        signal_hook::flag::register_conditional_shutdown(signal, 1, stopping.clone())
+            .map_err(fail)?;
         signal_hook::flag::register(signal, stopping.clone()).map_err(fail)?;
         signal_hook::low_level::pipe::register(signal, stop_write.try_clone().map_err(fail)?)
             .map_err(fail)?;
@@ -80,7 +82,9 @@ pub fn resolve_bind(bind: &str) -> Result<SocketAddr, StartError> {
         )));
     }
     let with_port = if bind.rsplit_once(':').is_some_and(|(h, p)| {
-        !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && (!h.contains(':') || h.ends_with(']'))
+        !p.is_empty()
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && (!h.contains(':') || h.ends_with(']'))
     }) {
         bind.to_string()
     } else {
@@ -125,7 +129,10 @@ pub fn defer_accept(listener: &TcpListener) {
             )
         };
         if rc != 0 {
-            log::debug!("TCP_DEFER_ACCEPT not set: {}", std::io::Error::last_os_error());
+            log::debug!(
+                "TCP_DEFER_ACCEPT not set: {}",
+                std::io::Error::last_os_error()
+            );
         }
     }
     #[cfg(not(target_os = "linux"))]
@@ -142,7 +149,8 @@ pub fn bind_error(addr: SocketAddr, e: std::io::Error) -> StartError {
                 addr.port().wrapping_add(1).max(1)
             ),
             std::io::ErrorKind::PermissionDenied => {
-                "permission denied (ports below 1024 need root; use a port such as 8000)".to_string()
+                "permission denied (ports below 1024 need root; use a port such as 8000)"
+                    .to_string()
             }
             std::io::ErrorKind::AddrNotAvailable => {
                 "no network interface on this machine has that address".to_string()

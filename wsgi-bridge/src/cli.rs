@@ -80,7 +80,12 @@ pub struct LimitArgs {
     pub limit_request_fields: usize,
 
     /// Longest header field accepted, in bytes (longer: 431); 0: no limit.
-    #[arg(long = "limit-request-field_size", alias = "limit-request-field-size", value_name = "BYTES", default_value_t = 8190)]
+    #[arg(
+        long = "limit-request-field_size",
+        alias = "limit-request-field-size",
+        value_name = "BYTES",
+        default_value_t = 8190
+    )]
     pub limit_request_field_size: usize,
 
     /// Largest request body accepted, in bytes; 0 means no limit (larger: 413).
@@ -119,8 +124,9 @@ impl LogArgs {
     pub fn install(&self) -> Result<(), StartError> {
         crate::logging::init(self.log_level);
         if let Some(target) = &self.access_logfile {
-            let log = crate::logging::AccessLog::open(target)
-                .map_err(|e| StartError::new(format!("cannot open the access log {target}: {e}")))?;
+            let log = crate::logging::AccessLog::open(target).map_err(|e| {
+                StartError::new(format!("cannot open the access log {target}: {e}"))
+            })?;
             crate::logging::set_access_log(log);
         }
         Ok(())

@@ -38,10 +38,7 @@ impl AppSource {
             Some((m, c)) => (m.trim(), Some(c.trim())),
             None => (spec.trim(), None),
         };
-        let valid_module = !module.is_empty()
-            && module
-                .split('.')
-                .all(is_identifier);
+        let valid_module = !module.is_empty() && module.split('.').all(is_identifier);
         if !valid_module {
             return Err(StartError::new(format!(
                 "'{spec}' is not an app spec: expected MODULE or MODULE:CALLABLE, for example apps.lab:app"
@@ -209,7 +206,9 @@ fn add_virtualenv(py: Python<'_>, venv: &Path) -> Result<(), StartError> {
         .import("site")
         .map_err(|e| StartError::with_python("cannot import site", py, &e))?;
     site.call_method1("addsitedir", (site_packages.to_string_lossy().as_ref(),))
-        .map_err(|e| StartError::with_python("cannot add the virtualenv's site-packages", py, &e))?;
+        .map_err(|e| {
+            StartError::with_python("cannot add the virtualenv's site-packages", py, &e)
+        })?;
     Ok(())
 }
 // ANCHOR_END: add_virtualenv
@@ -247,7 +246,10 @@ pub fn load_app(py: Python<'_>, source: &AppSource) -> Result<Py<PyAny>, StartEr
     if !app.is_callable() {
         return Err(StartError::new(format!(
             "the app in {what} is not callable (it is a {}): a WSGI app is a function or object called with (environ, start_response)",
-            app.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+            app.get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
         )));
     }
     Ok(app.unbind())
@@ -322,13 +324,15 @@ fn find_callable<'py>(
     let mut obj: Bound<'py, PyAny> = module.clone().into_any();
     for part in path.split('.') {
         obj = obj.getattr(part).map_err(|_| {
-            StartError::new(format!("{what}: no attribute '{part}' was found in the module"))
+            StartError::new(format!(
+                "{what}: no attribute '{part}' was found in the module"
+            ))
         })?;
     }
     if call {
-        obj = obj
-            .call0()
-            .map_err(|e| StartError::with_python(format!("calling the app factory {what} failed"), py, &e))?;
+        obj = obj.call0().map_err(|e| {
+            StartError::with_python(format!("calling the app factory {what} failed"), py, &e)
+        })?;
     }
     Ok(obj)
 }
@@ -355,7 +359,10 @@ mod tests {
         );
         assert!(AppSource::parse_spec("proj:create_app()").is_ok());
         for bad in ["", ":app", "apps/lab.py", "apps.lab:", "a b:c", "apps..lab"] {
-            assert!(AppSource::parse_spec(bad).is_err(), "{bad} should be refused");
+            assert!(
+                AppSource::parse_spec(bad).is_err(),
+                "{bad} should be refused"
+            );
         }
     }
 }

@@ -13,8 +13,8 @@ use crate::conn::{ReadBuf, Stream};
 use crate::http::request::{HttpError, Limits, RequestHead, parse_head};
 use crate::http::response::error_response;
 use crate::logging::{AccessEntry, access_log};
-use crate::wsgi::call::{Exchange, Request, WsgiApp, call_app};
 use crate::worker::WorkerHooks;
+use crate::wsgi::call::{Exchange, Request, WsgiApp, call_app};
 use crate::wsgi::environ::Peer;
 
 /// What happens to the connection after a request.
@@ -151,7 +151,9 @@ impl HttpConnection {
                 request_line: &format!("{} {} {}", head.method, head.target, head.version.as_str()),
                 status: outcome.status,
                 body_bytes: outcome.body_bytes,
-                referer: head.header("referer").and_then(|v| std::str::from_utf8(v).ok()),
+                referer: head
+                    .header("referer")
+                    .and_then(|v| std::str::from_utf8(v).ok()),
                 user_agent: head
                     .header("user-agent")
                     .and_then(|v| std::str::from_utf8(v).ok()),

@@ -59,7 +59,13 @@ impl UwsgiConnection {
     /// Serves the one request of this connection. A bad packet is logged
     /// (and, for a browser talking to the socket, answered in HTTP with the
     /// reason), never raised: the worker goes on with the next connection.
-    pub fn serve(mut self, app: &WsgiApp, buffer_size: usize, max_body: u64, hooks: &dyn WorkerHooks) {
+    pub fn serve(
+        mut self,
+        app: &WsgiApp,
+        buffer_size: usize,
+        max_body: u64,
+        hooks: &dyn WorkerHooks,
+    ) {
         let request = match self.read_packet(buffer_size) {
             Ok(request) => request,
             Err(ReadError::Closed) => return,
@@ -72,7 +78,11 @@ impl UwsgiConnection {
                 if e == PacketError::PlainHttp {
                     let message = "This is a uwsgi socket, not an HTTP server: nginx talks to it with uwsgi_pass. \
                                    Use nginx (stage 5), the --http router, or the harness' uwsgi client.";
-                    let _ = (&*self.stream).write_all(&error_response(400, message, &app.server_software));
+                    let _ = (&*self.stream).write_all(&error_response(
+                        400,
+                        message,
+                        &app.server_software,
+                    ));
                     let _ = self.stream.shutdown(Shutdown::Write);
                 }
                 return;

@@ -94,10 +94,9 @@ impl fmt::Display for PacketError {
                 f,
                 "invalid request block size: {size} (max {max}): the request's headers are larger than --buffer-size; raise it (up to 65535)"
             ),
-            PacketError::UnsupportedModifier(m) => write!(
-                f,
-                "unsupported modifier1 {m}: only 0 (WSGI) is served here"
-            ),
+            PacketError::UnsupportedModifier(m) => {
+                write!(f, "unsupported modifier1 {m}: only 0 (WSGI) is served here")
+            }
             PacketError::Malformed(why) => write!(f, "malformed uwsgi packet: {why}"),
         }
     }
@@ -153,7 +152,13 @@ pub fn parse_packet(
         Some(v) if v.iter().all(u8::is_ascii_digit) => std::str::from_utf8(v)
             .ok()
             .and_then(|s| s.parse::<u64>().ok())
-            .map(|n| if n == 0 { BodyKind::Empty } else { BodyKind::Length(n) })
+            .map(|n| {
+                if n == 0 {
+                    BodyKind::Empty
+                } else {
+                    BodyKind::Length(n)
+                }
+            })
             .ok_or(PacketError::Malformed("CONTENT_LENGTH is too large"))?,
         Some(_) => return Err(PacketError::Malformed("CONTENT_LENGTH is not a number")),
     };
@@ -223,7 +228,15 @@ pub fn describe_packet(packet: &[u8]) -> String {
     let _ = writeln!(
         out,
         "{:02x} {:02x} {:02x} {:02x}      header: modifier1={} datasize={} (0x{:02x}{:02x} little-endian) modifier2={}",
-        packet[0], packet[1], packet[2], packet[3], packet[0], size, packet[2], packet[1], packet[3]
+        packet[0],
+        packet[1],
+        packet[2],
+        packet[3],
+        packet[0],
+        size,
+        packet[2],
+        packet[1],
+        packet[3]
     );
     let end = (HEADER_LEN + size).min(packet.len());
     let mut pos = HEADER_LEN;
@@ -245,7 +258,11 @@ pub fn describe_packet(packet: &[u8]) -> String {
         let _ = writeln!(
             out,
             "{:<36} {key_len:>3} {key} = {val_len:>3} {value:?}",
-            format!("{}{}", raw.join(" "), if val_end > pos + 12 { " …" } else { "" })
+            format!(
+                "{}{}",
+                raw.join(" "),
+                if val_end > pos + 12 { " …" } else { "" }
+            )
         );
         pos = val_end;
     }
@@ -293,7 +310,11 @@ mod tests {
     fn every_prefix_is_incomplete_not_an_error() {
         let packet = sample();
         for n in 0..packet.len() {
-            assert_eq!(parse_packet(&packet[..n], DEFAULT_BUFFER_SIZE), Ok(None), "prefix {n}");
+            assert_eq!(
+                parse_packet(&packet[..n], DEFAULT_BUFFER_SIZE),
+                Ok(None),
+                "prefix {n}"
+            );
         }
     }
 
@@ -312,17 +333,29 @@ mod tests {
         let size = packet.len() - HEADER_LEN;
         assert_eq!(
             parse_packet(&packet, size - 1),
-            Err(PacketError::TooLarge { size, max: size - 1 })
+            Err(PacketError::TooLarge {
+                size,
+                max: size - 1
+            })
         );
         let mut other = packet.clone();
         other[0] = 5;
-        assert_eq!(parse_packet(&other, 4096), Err(PacketError::UnsupportedModifier(5)));
+        assert_eq!(
+            parse_packet(&other, 4096),
+            Err(PacketError::UnsupportedModifier(5))
+        );
         // A key length that runs past the block.
         let bad = [0u8, 4, 0, 0, 9, 0, b'A', b'B'];
-        assert!(matches!(parse_packet(&bad, 4096), Err(PacketError::Malformed(_))));
+        assert!(matches!(
+            parse_packet(&bad, 4096),
+            Err(PacketError::Malformed(_))
+        ));
         let mut cl = encode_packet(&[("CONTENT_LENGTH", b"12x")]).unwrap();
         cl.push(0);
-        assert!(matches!(parse_packet(&cl, 4096), Err(PacketError::Malformed(_))));
+        assert!(matches!(
+            parse_packet(&cl, 4096),
+            Err(PacketError::Malformed(_))
+        ));
     }
 
     #[test]

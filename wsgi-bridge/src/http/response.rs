@@ -131,7 +131,11 @@ mod tests {
     #[test]
     fn error_responses_are_complete_and_close() {
         let text = String::from_utf8(error_response(431, "too many headers", "test")).unwrap();
-        assert!(text.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\nServer: test\r\nDate: "));
+        assert!(
+            text.starts_with(
+                "HTTP/1.1 431 Request Header Fields Too Large\r\nServer: test\r\nDate: "
+            )
+        );
         assert!(text.contains("\r\nConnection: close\r\n"));
         assert!(text.ends_with("Content-Length: 17\r\n\r\ntoo many headers\n"));
     }

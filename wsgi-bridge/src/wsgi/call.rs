@@ -19,12 +19,12 @@ use pyo3::types::{PyDict, PyList, PyTuple};
 use super::environ::{self, Peer, ServerInfo};
 use super::file_wrapper::FileWrapper;
 use super::input::{BodyReader, WsgiInput};
+use super::start_response::Protocol;
 use super::start_response::{ResponseWriter, StartResponse, body_bytes};
 use crate::conn::{ReadBuf, Stream};
 use crate::embed::format_exception;
 use crate::http::request::{BodyKind, RequestHead, Version};
 use crate::uwsgi::UwsgiRequest;
-use super::start_response::Protocol;
 
 /// An unread body up to this size is read and thrown away so the connection
 /// can be reused; past it, closing is cheaper.

@@ -76,10 +76,13 @@ pub fn latin1_str<'py>(py: Python<'py>, bytes: &[u8]) -> Bound<'py, PyString> {
 fn cgi_name(name: &str) -> String {
     let mut key = String::with_capacity(5 + name.len());
     key.push_str("HTTP_");
-    key.extend(
-        name.chars()
-            .map(|c| if c == '-' { '_' } else { c.to_ascii_uppercase() }),
-    );
+    key.extend(name.chars().map(|c| {
+        if c == '-' {
+            '_'
+        } else {
+            c.to_ascii_uppercase()
+        }
+    }));
     key
 }
 
@@ -179,8 +182,12 @@ pub fn build_from_vars<'py>(
     if missing("HTTP_HOST") {
         // HTTP/1.0 clients may send no Host; URL reconstruction (PEP 3333)
         // then uses SERVER_NAME and SERVER_PORT.
-        let name = request.var("SERVER_NAME").map(|v| String::from_utf8_lossy(v).to_string());
-        let port = request.var("SERVER_PORT").map(|v| String::from_utf8_lossy(v).to_string());
+        let name = request
+            .var("SERVER_NAME")
+            .map(|v| String::from_utf8_lossy(v).to_string());
+        let port = request
+            .var("SERVER_PORT")
+            .map(|v| String::from_utf8_lossy(v).to_string());
         if let Some(name) = name {
             let host = match port.as_deref() {
                 None | Some("80") | Some("443") | Some("") => name,
@@ -189,7 +196,9 @@ pub fn build_from_vars<'py>(
             env.set_item("HTTP_HOST", host)?;
         }
     }
-    let https = request.var("HTTPS").is_some_and(|v| v.eq_ignore_ascii_case(b"on"));
+    let https = request
+        .var("HTTPS")
+        .is_some_and(|v| v.eq_ignore_ascii_case(b"on"));
     if https || request.var("REQUEST_SCHEME") == Some(b"https") {
         env.set_item("wsgi.url_scheme", "https")?;
     }

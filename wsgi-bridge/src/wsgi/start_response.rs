@@ -126,7 +126,11 @@ impl ResponseWriter {
         let no_body = status_forbids_body(head.code);
         let mut framing_header: Option<Vec<u8>> = None;
         self.framing = if let Some(n) = head.content_length {
-            if no_body { Framing::NoBody } else { Framing::Length(n) }
+            if no_body {
+                Framing::NoBody
+            } else {
+                Framing::Length(n)
+            }
         } else if no_body {
             Framing::NoBody
         } else if let Some(n) = known_length {
@@ -465,7 +469,9 @@ fn check_response_head(
             ))
         })?;
     if status_line.iter().any(|&b| b < 0x20 || b == 0x7f) {
-        return Err(PyValueError::new_err("the status contains a control character"));
+        return Err(PyValueError::new_err(
+            "the status contains a control character",
+        ));
     }
 
     let mut out = ResponseHead {

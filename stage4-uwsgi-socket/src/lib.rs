@@ -1,0 +1,56 @@
+//! Stage 4: the shape of `uwsgi --socket app.sock --master --processes 4`.
+//!
+//! The master is stage 3's, unchanged. What changes is what a worker reads:
+//! not HTTP from a browser, but uwsgi packets from nginx, on a unix socket.
+//! nginx has already parsed the HTTP request (and dealt with slow clients,
+//! chunked uploads, keep-alive); the worker gets the CGI variables in binary
+//! form, calls the app, answers in plain HTTP and closes.
+
+pub mod router;
+
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::time::Duration;
+
+use stage3_prefork::listen::WorkerListener;
+use wsgi_bridge::conn::Stream;
+use wsgi_bridge::serve_uwsgi::UwsgiConnection;
+use wsgi_bridge::worker::WorkerHooks;
+use wsgi_bridge::wsgi::call::WsgiApp;
+
+/// How a worker treats its connections.
+#[derive(Clone, Debug)]
+pub struct UwsgiConfig {
+    /// The largest vars block accepted (uWSGI's `--buffer-size`).
+    pub buffer_size: usize,
+    /// The largest body accepted.
+    pub max_body: u64,
+    /// How long the peer may take to send its packet or take the answer.
+    pub timeout: Duration,
+}
+
+// ANCHOR: serve_forever
+/// The uwsgi worker: stage 1's accept loop, with uwsgi connections.
+pub fn serve_forever(
+    listener: &WorkerListener,
+    app: &WsgiApp,
+    config: &UwsgiConfig,
+    stop: BorrowedFd<'_>,
+    hooks: &dyn WorkerHooks,
+) -> io::Result<()> {
+    let accept = || -> io::Result<Stream> {
+        match listener {
+            WorkerListener::Unix(l) => l.accept().map(|(s, _)| Stream::Unix(s)),
+            WorkerListener::Tcp(l) => l.accept().map(|(s, _)| Stream::Tcp(s)),
+        }
+    };
+    stage1_single::accept_loop(listener.as_fd(), stop, hooks, accept, |stream| {
+        let _ = stream.set_nonblocking(false);
+        let _ = stream.set_read_timeout(Some(config.timeout));
+        let _ = stream.set_write_timeout(Some(config.timeout));
+        // One packet, one response, close: nginx opens a connection per request.
+        UwsgiConnection::new(stream).serve(app, config.buffer_size, config.max_body, hooks);
+        !hooks.should_stop()
+    })
+}
+// ANCHOR_END: serve_forever

@@ -1,0 +1,245 @@
+//! `stage4-uwsgi-socket`: stage 3's master, with workers that read uwsgi
+//! packets on a unix socket, with uWSGI's flag names.
+//!
+//! ```text
+//! cargo run -p stage4-uwsgi-socket -- --socket /tmp/app.sock --module apps.lab:app --processes 4
+//! cargo run -p stage4-uwsgi-socket -- --http 127.0.0.1:8000     # plus a router, to try it with curl
+//! ```
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use stage3_prefork::config::{Config, WorkerClass};
+use stage3_prefork::listen::Listeners;
+use stage3_prefork::master;
+use stage4_uwsgi_socket::router::{self, Upstream};
+use stage4_uwsgi_socket::{UwsgiConfig, serve_forever};
+use wsgi_bridge::boot;
+use wsgi_bridge::cli::{AppArgs, LimitArgs, LogArgs};
+use wsgi_bridge::embed::{AppSource, StartError};
+
+/// A pre-fork WSGI server fed by nginx's uwsgi protocol, like
+/// `uwsgi --socket PATH --master --processes N`.
+#[derive(Parser, Debug)]
+#[command(name = "stage4-uwsgi-socket", version)]
+struct Args {
+    /// Where to listen for uwsgi packets: a unix socket path, or HOST:PORT.
+    #[arg(
+        short,
+        long,
+        value_name = "PATH|HOST:PORT",
+        default_value = "/tmp/wsgi-course-stage4.sock"
+    )]
+    socket: String,
+
+    /// Permissions of the unix socket file, in octal. The default lets only
+    /// this user connect; nginx running as another user needs 666 (or 660
+    /// and a shared group).
+    #[arg(long, value_name = "MODE", default_value = "600", value_parser = parse_mode)]
+    chmod_socket: u32,
+
+    /// How many worker processes.
+    #[arg(short, long, alias = "workers", value_name = "N", default_value_t = 1)]
+    processes: usize,
+
+    /// The WSGI app, as MODULE:CALLABLE (e.g. apps.lab:app). Without it and
+    /// without --wsgi-file, a built-in hello app.
+    #[arg(short = 'w', long, alias = "wsgi", value_name = "MODULE[:CALLABLE]")]
+    module: Option<String>,
+
+    /// Load the app from this Python file.
+    #[arg(long, value_name = "FILE", conflicts_with = "module")]
+    wsgi_file: Option<PathBuf>,
+
+    /// The name of the callable in --wsgi-file (default: application, then app).
+    #[arg(long, value_name = "NAME")]
+    callable: Option<String>,
+
+    /// Change to this directory before loading the app.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    chdir: PathBuf,
+
+    /// More directories for sys.path.
+    #[arg(long, value_name = "DIRS", value_delimiter = ',')]
+    pythonpath: Vec<PathBuf>,
+
+    /// A virtualenv (uWSGI's -H/--home).
+    #[arg(
+        short = 'H',
+        long,
+        alias = "home",
+        value_name = "DIR",
+        env = "VIRTUAL_ENV"
+    )]
+    virtualenv: Option<PathBuf>,
+
+    /// Load the app in each worker instead of once in the master. uWSGI
+    /// loads it in the master by default (gunicorn's --preload).
+    #[arg(long)]
+    lazy_apps: bool,
+
+    /// Kill a worker stuck on one request for more than SECS (0: never).
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    harakiri: u64,
+
+    /// A worker is recycled after this many requests (0: never).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    max_requests: u64,
+
+    /// How long workers get to finish on a graceful stop or reload.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    worker_reload_mercy: u64,
+
+    /// The socket's listen queue (how many connections may wait).
+    #[arg(short, long, value_name = "BACKLOG", default_value_t = 100)]
+    listen: i32,
+
+    /// The largest uwsgi packet header accepted (its vars block), in bytes.
+    #[arg(short, long, value_name = "BYTES", default_value_t = 4096, value_parser = clap::value_parser!(u16).range(1..))]
+    buffer_size: u16,
+
+    /// Also run an HTTP router on ADDR that turns HTTP into uwsgi packets,
+    /// to try the stage with curl. For debugging: stage 5 puts nginx there.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
+
+    /// Serve a JSON snapshot of the master and workers on this address.
+    #[arg(long, value_name = "ADDR")]
+    stats: Option<String>,
+
+    /// Write the master's process id to this file.
+    #[arg(long, value_name = "FILE")]
+    pidfile: Option<PathBuf>,
+
+    /// Accepted for familiarity: there is always a master.
+    #[arg(short = 'M', long)]
+    master: bool,
+
+    #[command(flatten)]
+    limits: LimitArgs,
+
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("'{s}' is not an octal file mode such as 600, 660 or 666"))
+}
+
+fn main() {
+    let args = Args::parse();
+    match run(args) {
+        Ok(status) => std::process::exit(status),
+        Err(e) => boot::exit_with(e),
+    }
+}
+
+/// A unix socket path, or a TCP address (`HOST:PORT`, as uWSGI tells them apart).
+enum SocketSpec {
+    Unix(PathBuf),
+    Tcp(std::net::SocketAddr),
+}
+
+fn socket_spec(s: &str) -> Result<SocketSpec, StartError> {
+    if s.contains('/') || !s.contains(':') {
+        Ok(SocketSpec::Unix(PathBuf::from(s)))
+    } else {
+        boot::resolve_bind(s).map(SocketSpec::Tcp)
+    }
+}
+
+fn run(args: Args) -> Result<i32, StartError> {
+    args.log.install()?;
+    if args.processes == 0 {
+        return Err(StartError::new("--processes must be at least 1"));
+    }
+    let socket = socket_spec(&args.socket)?;
+    let app = AppArgs {
+        app: args.module.clone(),
+        wsgi_file: args.wsgi_file.clone(),
+        chdir: args.chdir.clone(),
+        pythonpath: args.pythonpath.clone(),
+        virtualenv: args.virtualenv.clone(),
+        script_name: String::new(),
+    };
+    let source = match (&args.wsgi_file, &args.callable) {
+        (Some(path), Some(callable)) => AppSource::File {
+            path: path.clone(),
+            callable: Some(callable.clone()),
+        },
+        _ => app.source()?,
+    };
+    let limits = args.limits.limits();
+    let uwsgi = UwsgiConfig {
+        buffer_size: usize::from(args.buffer_size),
+        max_body: limits.max_body,
+        timeout: Duration::from_secs(30),
+    };
+    let http_router = args.http.as_deref().map(boot::resolve_bind).transpose()?;
+    let config = Config {
+        serve: Box::new(move |listener, app, stop, hooks| {
+            serve_forever(&listener, app, &uwsgi, stop, hooks)
+        }),
+        scheme: "uwsgi",
+        server_name: concat!("stage4-uwsgi-socket/", env!("CARGO_PKG_VERSION")),
+        bind: match socket {
+            SocketSpec::Tcp(addr) => Some(addr),
+            SocketSpec::Unix(_) => None,
+        },
+        workers: args.processes,
+        worker_class: WorkerClass::Sync,
+        timeout: (args.harakiri > 0).then(|| Duration::from_secs(args.harakiri)),
+        graceful_timeout: Duration::from_secs(args.worker_reload_mercy),
+        max_requests: args.max_requests,
+        max_requests_jitter: 0,
+        preload: !args.lazy_apps,
+        reuse_port: false,
+        pid_file: args.pidfile,
+        stats: args.stats.as_deref().map(boot::resolve_bind).transpose()?,
+        app,
+        source,
+        sidecar: None,
+    };
+    let mode = args.chmod_socket;
+    let backlog = args.listen;
+    let mut config = config;
+    if let Some(addr) = http_router {
+        // Bind now, in the master, so a busy port is reported at start-up.
+        let listener = boot::bind_tcp(addr)?;
+        let upstream = match socket_spec(&args.socket)? {
+            SocketSpec::Unix(path) => Upstream::Unix(std::path::absolute(&path).unwrap_or(path)),
+            SocketSpec::Tcp(addr) => Upstream::Tcp(addr),
+        };
+        log::info!(
+            "HTTP router at: http://{} -> {}",
+            listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            args.socket
+        );
+        config.sidecar = Some(Box::new(move || {
+            let listener = match listener.try_clone() {
+                Ok(l) => l,
+                Err(e) => {
+                    log::error!("the HTTP router lost its socket: {e}");
+                    return 1;
+                }
+            };
+            router::run(listener, upstream.clone(), limits.clone())
+        }));
+    }
+    master::run(config, move |config| match config.bind {
+        Some(addr) => Listeners::bind(addr, false),
+        None => {
+            let SocketSpec::Unix(path) = socket_spec(&args.socket)? else {
+                unreachable!("bind is None only for unix sockets")
+            };
+            Listeners::bind_unix(&path, mode, backlog)
+        }
+    })
+}
