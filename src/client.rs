@@ -70,9 +70,61 @@ impl Response {
     }
 }
 
+/// The socket under a [`Conn`]: TCP, or a unix socket (stage 4's uwsgi socket).
+enum Sock {
+    Tcp(TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl Sock {
+    fn set_timeouts(&self, d: Duration) {
+        let d = Some(d);
+        let _ = match self {
+            Sock::Tcp(s) => s.set_read_timeout(d).and(s.set_write_timeout(d)),
+            Sock::Unix(s) => s.set_read_timeout(d).and(s.set_write_timeout(d)),
+        };
+    }
+
+    fn set_read_timeout(&self, d: Option<Duration>) -> io::Result<()> {
+        match self {
+            Sock::Tcp(s) => s.set_read_timeout(d),
+            Sock::Unix(s) => s.set_read_timeout(d),
+        }
+    }
+
+    fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        match self {
+            Sock::Tcp(s) => s.shutdown(how),
+            Sock::Unix(s) => s.shutdown(how),
+        }
+    }
+}
+
+impl Read for Sock {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Sock::Tcp(s) => s.read(buf),
+            Sock::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Sock {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Sock::Tcp(s) => s.write(buf),
+            Sock::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A client connection: write any bytes, read responses one by one.
 pub struct Conn {
-    stream: TcpStream,
+    stream: Sock,
     /// Bytes received but not yet consumed (the start of a pipelined
     /// response, or whatever `is_closed` saw arrive).
     buf: Vec<u8>,
@@ -117,7 +169,7 @@ impl Conn {
         let stream = TcpStream::connect_timeout(&addr, DEFAULT_TIMEOUT)?;
         stream.set_nodelay(true)?;
         let mut c = Conn {
-            stream,
+            stream: Sock::Tcp(stream),
             buf: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
         };
@@ -129,13 +181,28 @@ impl Conn {
     pub fn set_timeout(&mut self, d: Duration) {
         let d = d.max(Duration::from_millis(1));
         self.timeout = d;
-        let _ = self.stream.set_read_timeout(Some(d));
-        let _ = self.stream.set_write_timeout(Some(d));
+        self.stream.set_timeouts(d);
     }
 
-    /// The underlying socket, e.g. to set options or read its local address.
-    pub fn stream(&self) -> &TcpStream {
-        &self.stream
+    /// Connects to a unix socket (a stage 4 worker's), with the default timeouts.
+    pub fn connect_unix(path: &std::path::Path) -> io::Result<Conn> {
+        let stream = std::os::unix::net::UnixStream::connect(path)?;
+        let mut c = Conn {
+            stream: Sock::Unix(stream),
+            buf: Vec::new(),
+            timeout: DEFAULT_TIMEOUT,
+        };
+        c.set_timeout(DEFAULT_TIMEOUT);
+        Ok(c)
+    }
+
+    /// The underlying TCP socket, e.g. to set options or read its local
+    /// address (`None` on a unix socket).
+    pub fn stream(&self) -> Option<&TcpStream> {
+        match &self.stream {
+            Sock::Tcp(s) => Some(s),
+            Sock::Unix(_) => None,
+        }
     }
 
     /// Writes all of `bytes`.

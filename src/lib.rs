@@ -4,7 +4,9 @@
 //! binary puts the load generator in the students' hands.
 pub mod client;
 pub mod loadgen;
+pub mod nginx;
 pub mod server;
+pub mod uwsgi;
 
 #[cfg(test)]
 mod testutil;

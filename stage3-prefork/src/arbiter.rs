@@ -288,6 +288,11 @@ impl Arbiter {
                 }
                 self.stats = None;
                 let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
+                // The sidecar has no graceful stop: TERM, INT, QUIT end it at once.
+                let always = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+                for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGQUIT] {
+                    let _ = signal_hook::flag::register_conditional_shutdown(signal, 0, always.clone());
+                }
                 signals::restore(&old_mask);
                 let run = self.config.sidecar.as_ref().expect("a sidecar to run");
                 std::process::exit(run());

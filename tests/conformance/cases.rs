@@ -102,6 +102,12 @@ pub const CASES: &[(&str, Case)] = &[
     ("nul_in_header_is_400", nul_in_header_is_400),
 ];
 
+/// nginx faces the client (stages 4 and 5): where nginx's documented answer
+/// differs from this server's, the case expects nginx's.
+fn via_nginx() -> bool {
+    super::VIA_NGINX.get()
+}
+
 fn send(addr: SocketAddr, raw: &[u8]) -> Response {
     client::request(addr, raw).unwrap_or_else(|e| panic!("no valid response: {e}"))
 }
@@ -401,6 +407,15 @@ fn app_error_before_headers_is_500(addr: SocketAddr) {
 }
 
 fn app_error_after_headers_truncates(addr: SocketAddr) {
+    if via_nginx() {
+        // By design of the uwsgi protocol on a unix socket: a response of
+        // unknown length ends when the worker closes the connection, so
+        // nginx cannot tell a generator that failed from one that finished.
+        // The client gets the chunks sent before the error, properly ended.
+        let r = send(addr, b"GET /error-late HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(r.body, b"first chunk\n");
+        return;
+    }
     // The head and a first chunk went out before the app failed: the client
     // must see an incomplete response (no last chunk), never a complete one.
     let err = client::request(addr, b"GET /error-late HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -430,8 +445,11 @@ fn expect_status_then_close(addr: SocketAddr, raw: &[u8], status: u16) {
         .read_response(false)
         .unwrap_or_else(|e| panic!("expected {status}, got {e}"));
     assert_eq!(r.status, status, "{}", r.text());
+    // nginx closes after a lingering wait for a body that never comes
+    // (`lingering_timeout`, 5 s by default); the servers here wait less.
+    let wait = Duration::from_secs(if via_nginx() { 7 } else { 3 });
     assert!(
-        c.is_closed(Duration::from_secs(3)),
+        c.is_closed(wait),
         "the connection must close after {status}"
     );
 }
@@ -442,7 +460,9 @@ fn bad_request_line(addr: SocketAddr) {
 }
 
 fn bad_version(addr: SocketAddr) {
-    expect_status_then_close(addr, b"GET / HTTP/9.9\r\nHost: t\r\n\r\n", 400);
+    // nginx answers an unknown major version with 505 Version Not Supported.
+    let status = if via_nginx() { 505 } else { 400 };
+    expect_status_then_close(addr, b"GET / HTTP/9.9\r\nHost: t\r\n\r\n", status);
 }
 
 fn missing_host_on_http11(addr: SocketAddr) {
@@ -490,15 +510,20 @@ fn bad_chunk_size(addr: SocketAddr) {
 
 fn request_line_too_long(addr: SocketAddr) {
     let raw = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(5000));
-    expect_status_then_close(addr, raw.as_bytes(), 400);
+    if via_nginx() {
+        // nginx's limit is its header buffer (8 KiB by default): this line
+        // fits, so the request reaches the app, which has no such page.
+        assert_eq!(send(addr, raw.as_bytes()).status, 404);
+    } else {
+        expect_status_then_close(addr, raw.as_bytes(), 400);
+    }
 }
 
 fn header_too_long(addr: SocketAddr) {
-    let raw = format!(
-        "GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
-        "a".repeat(9000)
-    );
-    expect_status_then_close(addr, raw.as_bytes(), 431);
+    let raw = format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n", "a".repeat(9000));
+    // nginx says "400 Request Header Or Cookie Too Large" where RFC 6585 has 431.
+    let status = if via_nginx() { 400 } else { 431 };
+    expect_status_then_close(addr, raw.as_bytes(), status);
 }
 
 fn too_many_headers(addr: SocketAddr) {
@@ -507,7 +532,12 @@ fn too_many_headers(addr: SocketAddr) {
         raw.push_str(&format!("X-H{i}: v\r\n"));
     }
     raw.push_str("\r\n");
-    expect_status_then_close(addr, raw.as_bytes(), 431);
+    if via_nginx() {
+        // nginx counts bytes, not header lines: these fit its buffers.
+        assert_eq!(send(addr, raw.as_bytes()).status, 200);
+    } else {
+        expect_status_then_close(addr, raw.as_bytes(), 431);
+    }
 }
 
 fn body_over_limit_is_413(addr: SocketAddr) {

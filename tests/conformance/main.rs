@@ -18,6 +18,27 @@ pub struct Stage {
     pub args: &'static [&'static str],
     /// Whether the stage keeps connections open between requests.
     pub keep_alive: bool,
+    /// Who faces the client.
+    pub front: Front,
+}
+
+/// Who parses the client's HTTP.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Front {
+    /// The stage itself, with `COMMON` arguments added.
+    Direct,
+    /// nginx, started by the suite in front of the stage's uwsgi socket
+    /// (stage 4). `{socket}` in `args` becomes the socket's path.
+    Nginx,
+    /// nginx, started by the stage itself (stage 5): its banner names
+    /// nginx's address.
+    OwnNginx,
+}
+
+thread_local! {
+    /// Set while a suite runs through nginx (each suite runs its cases on
+    /// its own thread): a few cases expect nginx's answer instead.
+    pub static VIA_NGINX: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// The arguments every stage gets: the lab app, a known body limit.
@@ -30,10 +51,33 @@ const COMMON: &[&str] = &[
 ];
 
 pub fn run_suite(stage: &Stage) {
-    let mut args: Vec<&str> = COMMON.to_vec();
-    args.extend_from_slice(stage.args);
+    let socket = std::env::temp_dir().join(format!(
+        "wsgi-course-conformance-{}-{}.sock",
+        stage.bin,
+        std::process::id()
+    ));
+    let socket_text = socket.to_string_lossy().to_string();
+    let mut args: Vec<&str> = if stage.front == Front::Direct {
+        COMMON.to_vec()
+    } else {
+        Vec::new()
+    };
+    args.extend(
+        stage
+            .args
+            .iter()
+            .map(|a| if *a == "{socket}" { socket_text.as_str() } else { a }),
+    );
     let mut server = ServerProcess::start(stage.bin, &args).expect("the server starts");
-    let addr = server.addr();
+    let nginx = match stage.front {
+        Front::Nginx => match wsgi_course::nginx::start_uwsgi_front(&format!("unix:{socket_text}"), "2m") {
+            Some(nginx) => Some(nginx),
+            None => return, // nginx is not installed: said on stderr, nothing to check.
+        },
+        _ => None,
+    };
+    let addr = nginx.as_ref().map_or_else(|| server.addr(), |n| n.addr);
+    VIA_NGINX.set(stage.front != Front::Direct);
     let mut failed = Vec::new();
     for (name, case) in cases::CASES {
         let by_design = !stage.keep_alive && cases::NEEDS_KEEP_ALIVE.contains(name);
@@ -106,6 +150,7 @@ fn stage1_single() {
         bin: "stage1-single",
         args: &["--keep-alive", "2"],
         keep_alive: true,
+        front: Front::Direct,
     });
 }
 
@@ -117,6 +162,7 @@ fn stage2_threads() {
         bin: "stage2-threads",
         args: &["--threads", "4"],
         keep_alive: true,
+        front: Front::Direct,
     });
 }
 
@@ -127,6 +173,7 @@ fn stage1_single_without_keep_alive() {
         bin: "stage1-single",
         args: &[],
         keep_alive: false,
+        front: Front::Direct,
     });
 }
 
@@ -136,6 +183,7 @@ fn stage3_prefork_sync() {
         bin: "stage3-prefork",
         args: &["-w", "2"],
         keep_alive: false,
+        front: Front::Direct,
     });
 }
 
@@ -145,5 +193,31 @@ fn stage3_prefork_gthread() {
         bin: "stage3-prefork",
         args: &["-w", "2", "-k", "gthread", "--threads", "4"],
         keep_alive: true,
+        front: Front::Direct,
+    });
+}
+
+#[test]
+fn stage4_uwsgi_socket_behind_nginx() {
+    // nginx parses HTTP and keeps client connections alive; the workers get
+    // uwsgi packets on a unix socket.
+    run_suite(&Stage {
+        bin: "stage4-uwsgi-socket",
+        args: &[
+            "--socket",
+            "{socket}",
+            "--module",
+            "apps.lab:app",
+            "--processes",
+            "2",
+            "--limit-request-body",
+            "2097152",
+            // Room for the 5000-byte request line case; with uWSGI's default
+            // of 4096 nginx would answer 502 (tests/stage4.rs shows it).
+            "--buffer-size",
+            "32768",
+        ],
+        keep_alive: true,
+        front: Front::Nginx,
     });
 }

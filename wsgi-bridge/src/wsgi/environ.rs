@@ -158,8 +158,26 @@ pub fn build_from_vars<'py>(
     input: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let env = template.copy()?;
+    // nginx sends a header that came twice as two variables of the same
+    // name: join them as the HTTP path does ("," and "; " for cookies).
+    let mut joined: Vec<(&str, Vec<u8>)> = Vec::with_capacity(request.vars.len());
     for (key, value) in &request.vars {
-        env.set_item(key, latin1_str(py, value))?;
+        if key == "HTTP_CONTENT_TYPE" || key == "HTTP_CONTENT_LENGTH" {
+            // nginx passes every header as HTTP_*, these two included; CGI
+            // (and PEP 3333) has them only as CONTENT_TYPE and CONTENT_LENGTH.
+            continue;
+        }
+        match joined.iter_mut().find(|(k, _)| *k == key.as_str()) {
+            Some((k, v)) if k.starts_with("HTTP_") => {
+                v.extend_from_slice(if *k == "HTTP_COOKIE" { b"; " } else { b"," });
+                v.extend_from_slice(value);
+            }
+            Some((_, v)) => *v = value.clone(),
+            None => joined.push((key, value.clone())),
+        }
+    }
+    for (key, value) in &joined {
+        env.set_item(*key, latin1_str(py, value))?;
     }
     let missing = |key: &str| !env.contains(key).unwrap_or(true);
     for (key, default) in [
@@ -170,6 +188,12 @@ pub fn build_from_vars<'py>(
     ] {
         if missing(key) {
             env.set_item(key, default)?;
+        }
+    }
+    if missing("RAW_URI") {
+        // gunicorn's name for the target as sent; nginx calls it REQUEST_URI.
+        if let Some(uri) = request.var("REQUEST_URI") {
+            env.set_item("RAW_URI", latin1_str(py, uri))?;
         }
     }
     if missing("PATH_INFO") {

@@ -269,6 +269,14 @@ impl ResponseWriter {
     pub fn abort(&mut self, py: Python<'_>) {
         self.must_close = true;
         self.write_out(py, &[], &[]);
+        if self.protocol == Protocol::Uwsgi {
+            // A uwsgi response without Content-Length ends when the
+            // connection closes, so a plain close would make a cut-short body
+            // look complete to nginx. A reset (SO_LINGER 0) cannot be
+            // mistaken: nginx reports the upstream error and cuts its own
+            // response to the client short in turn.
+            reset_on_close(&self.stream);
+        }
     }
 
     /// Replaces anything buffered with a complete error response (the head
@@ -309,6 +317,25 @@ impl ResponseWriter {
         }
     }
     // ANCHOR_END: write_out
+}
+
+/// Makes the coming close send a reset instead of an orderly end.
+fn reset_on_close(stream: &Stream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket and a pointer to a linger struct of the right size.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
 }
 
 /// Writes several buffers with as few system calls as possible.
