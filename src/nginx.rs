@@ -15,7 +15,14 @@ pub fn nginx_binary() -> Option<PathBuf> {
             .collect::<Vec<_>>()
     });
     on_path
-        .chain(["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/opt/homebrew/bin/nginx"].map(PathBuf::from))
+        .chain(
+            [
+                "/usr/sbin/nginx",
+                "/usr/local/sbin/nginx",
+                "/opt/homebrew/bin/nginx",
+            ]
+            .map(PathBuf::from),
+        )
         .find(|p| p.is_file())
 }
 
@@ -122,8 +129,11 @@ pub fn start_uwsgi_front(upstream: &str, client_max_body: &str) -> Option<Nginx>
     std::fs::write(uwsgi_params_path(&dir), UWSGI_PARAMS).expect("uwsgi_params written");
     let port = free_port();
     let conf = dir.join("nginx.conf");
-    std::fs::write(&conf, uwsgi_front_config(&dir, port, upstream, client_max_body))
-        .expect("nginx.conf written");
+    std::fs::write(
+        &conf,
+        uwsgi_front_config(&dir, port, upstream, client_max_body),
+    )
+    .expect("nginx.conf written");
     let mut cmd = Command::new(binary);
     cmd.arg("-p")
         .arg(&dir)

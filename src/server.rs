@@ -648,6 +648,7 @@ fn current_layout() -> Result<Layout, String> {
 fn package_of(bin: &str) -> &str {
     match bin {
         "loadgen" => "wsgi-course",
+        "uwsgi-dump" => "stage4-uwsgi-socket",
         other => other,
     }
 }

@@ -39,9 +39,16 @@ pub fn nginx_vars(
         ("QUERY_STRING".into(), query.into()),
         ("REQUEST_METHOD".into(), method.into()),
         ("CONTENT_TYPE".into(), Vec::new()),
-        ("CONTENT_LENGTH".into(), if body_len > 0 { body_len.to_string().into() } else { Vec::new() }),
+        (
+            "CONTENT_LENGTH".into(),
+            if body_len > 0 {
+                body_len.to_string().into()
+            } else {
+                Vec::new()
+            },
+        ),
         ("REQUEST_URI".into(), uri.into()),
-        ("PATH_INFO".into(), path.into()),
+        ("PATH_INFO".into(), percent_decode(path)),
         ("DOCUMENT_ROOT".into(), "/usr/share/nginx/html".into()),
         ("SERVER_PROTOCOL".into(), "HTTP/1.1".into()),
         ("REQUEST_SCHEME".into(), "http".into()),
@@ -60,6 +67,29 @@ pub fn nginx_vars(
     vars
 }
 
+/// `%XX` escapes decoded, as nginx decodes `$document_uri`.
+fn percent_decode(path: &str) -> Vec<u8> {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
 /// Sends one request over a unix socket, as nginx would, and reads the
 /// HTTP answer (which ends when the server closes the connection).
 pub fn request(
@@ -70,7 +100,10 @@ pub fn request(
     body: &[u8],
 ) -> io::Result<Response> {
     let vars = nginx_vars(method, uri, headers, body.len());
-    let refs: Vec<(&str, &[u8])> = vars.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
+    let refs: Vec<(&str, &[u8])> = vars
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_slice()))
+        .collect();
     let mut bytes = packet(&refs);
     bytes.extend_from_slice(body);
     let mut conn = Conn::connect_unix(socket)?;

@@ -291,7 +291,8 @@ impl Arbiter {
                 // The sidecar has no graceful stop: TERM, INT, QUIT end it at once.
                 let always = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
                 for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGQUIT] {
-                    let _ = signal_hook::flag::register_conditional_shutdown(signal, 0, always.clone());
+                    let _ =
+                        signal_hook::flag::register_conditional_shutdown(signal, 0, always.clone());
                 }
                 signals::restore(&old_mask);
                 let run = self.config.sidecar.as_ref().expect("a sidecar to run");
@@ -313,7 +314,12 @@ impl Arbiter {
             let Some(pid) = status.pid() else { continue };
             if let Some((sidecar, started)) = self.sidecar.filter(|(p, _)| *p == pid) {
                 self.sidecar = None;
-                log::error!("The HTTP router (pid:{sidecar}) stopped ({status:?}); restarting it");
+                let how = match status {
+                    WaitStatus::Exited(_, code) => format!("exited with code {code}"),
+                    WaitStatus::Signaled(_, signal, _) => format!("was sent {}", signal.as_str()),
+                    _ => "stopped".to_string(),
+                };
+                log::error!("The HTTP router (pid:{sidecar}) {how}; restarting it");
                 if started.elapsed() < Duration::from_secs(2) {
                     self.sidecar_failures += 1;
                     if self.sidecar_failures >= 5 {

@@ -520,7 +520,10 @@ fn request_line_too_long(addr: SocketAddr) {
 }
 
 fn header_too_long(addr: SocketAddr) {
-    let raw = format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n", "a".repeat(9000));
+    let raw = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(9000)
+    );
     // nginx says "400 Request Header Or Cookie Too Large" where RFC 6585 has 431.
     let status = if via_nginx() { 400 } else { 431 };
     expect_status_then_close(addr, raw.as_bytes(), status);

@@ -62,18 +62,21 @@ pub fn run_suite(stage: &Stage) {
     } else {
         Vec::new()
     };
-    args.extend(
-        stage
-            .args
-            .iter()
-            .map(|a| if *a == "{socket}" { socket_text.as_str() } else { a }),
-    );
+    args.extend(stage.args.iter().map(|a| {
+        if *a == "{socket}" {
+            socket_text.as_str()
+        } else {
+            a
+        }
+    }));
     let mut server = ServerProcess::start(stage.bin, &args).expect("the server starts");
     let nginx = match stage.front {
-        Front::Nginx => match wsgi_course::nginx::start_uwsgi_front(&format!("unix:{socket_text}"), "2m") {
-            Some(nginx) => Some(nginx),
-            None => return, // nginx is not installed: said on stderr, nothing to check.
-        },
+        Front::Nginx => {
+            match wsgi_course::nginx::start_uwsgi_front(&format!("unix:{socket_text}"), "2m") {
+                Some(nginx) => Some(nginx),
+                None => return, // nginx is not installed: said on stderr, nothing to check.
+            }
+        }
         _ => None,
     };
     let addr = nginx.as_ref().map_or_else(|| server.addr(), |n| n.addr);

@@ -1,0 +1,309 @@
+//! Stage 4: workers fed uwsgi packets on a unix socket, by the harness'
+//! client (what nginx does) and by a real nginx.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use assert_cmd::assert::OutputAssertExt;
+use wsgi_course::server::{ServerProcess, repo_root, workspace_bin};
+use wsgi_course::{client, nginx, uwsgi};
+
+const BIN: &str = "stage4-uwsgi-socket";
+
+fn socket_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("wsgi-course-s4-{name}-{}.sock", std::process::id()))
+}
+
+fn start(name: &str, extra: &[&str]) -> (ServerProcess, PathBuf) {
+    let path = socket_path(name);
+    let path_text = path.to_str().unwrap().to_string();
+    let mut args = vec![
+        "--socket",
+        path_text.as_str(),
+        "--module",
+        "apps.lab:app",
+        "--processes",
+        "2",
+    ];
+    args.extend_from_slice(extra);
+    let server = ServerProcess::start(BIN, &args).expect("stage 4 starts");
+    assert_eq!(server.unix_path().as_deref(), Some(path.as_path()));
+    (server, path)
+}
+
+fn workers(server: &ServerProcess) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(server.pid())
+            && fields[0] != "Z"
+        {
+            out.push(pid);
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn serves_packets_from_the_harness_client() {
+    let (_server, sock) = start("client", &[]);
+    let r = uwsgi::request(&sock, "GET", "/", &[("Host", "t")], b"").unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"Hello, World!\n");
+    // A plain status line and the app's headers: no Server or Date (nginx adds its own).
+    assert!(r.header("server").is_none() && r.header("date").is_none());
+
+    let r = uwsgi::request(&sock, "POST", "/echo", &[("Host", "t")], b"ping pong").unwrap();
+    assert_eq!(r.body, b"ping pong");
+
+    let r = uwsgi::request(
+        &sock,
+        "GET",
+        "/environ/a%20b?x=1",
+        &[("Host", "example.test"), ("Cookie", "a=1")],
+        b"",
+    )
+    .unwrap();
+    let e: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(
+        e["PATH_INFO"], "/environ/a b",
+        "nginx sends PATH_INFO decoded"
+    );
+    assert_eq!(e["QUERY_STRING"], "x=1");
+    assert_eq!(e["HTTP_HOST"], "example.test");
+    assert_eq!(e["SCRIPT_NAME"], "");
+    assert_eq!(e["RAW_URI"], "/environ/a%20b?x=1");
+    assert_eq!(e["wsgi.multiprocess"], true);
+
+    // A streamed body: no chunked encoding on a uwsgi socket, the end is the close.
+    let r = uwsgi::request(&sock, "GET", "/stream?n=3", &[("Host", "t")], b"").unwrap();
+    assert!(!r.chunked);
+    assert!(r.header("transfer-encoding").is_none());
+    assert_eq!(r.body, b"chunk 0\nchunk 1\nchunk 2\n");
+
+    let r = uwsgi::request(&sock, "GET", "/bytes?n=1000000", &[("Host", "t")], b"").unwrap();
+    assert_eq!(r.header("content-length"), Some("1000000"));
+    assert_eq!(r.body.len(), 1_000_000);
+
+    let r = uwsgi::request(&sock, "HEAD", "/", &[("Host", "t")], b"").unwrap();
+    assert_eq!(r.header("content-length"), Some("14"));
+    assert!(r.body.is_empty());
+
+    let r = uwsgi::request(&sock, "GET", "/error", &[("Host", "t")], b"").unwrap();
+    assert_eq!(r.status, 500);
+}
+
+#[test]
+fn bad_packets_never_stop_a_worker() {
+    let (server, sock) = start("bad", &[]);
+    let mut before = workers(&server);
+    for _ in 0..100 {
+        if before.len() == 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        before = workers(&server);
+    }
+    assert_eq!(before.len(), 2);
+
+    // A truncated header, then nothing.
+    assert!(uwsgi::send_raw(&sock, &[0, 10]).unwrap().is_empty());
+    // A vars block larger than --buffer-size (4096).
+    assert!(
+        uwsgi::send_raw(&sock, &[0, 0x88, 0x13, 0])
+            .unwrap()
+            .is_empty()
+    );
+    // Vars that run past their block.
+    assert!(
+        uwsgi::send_raw(&sock, &[0, 4, 0, 0, 9, 0, b'A', b'B'])
+            .unwrap()
+            .is_empty()
+    );
+    // Another language's modifier1.
+    let mut other = uwsgi::packet(&[("REQUEST_METHOD", b"GET")]);
+    other[0] = 5;
+    assert!(uwsgi::send_raw(&sock, &other).unwrap().is_empty());
+    // A browser (plain HTTP) on the uwsgi socket: told so, in HTTP.
+    let answer = uwsgi::send_raw(&sock, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(
+        text.contains("This is a uwsgi socket, not an HTTP server"),
+        "{text}"
+    );
+
+    let log = server.stderr_text();
+    assert!(
+        log.contains("invalid request block size: 5000 (max 4096)"),
+        "{log}"
+    );
+    assert!(log.contains("malformed uwsgi packet"), "{log}");
+    assert!(log.contains("unsupported modifier1 5"), "{log}");
+    assert!(
+        log.contains("a browser or curl is talking to the uwsgi socket"),
+        "{log}"
+    );
+
+    let r = uwsgi::request(&sock, "GET", "/", &[("Host", "t")], b"").unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(workers(&server), before, "no worker was lost or replaced");
+}
+
+#[test]
+fn the_socket_file_is_private_replaced_when_stale_and_removed_on_exit() {
+    let (mut server, sock) = start("file", &[]);
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "owner-only by default");
+    server.signal(libc::SIGTERM);
+    assert_eq!(
+        server.wait_timeout(Duration::from_secs(10)).unwrap().code(),
+        Some(0)
+    );
+    assert!(!sock.exists(), "the socket file is removed on exit");
+
+    // A stale socket file (its server died without cleaning up) is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    assert!(sock.exists());
+    let path = sock.to_str().unwrap();
+    let server = ServerProcess::start(BIN, &["--socket", path, "--chmod-socket", "666"]).unwrap();
+    assert!(server.stderr_text().contains("Removed a stale socket file"));
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o666);
+
+    // One a live server listens on is not.
+    let out = Command::new(workspace_bin(BIN))
+        .args(["--socket", path])
+        .assert()
+        .code(1);
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(
+        stderr.contains("another server is listening on"),
+        "{stderr}"
+    );
+    drop(server);
+}
+
+#[test]
+fn bad_flags_are_one_sentence() {
+    let out = Command::new(workspace_bin(BIN))
+        .args(["--chmod-socket", "999"])
+        .assert()
+        .failure();
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(stderr.contains("not an octal file mode"), "{stderr}");
+    let out = Command::new(workspace_bin(BIN))
+        .args(["--buffer-size", "70000"])
+        .assert()
+        .failure();
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(stderr.contains("70000"), "{stderr}");
+    let out = Command::new(workspace_bin(BIN))
+        .args([
+            "--module",
+            "no_such_module:app",
+            "--socket",
+            socket_path("nomod").to_str().unwrap(),
+        ])
+        .current_dir(repo_root())
+        .assert()
+        .code(1);
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(
+        stderr
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("error: cannot find the module"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_http_router_lets_curl_in() {
+    let (server, _sock) = start("router", &["--http", "127.0.0.1:0"]);
+    let line = server
+        .wait_for_stderr("HTTP router at: http://", Duration::from_secs(5))
+        .unwrap();
+    let addr = line
+        .split("HTTP router at: http://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let r = client::get(addr, "/").unwrap();
+    assert_eq!(r.body, b"Hello, World!\n");
+    let r = client::request(
+        addr,
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nping\r\n0\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.body, b"ping");
+    let r = client::get(addr, "/stream?n=2").unwrap();
+    assert_eq!(r.body, b"chunk 0\nchunk 1\n");
+}
+
+#[test]
+fn a_real_nginx_in_front_and_the_buffer_size_502() {
+    let (server, sock) = start("nginx", &[]);
+    let Some(front) = nginx::start_uwsgi_front(&format!("unix:{}", sock.display()), "1m") else {
+        return;
+    };
+    let r = client::get(front.addr, "/").unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"Hello, World!\n");
+    assert!(r.header("server").is_some_and(|s| s.starts_with("nginx")));
+    let r = client::get(front.addr, "/stream?n=2").unwrap();
+    assert!(
+        r.chunked,
+        "nginx frames the close-delimited answer for its HTTP/1.1 client"
+    );
+    assert_eq!(r.body, b"chunk 0\nchunk 1\n");
+
+    // A request line longer than --buffer-size: the worker refuses the
+    // packet, nginx answers 502 (uWSGI's classic "invalid request block size").
+    let long = format!("/{}", "a".repeat(5000));
+    let r = client::get(front.addr, &long).unwrap();
+    assert_eq!(r.status, 502);
+    server
+        .wait_for_stderr("invalid request block size", Duration::from_secs(5))
+        .expect("the worker says why");
+}
+
+#[test]
+fn uwsgi_dump_shows_what_nginx_sends() {
+    let out = Command::new(workspace_bin("uwsgi-dump"))
+        .args(["--build", "GET /hello?x=1", "-H", "Host: example.test"])
+        .assert()
+        .success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    assert!(text.contains("header: modifier1=0"), "{text}");
+    assert!(text.contains("REQUEST_URI =  10 \"/hello?x=1\""), "{text}");
+
+    // Capture a real packet from nginx.
+    let sock = socket_path("dump");
+    let sock_text = sock.to_str().unwrap().to_string();
+    let dump =
+        ServerProcess::start("uwsgi-dump", &["--socket", &sock_text, "--count", "1"]).unwrap();
+    let Some(front) = nginx::start_uwsgi_front(&format!("unix:{sock_text}"), "1m") else {
+        return;
+    };
+    let r = client::get(front.addr, "/from-nginx?q=2").unwrap();
+    let body = r.text();
+    assert!(body.contains("PATH_INFO =  11 \"/from-nginx\""), "{body}");
+    assert!(body.contains("HTTP_HOST"), "{body}");
+    drop(dump);
+}
