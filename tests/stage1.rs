@@ -123,7 +123,7 @@ fn wsgi_file_pythonpath_and_virtualenv() {
     let dir = tempdir("paths");
     std::fs::write(
         dir.join("site.py.wsgi"),
-        "import helper_mod\ndef application(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [helper_mod.WORD]\n",
+        "import sys, helper_mod\ndef application(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    if environ['PATH_INFO'] == '/order':\n        sp = [p for p in sys.path if p.endswith('site-packages')]\n        return [b'venv first' if sp and 'venv' in sp[0] else repr(sp).encode()]\n    return [helper_mod.WORD]\n",
     )
     .unwrap();
     // helper_mod lives in a virtualenv's site-packages: only --virtualenv makes it importable.
@@ -165,6 +165,11 @@ fn wsgi_file_pythonpath_and_virtualenv() {
     assert_eq!(
         client::get(server.addr(), "/").unwrap().body,
         b"from the venv"
+    );
+    // Like an activated virtualenv, its packages come before the base Python's.
+    assert_eq!(
+        client::get(server.addr(), "/order").unwrap().body,
+        b"venv first"
     );
 
     // Without the virtualenv the import fails, clearly.

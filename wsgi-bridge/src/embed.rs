@@ -202,14 +202,22 @@ fn add_virtualenv(py: Python<'_>, venv: &Path) -> Result<(), StartError> {
             version.minor
         )));
     }
-    let site = py
-        .import("site")
-        .map_err(|e| StartError::with_python("cannot import site", py, &e))?;
-    site.call_method1("addsitedir", (site_packages.to_string_lossy().as_ref(),))
-        .map_err(|e| {
-            StartError::with_python("cannot add the virtualenv's site-packages", py, &e)
-        })?;
-    Ok(())
+    // site.addsitedir appends (and runs the .pth files there); an activated
+    // virtualenv instead comes *before* the base Python's packages, so its
+    // versions win. Move what was added to the front.
+    let added = (|| -> PyResult<()> {
+        let sys_path = py.import("sys")?.getattr("path")?.cast_into::<PyList>()?;
+        let before = sys_path.len();
+        py.import("site")?
+            .call_method1("addsitedir", (site_packages.to_string_lossy().as_ref(),))?;
+        let new_entries = sys_path.get_slice(before, sys_path.len());
+        sys_path.del_slice(before, sys_path.len())?;
+        for (i, entry) in new_entries.iter().enumerate() {
+            sys_path.insert(i, entry)?;
+        }
+        Ok(())
+    })();
+    added.map_err(|e| StartError::with_python("cannot add the virtualenv's site-packages", py, &e))
 }
 // ANCHOR_END: add_virtualenv
 
