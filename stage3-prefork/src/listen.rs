@@ -100,6 +100,12 @@ impl Listeners {
             })?;
             log::info!("Removed a stale socket file: {shown}");
         }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
+            return Err(StartError::new(format!(
+                "cannot listen on unix:{shown}: the directory {} does not exist",
+                dir.display()
+            )));
+        }
         let fail = |e: nix::Error| StartError::new(format!("cannot listen on unix:{shown}: {e}"));
         let fd = socket(
             AddressFamily::Unix,
