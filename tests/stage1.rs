@@ -22,7 +22,9 @@ fn no_arguments_serve_the_builtin_hello_app_from_any_directory() {
     let r = client::get(server.addr(), "/").unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.body, b"Hello, World!\n");
-    let banner = server.stderr_text();
+    let banner = server
+        .wait_for_stderr("Serving ", Duration::from_secs(5))
+        .unwrap_or_default();
     assert!(
         banner.contains("Serving the built-in hello app with Python 3."),
         "{banner}"

@@ -36,6 +36,7 @@ fn no_arguments_serve_the_builtin_hello_app_from_any_directory() {
     assert_eq!(r.status, 200);
     assert_eq!(r.body, b"Hello, World!\n");
     assert_eq!(r.header("server"), Some("stage2-threads/0.1.0"));
+    server.wait_for_stderr("Serving ", Duration::from_secs(5));
     let banner = server.stderr_text();
     assert!(
         banner.contains("Starting stage2-threads 0.1.0: 4 threads sharing one GIL"),
@@ -58,6 +59,8 @@ fn no_arguments_serve_the_builtin_hello_app_from_any_directory() {
 #[test]
 fn serves_the_lab_app_on_eight_threads_and_says_it_is_multithreaded() {
     let server = start(&["--threads", "8"]);
+    // The banner's last line may still be on its way when "Listening at" is.
+    server.wait_for_stderr("Serving ", Duration::from_secs(5));
     let banner = server.stderr_text();
     assert!(banner.contains(": 8 threads sharing one GIL"), "{banner}");
     assert!(

@@ -145,6 +145,11 @@ fn bad_packets_never_stop_a_worker() {
         "{text}"
     );
 
+    // Workers log as they go; give the last line time to arrive.
+    server.wait_for_stderr(
+        "a browser or curl is talking to the uwsgi socket",
+        Duration::from_secs(5),
+    );
     let log = server.stderr_text();
     assert!(
         log.contains("invalid request block size: 5000 (max 4096)"),
