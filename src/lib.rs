@@ -2,6 +2,7 @@
 //! bytes ([`client`]), and load it ([`loadgen`]). The cross-stage tests in
 //! `tests/` and the benchmarks in `benches/` are built on it; the `loadgen`
 //! binary puts the load generator in the students' hands.
+pub mod bench;
 pub mod client;
 pub mod loadgen;
 pub mod nginx;

@@ -48,7 +48,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use wsgi_bridge::conn::Stream;
 use wsgi_bridge::http::request::Limits;
 use wsgi_bridge::serve::HttpConnection;
@@ -94,15 +94,17 @@ struct Shared<'a> {
     app: &'a WsgiApp,
     config: &'a ThreadConfig,
     hooks: &'a dyn WorkerHooks,
-    /// Jobs: every pool thread takes from this one receiver. A `Receiver` can
-    /// have only one user at a time, hence the lock (the thread pool of the
-    /// Rust book's last chapter does the same).
-    jobs: Mutex<Receiver<Job>>,
+    /// Jobs: the main thread pushes, every pool thread takes (see
+    /// `pool::JobQueue`).
+    jobs: pool::JobQueue,
     /// Finished connections, back to the main thread ...
     done: Sender<Done>,
     /// ... which sleeps in `epoll_wait`, not on the channel: the waker makes
-    /// its poll return.
+    /// its poll return when a connection was closed.
     waker: Waker,
+    /// The poller's registry: a pool thread puts a kept-alive connection
+    /// back under the poller's watch itself (see `pool::serve_jobs`).
+    registry: Registry,
     /// The server is stopping: no more keep-alive. Set by the main thread on
     /// a signal, or by a pool thread when the hooks ask to stop.
     stopping: AtomicBool,
@@ -118,6 +120,7 @@ const FIRST_CONN: usize = 3;
 /// (`hooks.heartbeat()`) even when nothing happens.
 const TICK: Duration = Duration::from_millis(500);
 
+// ANCHOR: serve_forever
 /// Accepts connections and serves their requests on `config.threads`
 /// threads until `stop` becomes readable (a signal arrived: see `main.rs`)
 /// or `hooks` asks to stop; then stops accepting, lets the requests in
@@ -138,34 +141,36 @@ pub fn serve_forever(
     listener.set_nonblocking(true)?;
     let poll = Poll::new()?;
     let waker = Waker::new(poll.registry(), WAKER)?;
-    let (job_tx, job_rx) = mpsc::channel();
+    let registry = poll.registry().try_clone()?;
     let (done_tx, done_rx) = mpsc::channel();
     let shared = Shared {
         app,
         config,
         hooks,
-        jobs: Mutex::new(job_rx),
+        jobs: pool::JobQueue::new(),
         done: done_tx,
         waker,
+        registry,
         stopping: AtomicBool::new(false),
     };
     // Scoped threads may borrow `shared` (and through it the app): the scope
     // does not end before every thread has finished.
     thread::scope(|scope| {
-        // Moved in here so it is dropped when this closure returns, however
-        // it returns: the pool threads then see the channel closed and end,
-        // and the scope can join them.
-        let jobs = job_tx;
+        // Dropped when this closure returns, however it returns: the pool
+        // threads then see the queue closed and end, and the scope can
+        // join them.
+        let _close = pool::CloseOnDrop(&shared.jobs);
         for i in 0..config.threads.max(1) {
             let shared = &shared;
             thread::Builder::new()
                 .name(format!("pool-{i}"))
                 .spawn_scoped(scope, move || pool::run(shared))?;
         }
-        let mut main = MainLoop::new(poll, listener, &shared, jobs, done_rx);
+        let mut main = MainLoop::new(poll, listener, &shared, done_rx);
         main.run(stop)
     })
 }
+// ANCHOR_END: serve_forever
 
 /// Where each open connection is, from the main thread's point of view.
 enum Slot {
@@ -175,8 +180,13 @@ enum Slot {
         conn: HttpConnection,
         deadline: Instant,
     },
-    /// A pool thread has it.
-    Busy,
+    /// A pool thread has it. `readable`: the poller reported its next
+    /// request before the connection was back in this table (the pool
+    /// thread watches it again first, then sends it back): serve it as soon
+    /// as it is.
+    Busy {
+        readable: bool,
+    },
 }
 
 /// The main thread: a poller and the table of open connections.
@@ -184,7 +194,6 @@ struct MainLoop<'a> {
     poll: Poll,
     listener: &'a TcpListener,
     shared: &'a Shared<'a>,
-    jobs: Sender<Job>,
     done: Receiver<Done>,
     /// Open connections, by slot; `free` lists the free slots to reuse.
     slots: Vec<Slot>,
@@ -196,6 +205,8 @@ struct MainLoop<'a> {
     accepting: bool,
     /// An accept failed for lack of resources (file descriptors): try again soon.
     retry_accept: bool,
+    /// One connection was taken on the last turn; more may be waiting.
+    more_to_accept: bool,
     /// The earliest deadline of an idle connection (maybe one since handed
     /// to the pool: then the sweep finds nothing, which is harmless).
     next_expiry: Option<Instant>,
@@ -207,14 +218,12 @@ impl<'a> MainLoop<'a> {
         poll: Poll,
         listener: &'a TcpListener,
         shared: &'a Shared<'a>,
-        jobs: Sender<Job>,
         done: Receiver<Done>,
     ) -> MainLoop<'a> {
         MainLoop {
             poll,
             listener,
             shared,
-            jobs,
             done,
             slots: Vec::new(),
             free: Vec::new(),
@@ -222,6 +231,7 @@ impl<'a> MainLoop<'a> {
             busy: 0,
             accepting: false,
             retry_accept: false,
+            more_to_accept: false,
             next_expiry: None,
             last_beat: Instant::now(),
         }
@@ -239,20 +249,21 @@ impl<'a> MainLoop<'a> {
         loop {
             self.heartbeat();
             self.wait(&mut events, self.poll_timeout())?;
+            let mut listener_woke = false;
             for event in &events {
                 match event.token() {
-                    LISTENER => self.accept_all(),
+                    LISTENER => listener_woke = true,
                     // A signal arrived: leave the loop below.
                     STOP => self.shared.stopping.store(true, Ordering::Relaxed),
                     // A pool thread finished: its connections are taken below.
                     WAKER => {}
-                    // An idle connection has bytes (or was closed): to the pool.
-                    Token(t) => self.hand_to_pool(t - FIRST_CONN),
+                    // A connection has bytes (or was closed): to the pool.
+                    Token(t) => self.readable(t - FIRST_CONN),
                 }
             }
-            if self.retry_accept {
+            if listener_woke || self.more_to_accept || self.retry_accept {
                 self.retry_accept = false;
-                self.accept_all();
+                self.accept_one(listener_woke);
             }
             self.take_back_finished();
             self.close_expired(Instant::now());
@@ -281,6 +292,10 @@ impl<'a> MainLoop<'a> {
         let mut timeout = TICK;
         if self.retry_accept {
             timeout = Duration::from_millis(10);
+        }
+        if self.more_to_accept {
+            // Connections may be waiting: just look at the other events.
+            timeout = Duration::ZERO;
         }
         if let Some(t) = self.next_expiry {
             timeout = timeout.min(t.saturating_duration_since(Instant::now()));
@@ -318,11 +333,30 @@ impl<'a> MainLoop<'a> {
         }
     }
 
-    /// Accepts every connection waiting. mio's notifications are
-    /// edge-triggered: it says "readable" once, so the loop must take
-    /// everything now, until the kernel answers WouldBlock.
-    fn accept_all(&mut self) {
-        let mut took_one = false;
+    /// Takes one waiting connection. One per turn of the loop, not all of
+    /// them: in stage 3 every worker process sleeping on the shared
+    /// listener is woken for a new connection, and a worker that took all
+    /// the waiting ones (32 clients connecting at once) would serve them all
+    /// for their whole keep-alive life while the other workers idle (that
+    /// was measured: one worker of two doing all the work). Taking one,
+    /// then the other events, then the next, lets the workers woken at the
+    /// same time share them. mio's notifications are edge-triggered (it
+    /// says "readable" once), so `more_to_accept` brings the loop back here
+    /// at once, until the kernel answers WouldBlock.
+    ///
+    /// Woken at the same time, the worker already awake would still win
+    /// most races. So a worker with more kept-alive connections than
+    /// threads first gives the others a head start, the longer the more
+    /// connections it has (nginx's `accept_mutex_delay` in miniature): the
+    /// least loaded worker tends to take the next one. Connections that do
+    /// not stay (`--keep-alive 0`) are spread by the races themselves.
+    fn accept_one(&mut self, woken: bool) {
+        self.more_to_accept = false;
+        let config = self.shared.config;
+        if !config.keep_alive.is_zero() && self.open >= config.threads {
+            let over = (self.open + 1 - config.threads).min(10) as u32;
+            thread::sleep(Duration::from_micros(20) * over);
+        }
         while self.accepting {
             if self.open >= self.shared.config.worker_connections {
                 log::debug!(
@@ -334,11 +368,12 @@ impl<'a> MainLoop<'a> {
             }
             match self.listener.accept() {
                 Ok((stream, addr)) => {
-                    took_one = true;
                     self.add(stream, addr);
+                    self.more_to_accept = true;
+                    return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if !took_one {
+                    if woken {
                         // Woken for nothing: in stage 3, another worker
                         // process took the connection first.
                         self.shared.hooks.accept_missed();
@@ -394,16 +429,17 @@ impl<'a> MainLoop<'a> {
         self.watch(slot, conn, deadline);
     }
 
-    /// Puts a connection in the poller's care until it becomes readable.
+    /// Puts a new connection in the poller's care until it becomes readable.
     ///
     /// Its socket stays in blocking mode. mio asks for non-blocking sources
     /// because its notifications are edge-triggered: whoever reads must read
     /// until WouldBlock, or never hear of the rest. Here the main thread
     /// never reads: on the first notification it unregisters the socket and
     /// hands it to a pool thread, which reads with blocking calls and
-    /// timeouts. When the connection comes back it is registered afresh,
-    /// and epoll reports at registration any bytes already waiting (a
-    /// request sent while the previous response was being written).
+    /// timeouts. When the connection goes back to idle it is registered
+    /// afresh (by that pool thread: see `pool::watch_again`), and epoll
+    /// reports at registration any bytes already waiting (a request sent
+    /// while the previous response was being written).
     fn watch(&mut self, slot: usize, conn: HttpConnection, deadline: Instant) {
         let fd = conn.stream().as_raw_fd();
         let token = Token(FIRST_CONN + slot);
@@ -421,36 +457,65 @@ impl<'a> MainLoop<'a> {
     }
 
     // ANCHOR: hand_off
-    /// An idle connection became readable: its next request (or its close)
-    /// is there. Stop watching it and give it to the pool.
+    /// The poller says a connection is readable: its next request (or its
+    /// close) is there. An idle one goes to the pool. A busy one is on its
+    /// way back from the pool (see `take_back_finished`): noted, it goes
+    /// to the pool as soon as it is back.
+    fn readable(&mut self, slot: usize) {
+        match &mut self.slots[slot] {
+            Slot::Idle { .. } => self.hand_to_pool(slot),
+            Slot::Busy { readable } => *readable = true,
+            // An event about a connection closed since: nothing to do.
+            Slot::Free => {}
+        }
+    }
+
+    /// Stops watching an idle connection and gives it to the pool.
     fn hand_to_pool(&mut self, slot: usize) {
-        let conn = match mem::replace(&mut self.slots[slot], Slot::Busy) {
+        let conn = match mem::replace(&mut self.slots[slot], Slot::Busy { readable: false }) {
             Slot::Idle { conn, .. } => conn,
-            // Not idle (an event about a connection already handed over):
-            // nothing to do.
             other => {
                 self.slots[slot] = other;
                 return;
             }
         };
+        // Stop hearing about it while a pool thread has it, but stay
+        // registered: changing the interest (EPOLL_CTL_MOD) costs less than
+        // unregistering and registering again (a kernel allocation each).
+        // mio wants some interest: out-of-band data, which HTTP never sends,
+        // amounts to none.
         let fd = conn.stream().as_raw_fd();
-        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        let token = Token(FIRST_CONN + slot);
+        let _ = self
+            .poll
+            .registry()
+            .reregister(&mut SourceFd(&fd), token, Interest::PRIORITY);
         self.busy += 1;
-        // The pool threads live as long as this loop: sending cannot fail.
-        let _ = self.jobs.send(Job { slot, conn });
+        self.shared.jobs.push(Job { slot, conn });
     }
 
-    /// Takes back the connections the pool finished with: watched again if
-    /// they stay open, forgotten if the pool closed them.
+    /// Takes back the connections the pool finished with. One that stays
+    /// open is already watched again (the pool thread registered it before
+    /// sending it back, without waking this thread: nothing is to be done
+    /// with an idle connection until its next request, and that wakes the
+    /// poller anyway); its idle deadline starts now. One the pool closed is
+    /// forgotten.
     fn take_back_finished(&mut self) {
         let keep_alive = self.shared.config.keep_alive;
         while let Ok(Done { slot, conn }) = self.done.try_recv() {
             self.busy -= 1;
+            let readable = matches!(self.slots[slot], Slot::Busy { readable: true });
             match conn {
                 Some(conn) if !self.shared.stopping.load(Ordering::Relaxed) => {
-                    self.watch(slot, conn, Instant::now() + keep_alive)
+                    let deadline = Instant::now() + keep_alive;
+                    self.slots[slot] = Slot::Idle { conn, deadline };
+                    self.next_expiry = Some(self.next_expiry.map_or(deadline, |t| t.min(deadline)));
+                    if readable {
+                        self.hand_to_pool(slot);
+                    }
                 }
-                // Dropping the connection closes it.
+                // Dropping the connection closes it (and a closed socket
+                // leaves the poller by itself).
                 _ => self.release(slot),
             }
         }

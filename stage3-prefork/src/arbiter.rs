@@ -13,7 +13,6 @@
 
 use std::net::TcpListener;
 use std::os::fd::AsFd;
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -454,23 +453,27 @@ impl Arbiter {
             }
             Exit::BootFailure => (Signal::SIGQUIT, Duration::from_secs(2), 1),
         };
-        // Stop listening first: from now on new clients are refused at once
-        // instead of waiting in a backlog nobody will serve. (Workers keep
-        // their own copy until they exit, and finish what they accepted.)
-        if let Some(path) = self
-            .listeners
-            .take()
-            .and_then(|l| l.unix_path().map(Path::to_path_buf))
-        {
-            // The socket file would otherwise outlive the server.
-            let _ = std::fs::remove_file(path);
-        }
         if let Some((pid, _)) = self.sidecar.take() {
             let _ = kill(pid, Signal::SIGTERM);
             let _ = waitpid(pid, None);
         }
         for worker in &self.workers {
             let _ = kill(worker.pid, signal);
+        }
+        // Then stop listening. Closing the master's copy of the socket is not
+        // enough: every worker holds one too (fork copied it) until it exits,
+        // and meanwhile new clients would queue, wait, and be reset at the
+        // end. Shutting the socket down acts on all copies at once: new
+        // clients are refused now and can go elsewhere, while workers finish
+        // what they accepted. (Only at a real stop: on a reload the new
+        // workers share this same socket.) With --reuse-port each worker's
+        // socket is its own and closes when the worker exits.
+        if let Some(listeners) = self.listeners.take() {
+            listeners.stop_listening();
+            if let Some(path) = listeners.unix_path() {
+                // The socket file would otherwise outlive the server.
+                let _ = std::fs::remove_file(path);
+            }
         }
         let deadline = Instant::now() + limit;
         while !self.workers.is_empty() && Instant::now() < deadline {

@@ -163,12 +163,14 @@ pub fn http_workers(class: WorkerClass, sync: SyncConfig, threads: ThreadConfig)
 }
 // ANCHOR_END: worker_classes
 
+// ANCHOR: default_workers
 /// gunicorn's rule of thumb for the number of workers: two per core (one
 /// computes while the other waits on I/O), plus one.
 pub fn default_workers() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     2 * cores + 1
 }
+// ANCHOR_END: default_workers
 
 impl Config {
     pub fn from_args(args: Args) -> Result<Config, StartError> {

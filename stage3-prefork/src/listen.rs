@@ -100,7 +100,10 @@ impl Listeners {
             })?;
             log::info!("Removed a stale socket file: {shown}");
         }
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
+        if let Some(dir) = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
+        {
             return Err(StartError::new(format!(
                 "cannot listen on unix:{shown}: the directory {} does not exist",
                 dir.display()
@@ -153,6 +156,20 @@ impl Listeners {
         }
     }
 
+    /// Stops the shared socket for every process holding it (see
+    /// `Arbiter::stop`): pending and new connections are refused.
+    pub fn stop_listening(&self) {
+        let fd = match self {
+            Listeners::Shared(l) => l.as_fd(),
+            Listeners::Unix { listener, .. } => listener.as_fd(),
+            Listeners::ReusePort { .. } => return,
+        };
+        let _ = nix::sys::socket::shutdown(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            nix::sys::socket::Shutdown::Read,
+        );
+    }
+
     pub fn unix_path(&self) -> Option<&Path> {
         match self {
             Listeners::Unix { path, .. } => Some(path),
@@ -160,6 +177,7 @@ impl Listeners {
         }
     }
 
+    // ANCHOR: for_worker
     /// The socket a worker accepts on (called in the worker, after fork).
     pub fn for_worker(&self) -> std::io::Result<WorkerListener> {
         match self {
@@ -174,6 +192,7 @@ impl Listeners {
             }
         }
     }
+    // ANCHOR_END: for_worker
 }
 
 fn reuse_port_socket(addr: SocketAddr) -> nix::Result<OwnedFd> {

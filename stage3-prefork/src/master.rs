@@ -18,6 +18,7 @@ pub fn run(
     config: Config,
     bind: impl FnOnce(&Config) -> Result<Listeners, StartError>,
 ) -> Result<i32, StartError> {
+    // ANCHOR: preload
     // With --preload the master imports the app now, before any fork: an
     // import error stops everything here, and workers inherit the loaded
     // app's memory instead of each importing it again.
@@ -35,6 +36,7 @@ pub fn run(
         })?;
         None
     };
+    // ANCHOR_END: preload
 
     let listeners = bind(&config)?;
     let stats = config

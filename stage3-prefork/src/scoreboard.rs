@@ -17,6 +17,7 @@ use nix::time::{ClockId, clock_gettime};
 /// Most workers the master will run at once.
 pub const MAX_WORKERS: usize = 256;
 
+// ANCHOR: slot
 /// One worker's slot. Only atomics: two processes write and read it at once.
 #[repr(C)]
 pub struct Slot {
@@ -28,6 +29,7 @@ pub struct Slot {
     /// Wake-ups that found no connection to accept (the thundering herd).
     pub accept_missed: AtomicU64,
 }
+// ANCHOR_END: slot
 
 pub struct Scoreboard {
     slots: NonNull<Slot>,
@@ -38,6 +40,7 @@ unsafe impl Send for Scoreboard {}
 unsafe impl Sync for Scoreboard {}
 
 impl Scoreboard {
+    // ANCHOR: scoreboard_new
     pub fn new() -> nix::Result<Scoreboard> {
         let len = NonZeroUsize::new(std::mem::size_of::<Slot>() * MAX_WORKERS)
             .expect("the table is not empty");
@@ -52,6 +55,7 @@ impl Scoreboard {
         };
         Ok(Scoreboard { slots: ptr.cast() })
     }
+    // ANCHOR_END: scoreboard_new
 
     pub fn slot(&self, index: usize) -> &Slot {
         assert!(index < MAX_WORKERS);

@@ -83,6 +83,7 @@ impl SignalQueue {
         out
     }
 
+    // ANCHOR: forget_in_child
     /// In a freshly forked worker: remove the master's handlers, so a signal
     /// sent to the worker is not mistaken for one sent to the master.
     pub fn forget_in_child(self) {
@@ -107,6 +108,7 @@ impl SignalQueue {
         unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
         drop(self.wake);
     }
+    // ANCHOR_END: forget_in_child
 }
 
 /// Blocks the master's signals until the returned mask is restored.
@@ -133,6 +135,7 @@ pub fn restore(old: &SigSet) {
     let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(old), None);
 }
 
+// ANCHOR: on_signal
 fn on_signal(signal: libc::c_int) {
     PENDING[signal as usize].fetch_add(1, Ordering::SeqCst);
     let fd = WAKE_FD.load(Ordering::SeqCst);
@@ -143,6 +146,7 @@ fn on_signal(signal: libc::c_int) {
         unsafe { libc::write(fd, byte.as_ptr().cast(), 1) };
     }
 }
+// ANCHOR_END: on_signal
 
 /// A signal's name, for log lines a student can read.
 pub fn name(signal: libc::c_int) -> String {

@@ -72,6 +72,7 @@ impl WorkerHooks for ScoreboardHooks<'_> {
 
 /// Runs the worker; returns its exit status.
 pub fn run(spec: WorkerSpec<'_>) -> i32 {
+    // ANCHOR: worker_boot
     let pid = std::process::id();
     log::info!("Booting worker with pid: {pid}");
     // If the master dies (even by SIGKILL), take this worker down with it:
@@ -91,6 +92,7 @@ pub fn run(spec: WorkerSpec<'_>) -> i32 {
     let _ = signal_hook::flag::register_conditional_shutdown(libc::SIGQUIT, 0, always);
     // Signals that arrived since the fork are delivered now, to these handlers.
     crate::signals::restore(&spec.signal_mask);
+    // ANCHOR_END: worker_boot
 
     let app = match spec.preloaded {
         Some(app) => Python::attach(|py| app.clone_ref(py)),

@@ -179,6 +179,7 @@ fn run(args: Args) -> Result<i32, StartError> {
         max_body: limits.max_body,
         timeout: Duration::from_secs(30),
     };
+    // ANCHOR: uwsgi_config
     let http_router = args.http.as_deref().map(boot::resolve_bind).transpose()?;
     let config = Config {
         serve: Box::new(move |listener, app, stop, hooks| {
@@ -204,6 +205,7 @@ fn run(args: Args) -> Result<i32, StartError> {
         source,
         sidecar: None,
     };
+    // ANCHOR_END: uwsgi_config
     let mode = args.chmod_socket;
     let backlog = args.listen;
     let mut config = config;

@@ -235,6 +235,7 @@ fn vars(
     vars
 }
 
+// ANCHOR: forward
 /// Sends the packet and the body to a worker and reads its whole answer.
 async fn forward(upstream: &Upstream, packet: &[u8], body: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut response = Vec::new();
@@ -254,3 +255,4 @@ async fn forward(upstream: &Upstream, packet: &[u8], body: &[u8]) -> std::io::Re
     }
     Ok(response)
 }
+// ANCHOR_END: forward

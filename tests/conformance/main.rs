@@ -5,6 +5,7 @@
 //! A stage adds itself to `STAGES`.
 
 mod cases;
+mod corpus;
 
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -106,6 +107,14 @@ pub fn run_suite(stage: &Stage) {
             break;
         }
     }
+    // The raw-request corpus of tests/corpus/, on the same running stage.
+    corpus::run_in_suite(
+        addr,
+        stage.bin,
+        stage.front != Front::Direct,
+        stage.keep_alive,
+        &mut failed,
+    );
     assert!(
         server.wait_timeout(Duration::from_millis(1)).is_none(),
         "{} exited during the suite",
@@ -222,5 +231,32 @@ fn stage4_uwsgi_socket_behind_nginx() {
         ],
         keep_alive: true,
         front: Front::Nginx,
+    });
+}
+
+#[test]
+fn stage5_nginx() {
+    // Stage 5 starts nginx and stage 4 itself, and its banner names nginx's
+    // address. `cargo build -p stage5-nginx` does not build stage 4's
+    // binary, which stage 5 runs: build it first.
+    if wsgi_course::nginx::nginx_binary().is_none() {
+        eprintln!("SKIPPED: nginx is not installed (apt-get install nginx)");
+        return;
+    }
+    wsgi_course::server::workspace_bin("stage4-uwsgi-socket");
+    run_suite(&Stage {
+        bin: "stage5-nginx",
+        args: &[
+            "apps.lab:app",
+            "--listen",
+            "127.0.0.1:0",
+            // client_max_body_size 2097152, the limit every stage gets.
+            "--limit-request-body",
+            "2097152",
+            "--workers",
+            "2",
+        ],
+        keep_alive: true,
+        front: Front::OwnNginx,
     });
 }

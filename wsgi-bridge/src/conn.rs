@@ -95,10 +95,16 @@ impl AsRawFd for Stream {
 
 /// Bytes read from a socket and not consumed yet: the rest of a request head,
 /// a body, or the next pipelined request.
+///
+/// `buf[start..end]` holds them. The bytes past `end` are initialised memory
+/// kept for the next read: a `read(2)` needs an initialised `&mut [u8]`, and
+/// zeroing 16 KiB before every read (what `Vec::resize` would do) cost more
+/// than parsing the request it receives.
 #[derive(Debug, Default)]
 pub struct ReadBuf {
     buf: Vec<u8>,
     start: usize,
+    end: usize,
 }
 
 /// How much one `read(2)` asks for. Large enough for a typical request head
@@ -107,62 +113,66 @@ const READ_CHUNK: usize = 16 * 1024;
 
 impl ReadBuf {
     pub fn new() -> ReadBuf {
-        ReadBuf {
-            buf: Vec::with_capacity(READ_CHUNK),
-            start: 0,
-        }
+        ReadBuf::default()
     }
 
     /// The unconsumed bytes.
     pub fn data(&self) -> &[u8] {
-        &self.buf[self.start..]
+        &self.buf[self.start..self.end]
     }
 
     pub fn is_empty(&self) -> bool {
-        self.start == self.buf.len()
+        self.start == self.end
     }
 
     pub fn len(&self) -> usize {
-        self.buf.len() - self.start
+        self.end - self.start
     }
 
     /// Drops the first `n` unconsumed bytes.
     pub fn consume(&mut self, n: usize) {
-        self.start = (self.start + n).min(self.buf.len());
-        if self.start == self.buf.len() {
-            // Everything used: start over at the front, keeping the allocation.
-            self.buf.clear();
+        self.start = (self.start + n).min(self.end);
+        if self.start == self.end {
+            // Everything used: start over at the front, keeping the memory.
             self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Makes room for at least `n` more bytes after `end`.
+    fn reserve(&mut self, n: usize) {
+        if self.start > 0 && self.start * 2 >= self.end {
+            // Move the leftover to the front so the buffer does not grow
+            // without bound on a long keep-alive connection.
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.buf.len() < self.end + n {
+            // Zeroes only the new part, once: later reads reuse it.
+            self.buf.resize(self.end + n, 0);
         }
     }
 
     /// Appends bytes that came from elsewhere (a router that already read them).
     pub fn extend(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
+        self.reserve(bytes.len());
+        self.buf[self.end..self.end + bytes.len()].copy_from_slice(bytes);
+        self.end += bytes.len();
     }
 
     /// Reads once from `stream`, appending to the buffer. Returns the number
     /// of bytes read; 0 means the peer closed its side.
     pub fn fill_from(&mut self, mut stream: impl Read) -> io::Result<usize> {
-        if self.start > 0 && self.start * 2 >= self.buf.len() {
-            // Move the leftover to the front so the buffer does not grow
-            // without bound on a long keep-alive connection.
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
-        let old_len = self.buf.len();
-        self.buf.resize(old_len + READ_CHUNK, 0);
+        self.reserve(READ_CHUNK);
         loop {
-            match stream.read(&mut self.buf[old_len..]) {
+            match stream.read(&mut self.buf[self.end..]) {
                 Ok(n) => {
-                    self.buf.truncate(old_len + n);
+                    self.end += n;
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.buf.truncate(old_len);
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -183,5 +193,16 @@ mod tests {
         rb.consume(rb.len());
         assert!(rb.is_empty());
         assert_eq!(rb.fill_from(&b""[..]).unwrap(), 0);
+    }
+
+    #[test]
+    fn leftovers_move_to_the_front_and_extend_appends() {
+        let mut rb = ReadBuf::new();
+        rb.extend(&[b'a'; READ_CHUNK]);
+        rb.consume(READ_CHUNK - 2);
+        rb.extend(b"bc");
+        rb.fill_from(&b"de"[..]).unwrap();
+        assert_eq!(rb.data(), b"aabcde");
+        assert!(rb.buf.len() < 3 * READ_CHUNK);
     }
 }

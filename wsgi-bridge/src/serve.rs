@@ -14,7 +14,7 @@ use crate::http::request::{HttpError, Limits, RequestHead, parse_head};
 use crate::http::response::error_response;
 use crate::logging::{AccessEntry, access_log};
 use crate::worker::WorkerHooks;
-use crate::wsgi::call::{Exchange, Request, WsgiApp, call_app};
+use crate::wsgi::call::{Exchange, Request, WsgiApp, call_app_with_gil};
 use crate::wsgi::environ::Peer;
 
 /// What happens to the connection after a request.
@@ -143,7 +143,10 @@ impl HttpConnection {
             keep_alive_allowed: keep_alive && head.keep_alive,
             max_body: limits.max_body,
         };
-        let outcome = Python::attach(|py| call_app(py, app, exchange));
+        // The GIL is held for the app only: the last bytes of the response
+        // are written (and an unread body dropped) after it is released.
+        let rest = Python::attach(|py| call_app_with_gil(py, app, exchange));
+        let outcome = rest.finish();
         self.rbuf = outcome.rbuf;
         if let Some(log) = access_log() {
             log.write(&AccessEntry {

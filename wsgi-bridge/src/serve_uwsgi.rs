@@ -56,6 +56,7 @@ impl UwsgiConnection {
         }
     }
 
+    // ANCHOR: serve_packet
     /// Serves the one request of this connection. A bad packet is logged
     /// (and, for a browser talking to the socket, answered in HTTP with the
     /// reason), never raised: the worker goes on with the next connection.
@@ -98,6 +99,7 @@ impl UwsgiConnection {
         };
         let outcome = Python::attach(|py| call_app(py, app, exchange));
         hooks.request_finished();
+        // ANCHOR_END: serve_packet
         if let Some(log) = crate::logging::access_log() {
             let request_line = format!(
                 "{} {} {}",

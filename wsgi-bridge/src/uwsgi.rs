@@ -104,6 +104,7 @@ impl fmt::Display for PacketError {
 
 impl std::error::Error for PacketError {}
 
+// ANCHOR: parse_packet
 /// The methods whose first four bytes give a plain HTTP request away.
 const HTTP_STARTS: [&[u8; 4]; 9] = [
     b"GET ", b"POST", b"HEAD", b"PUT ", b"DELE", b"OPTI", b"PATC", b"CONN", b"TRAC",
@@ -164,7 +165,9 @@ pub fn parse_packet(
     };
     Ok(Some((request, HEADER_LEN + size)))
 }
+// ANCHOR_END: parse_packet
 
+// ANCHOR: parse_vars
 fn parse_vars(mut block: &[u8]) -> Result<Vec<(String, Vec<u8>)>, PacketError> {
     fn take<'a>(block: &mut &'a [u8], what: &'static str) -> Result<&'a [u8], PacketError> {
         if block.len() < 2 {
@@ -190,6 +193,7 @@ fn parse_vars(mut block: &[u8]) -> Result<Vec<(String, Vec<u8>)>, PacketError> {
     }
     Ok(vars)
 }
+// ANCHOR_END: parse_vars
 
 /// Builds a packet: what nginx does, for the `--http` router, the test
 /// client and the lab's packet dump.

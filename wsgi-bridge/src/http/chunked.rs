@@ -121,7 +121,9 @@ pub struct Progress {
 /// Errors (all `HttpError`s; the server answers and closes the connection):
 /// 400 for any framing error (bad size, bad extension, missing or bare-LF
 /// line endings, malformed trailer line), 431 when the trailer section is
-/// over 8190 bytes or 100 fields.
+/// over 8190 bytes or 100 fields, and (with
+/// [`with_max_body`](Self::with_max_body)) 413 as soon as the chunk sizes
+/// announce more than the limit.
 #[derive(Clone, Debug)]
 pub struct ChunkedDecoder {
     state: State,
@@ -136,6 +138,10 @@ pub struct ChunkedDecoder {
     /// Bytes of the trailer section read so far.
     trailer_bytes: usize,
     trailers: Vec<(String, Vec<u8>)>,
+    /// Most body bytes the chunk sizes may announce in total; 0: no limit.
+    max_body: u64,
+    /// Body bytes announced by the chunk sizes read so far.
+    announced: u64,
 }
 
 impl Default for ChunkedDecoder {
@@ -155,6 +161,23 @@ impl ChunkedDecoder {
             line: Vec::new(),
             trailer_bytes: 0,
             trailers: Vec::new(),
+            max_body: 0,
+            announced: 0,
+        }
+    }
+
+    /// A decoder that refuses a body larger than `max_body` bytes (0: no
+    /// limit) with 413, as soon as a chunk-size line announces more than
+    /// the limit allows, before any of that chunk's data is read.
+    ///
+    /// Without it a client can announce a 4 GiB chunk and then trickle the
+    /// data: the server holds the connection (a whole worker, in stage 1 and
+    /// stage 3's sync workers) until the bytes that finally cross the limit
+    /// arrive, only to refuse them.
+    pub fn with_max_body(max_body: u64) -> Self {
+        ChunkedDecoder {
+            max_body,
+            ..Self::new()
         }
     }
 
@@ -335,6 +358,10 @@ impl ChunkedDecoder {
                 self.size = 0;
                 self.digits = 0;
                 self.ext_len = 0;
+                self.announced = self.announced.saturating_add(size);
+                if self.max_body != 0 && self.announced > self.max_body {
+                    return Err(HttpError::new(413, "request body too large"));
+                }
                 if size == 0 { TrailerStart } else { Data(size) }
             }
             (SizeLf, _) => return Err(bad("bare CR in chunk size line")),
@@ -874,6 +901,46 @@ mod tests {
         let mut endless = b"0\r\nX: ".to_vec();
         endless.extend(std::iter::repeat_n(b'v', 1 << 20));
         assert_eq!(error(&endless).status, 431);
+    }
+
+    #[test]
+    fn announced_sizes_are_checked_against_max_body() {
+        let decode = |max: u64, input: &[u8]| {
+            let mut d = ChunkedDecoder::with_max_body(max);
+            let mut out = Vec::new();
+            d.decode(input, &mut out, usize::MAX).map(|p| (p, out))
+        };
+        // Exactly the limit, over several chunks: fine.
+        let (p, out) = decode(10, b"5\r\nhello\r\n5\r\nworld\r\n0\r\n\r\n").unwrap();
+        assert!(p.done);
+        assert_eq!(out, b"helloworld");
+        // One byte more: refused at the size line that crosses it, before
+        // its data (none is sent here).
+        let too_large = HttpError::new(413, "request body too large");
+        assert_eq!(decode(10, b"5\r\nhello\r\n6\r\n").unwrap_err(), too_large);
+        // A huge announced chunk with a trickle of data.
+        assert_eq!(decode(2 << 20, b"300000\r\nabc").unwrap_err(), too_large);
+        assert_eq!(
+            decode(2 << 20, b"FFFFFFFFFFFFFFFF\r\n").unwrap_err(),
+            too_large
+        );
+        // 0 means no limit, as in Limits::max_body; new() has none.
+        assert!(decode(0, b"FFFFFFFF\r\nabc").is_ok());
+        let mut d = ChunkedDecoder::new();
+        assert!(d.decode(b"FFFFFFFF\r\nabc", &mut Vec::new(), 10).is_ok());
+        // Byte by byte, the same answer.
+        let input = b"5\r\nhello\r\n6\r\nworld!\r\n0\r\n\r\n";
+        let mut d = ChunkedDecoder::with_max_body(10);
+        let mut out = Vec::new();
+        let mut answer = Ok(());
+        for b in input {
+            if let Err(e) = d.decode(&[*b], &mut out, usize::MAX) {
+                answer = Err(e);
+                break;
+            }
+        }
+        assert_eq!(answer, Err(too_large));
+        assert_eq!(out, b"hello");
     }
 
     #[test]

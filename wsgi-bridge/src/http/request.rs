@@ -191,7 +191,9 @@ pub struct RequestHead {
     /// HTTP/1.0 or HTTP/1.1.
     pub version: Version,
     /// Header fields in the order sent: names with their case preserved,
-    /// values without surrounding whitespace. Names may repeat.
+    /// values without surrounding whitespace. Names may repeat. With an
+    /// absolute-form target, `Host` holds the target's host (RFC 9112
+    /// 3.2.2), added if the request had none.
     pub headers: Vec<(String, Vec<u8>)>,
     /// Where the body ends (see [`BodyKind`]).
     pub body: BodyKind,
@@ -525,7 +527,7 @@ fn interpret(req: &httparse::Request<'_, '_>, limits: &Limits) -> Result<Request
         _ => return Err(bad_request("unsupported HTTP version")),
     };
 
-    let (path, query) = split_target(method, target)?;
+    let (path, query, authority) = split_target(method, target)?;
 
     let mut headers = Vec::with_capacity(req.headers.len());
     for h in req.headers.iter() {
@@ -560,6 +562,19 @@ fn interpret(req: &httparse::Request<'_, '_>, limits: &Limits) -> Result<Request
         Version::Http10 => framing.connection_keep_alive && !framing.connection_close,
     };
     let expect_continue = version == Version::Http11 && framing.expect_continue;
+
+    // RFC 9112 3.2.2: with an absolute-form target the server MUST ignore
+    // the Host header and use the target's host instead, so that what the
+    // app sees (HTTP_HOST) is what the request is for.
+    if let Some(authority) = authority {
+        let host = headers
+            .iter_mut()
+            .find(|(n, _)| n.eq_ignore_ascii_case("host"));
+        match host {
+            Some((_, value)) => *value = authority.as_bytes().to_vec(),
+            None => headers.push(("Host".to_owned(), authority.as_bytes().to_vec())),
+        }
+    }
 
     Ok(RequestHead {
         method: method.to_owned(),
@@ -736,13 +751,17 @@ fn is_authority_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&b)
 }
 
-/// Split a request-target (RFC 9112 3.2) into the decoded path and the raw
-/// query string.
-fn split_target<'t>(method: &str, target: &'t str) -> Result<(Vec<u8>, &'t str), HttpError> {
+/// The decoded path, the raw query string, and the host of an
+/// absolute-form target.
+type TargetParts<'t> = (Vec<u8>, &'t str, Option<&'t str>);
+
+/// Split a request-target (RFC 9112 3.2) into the decoded path, the raw
+/// query string and, for an absolute-form target, its authority.
+fn split_target<'t>(method: &str, target: &'t str) -> Result<TargetParts<'t>, HttpError> {
     // asterisk-form: only "OPTIONS *" means "the server as a whole".
     if target == "*" {
         return if method == "OPTIONS" {
-            Ok((b"*".to_vec(), ""))
+            Ok((b"*".to_vec(), "", None))
         } else {
             Err(bad_request(
                 "asterisk-form target is only allowed with OPTIONS",
@@ -750,6 +769,7 @@ fn split_target<'t>(method: &str, target: &'t str) -> Result<(Vec<u8>, &'t str),
         };
     }
 
+    let mut authority_part = None;
     let path_and_query = if target.starts_with('/') {
         // origin-form: what every client sends to a server.
         target
@@ -763,6 +783,7 @@ fn split_target<'t>(method: &str, target: &'t str) -> Result<(Vec<u8>, &'t str),
         if authority.is_empty() || !authority.bytes().all(is_authority_char) {
             return Err(bad_request("invalid authority in request target"));
         }
+        authority_part = Some(authority);
         path_and_query
     } else {
         // authority-form (CONNECT) and anything else.
@@ -777,7 +798,7 @@ fn split_target<'t>(method: &str, target: &'t str) -> Result<(Vec<u8>, &'t str),
         .split_once('?')
         .unwrap_or((without_fragment, ""));
     let raw_path = if raw_path.is_empty() { "/" } else { raw_path };
-    Ok((percent_decode(raw_path.as_bytes())?, query))
+    Ok((percent_decode(raw_path.as_bytes())?, query, authority_part))
 }
 
 /// `http://` or `https://`, case-insensitive; returns what follows.
@@ -1368,6 +1389,38 @@ mod tests {
 
     fn target(t: &str) -> (Vec<u8>, String) {
         target_with_method("GET", t)
+    }
+
+    #[test]
+    fn absolute_form_host_wins_over_the_host_header() {
+        let (head, _) =
+            ok(b"GET http://a.example:8080/x HTTP/1.1\r\nX: 1\r\nhOsT: b.example\r\n\r\n");
+        assert_eq!(head.header("host"), Some(&b"a.example:8080"[..]));
+        // Name and position as sent; still one Host.
+        assert_eq!(head.headers[1].0, "hOsT");
+        assert_eq!(
+            head.headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("host"))
+                .count(),
+            1
+        );
+        // HTTP/1.0 may send no Host: the target's host becomes it.
+        let (head, _) = ok(b"GET http://a.example/x HTTP/1.0\r\n\r\n");
+        assert_eq!(head.header("host"), Some(&b"a.example"[..]));
+        // The Host header is still checked: missing, twice or invalid is 400.
+        assert_eq!(err(b"GET http://a/ HTTP/1.1\r\n\r\n").status, 400);
+        assert_eq!(
+            err(b"GET http://a/ HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n").status,
+            400
+        );
+        assert_eq!(
+            err(b"GET http://a/ HTTP/1.1\r\nHost: a b\r\n\r\n").status,
+            400
+        );
+        // Origin-form leaves Host alone.
+        let (head, _) = ok(b"GET /x HTTP/1.1\r\nHost: b.example\r\n\r\n");
+        assert_eq!(head.header("host"), Some(&b"b.example"[..]));
     }
 
     fn target_with_method(method: &str, t: &str) -> (Vec<u8>, String) {

@@ -10,6 +10,7 @@
 //! read or written (`py.detach`), so in a threaded server other requests'
 //! Python runs while this one waits on the network.
 
+use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
@@ -150,6 +151,15 @@ pub struct Outcome {
 
 /// Calls the app for one request and writes its response.
 pub fn call_app(py: Python<'_>, app: &WsgiApp, ex: Exchange<'_>) -> Outcome {
+    let rest = call_app_with_gil(py, app, ex);
+    py.detach(|| rest.finish())
+}
+
+// ANCHOR: call_app_with_gil
+/// The part of [`call_app`] that needs Python: environ, the app, its body.
+/// What is left (see [`AfterApp`]) is for the caller to finish once it has
+/// released the GIL, as `HttpConnection::serve_one` does.
+pub fn call_app_with_gil<'a>(py: Python<'_>, app: &WsgiApp, ex: Exchange<'a>) -> AfterApp<'a> {
     let Exchange {
         request,
         stream,
@@ -187,19 +197,22 @@ pub fn call_app(py: Python<'_>, app: &WsgiApp, ex: Exchange<'_>) -> Outcome {
         (Err(e), _) | (_, Err(e)) => {
             // Only an out-of-memory interpreter fails here.
             log::error!("cannot create the WSGI objects: {e}");
-            return Outcome {
+            return AfterApp {
+                request,
+                stream: stream.clone(),
+                unsent: Vec::new(),
+                reader: None,
                 status: 500,
                 body_bytes: 0,
-                keep_alive: false,
-                client_gone: false,
-                rbuf: ReadBuf::new(),
+                must_close: true,
+                client_gone: None,
             };
         }
     };
 
     let result = run_app(py, app, &request, &input, &start_response);
 
-    let mut reader = input
+    let reader = input
         .borrow_mut()
         .reader
         .take()
@@ -209,8 +222,10 @@ pub fn call_app(py: Python<'_>, app: &WsgiApp, ex: Exchange<'_>) -> Outcome {
     // ANCHOR: app_errors
     match result {
         Ok(()) => {
-            if let Err(e) = writer.finish(py) {
-                // finish() fails only when no start_response was ever called.
+            // The response is complete in the buffer; `AfterApp::finish`
+            // writes it.
+            if let Err(e) = writer.end_body() {
+                // end_body() fails only when no start_response was ever called.
                 report_app_error(py, &request, &e);
                 writer.send_error(py, 500, "Internal Server Error");
             }
@@ -245,27 +260,80 @@ pub fn call_app(py: Python<'_>, app: &WsgiApp, ex: Exchange<'_>) -> Outcome {
         }
     }
     // ANCHOR_END: app_errors
-    if let Some(e) = &writer.client_gone {
-        log::info!(
-            "client {} went away during the response to {} {} ({e})",
-            request.client(),
-            request.method(),
-            request.target()
-        );
-    }
-
-    // ANCHOR: discard_rest
-    // The next request on this connection starts after this one's body.
-    let body_done = !writer.must_close && py.detach(|| reader.discard_rest(MAX_DISCARD));
-    Outcome {
+    AfterApp {
+        request,
+        stream: stream.clone(),
+        unsent: writer.take_unsent(),
+        reader: Some(reader),
         status: writer.status_code().unwrap_or(500),
         body_bytes: writer.body_bytes,
-        keep_alive: body_done && !writer.must_close && writer.client_gone.is_none(),
-        client_gone: writer.client_gone.is_some(),
-        rbuf: reader.into_buffer(),
+        must_close: writer.must_close,
+        client_gone: writer.client_gone.take(),
     }
-    // ANCHOR_END: discard_rest
 }
+// ANCHOR_END: call_app_with_gil
+
+// ANCHOR: after_app
+/// What is left of an exchange once the app is done: the last buffered
+/// bytes of the response, and the unread rest of the request body. None of
+/// it touches Python, so it runs after the GIL is released. For a small
+/// response this is the only write: the GIL is taken once per request
+/// instead of three times (call, write, discard), and in a threaded server
+/// the next request's Python runs while this one's bytes go out.
+pub struct AfterApp<'a> {
+    request: Request<'a>,
+    stream: Arc<Stream>,
+    unsent: Vec<u8>,
+    /// `None` when the request never got a body reader (out of memory).
+    reader: Option<BodyReader>,
+    status: u16,
+    body_bytes: u64,
+    must_close: bool,
+    client_gone: Option<std::io::Error>,
+}
+
+impl AfterApp<'_> {
+    /// Writes what is left of the response, then reads and drops what is
+    /// left of the request body. Call it without the GIL.
+    pub fn finish(mut self) -> Outcome {
+        if !self.unsent.is_empty()
+            && self.client_gone.is_none()
+            && let Err(e) = (&*self.stream).write_all(&self.unsent)
+        {
+            self.must_close = true;
+            self.client_gone = Some(e);
+        }
+        if let Some(e) = &self.client_gone {
+            log::info!(
+                "client {} went away during the response to {} {} ({e})",
+                self.request.client(),
+                self.request.method(),
+                self.request.target()
+            );
+        }
+        let Some(mut reader) = self.reader else {
+            return Outcome {
+                status: self.status,
+                body_bytes: self.body_bytes,
+                keep_alive: false,
+                client_gone: self.client_gone.is_some(),
+                rbuf: ReadBuf::new(),
+            };
+        };
+        // ANCHOR: discard_rest
+        // The next request on this connection starts after this one's body.
+        let body_done = !self.must_close && reader.discard_rest(MAX_DISCARD);
+        Outcome {
+            status: self.status,
+            body_bytes: self.body_bytes,
+            keep_alive: body_done && !self.must_close && self.client_gone.is_none(),
+            client_gone: self.client_gone.is_some(),
+            rbuf: reader.into_buffer(),
+        }
+        // ANCHOR_END: discard_rest
+    }
+}
+// ANCHOR_END: after_app
 
 fn report_app_error(py: Python<'_>, request: &Request<'_>, err: &PyErr) {
     log::error!(
@@ -301,9 +369,13 @@ fn run_app(
     };
     let iterable = app.app.bind(py).call1((environ, start_response))?;
     let sent = send_body(py, &iterable, start_response);
-    let closed = match iterable.getattr(pyo3::intern!(py, "close")) {
-        Ok(close) => close.call0().map(drop),
-        Err(_) => Ok(()),
+    // A plain list or tuple has no close(); asking would raise (and catch)
+    // an AttributeError on every request, which costs more than the call.
+    let has_close =
+        !iterable.is_exact_instance_of::<PyList>() && !iterable.is_exact_instance_of::<PyTuple>();
+    let closed = match has_close.then(|| iterable.getattr_opt(pyo3::intern!(py, "close"))) {
+        Some(Ok(Some(close))) => close.call0().map(drop),
+        _ => Ok(()),
     };
     sent.and(closed)
 }

@@ -4,6 +4,8 @@
 //! ...) are put once in a template; each request starts from a copy of it,
 //! which is much cheaper than setting a dozen keys again.
 
+use std::borrow::Cow;
+
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
@@ -86,6 +88,22 @@ fn cgi_name(name: &str) -> String {
     key
 }
 
+/// A `str` for a value most requests share (`GET`, `HTTP/1.1`, an empty
+/// query string): interned, so it is made and hashed once per process, not
+/// once per request.
+fn common_str<'py>(py: Python<'py>, s: &str) -> Bound<'py, PyString> {
+    let interned = match s {
+        "" => intern!(py, ""),
+        "GET" => intern!(py, "GET"),
+        "POST" => intern!(py, "POST"),
+        "HEAD" => intern!(py, "HEAD"),
+        "HTTP/1.1" => intern!(py, "HTTP/1.1"),
+        "HTTP/1.0" => intern!(py, "HTTP/1.0"),
+        _ => return PyString::new(py, s),
+    };
+    interned.clone()
+}
+
 // ANCHOR: environ_cgi
 /// The CGI variables of one request, added to a copy of the template.
 pub fn build<'py>(
@@ -97,7 +115,7 @@ pub fn build<'py>(
     input: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let env = template.copy()?;
-    env.set_item(intern!(py, "REQUEST_METHOD"), &head.method)?;
+    env.set_item(intern!(py, "REQUEST_METHOD"), common_str(py, &head.method))?;
     // PATH_INFO is the path below the app's mount point.
     let path = head
         .path
@@ -105,10 +123,14 @@ pub fn build<'py>(
         .filter(|rest| !script_name.is_empty() && (rest.is_empty() || rest[0] == b'/'))
         .unwrap_or(&head.path);
     env.set_item(intern!(py, "PATH_INFO"), latin1_str(py, path))?;
-    env.set_item(intern!(py, "QUERY_STRING"), &head.query)?;
-    env.set_item(intern!(py, "RAW_URI"), &head.target)?;
-    env.set_item(intern!(py, "REQUEST_URI"), &head.target)?;
-    env.set_item(intern!(py, "SERVER_PROTOCOL"), head.version.as_str())?;
+    env.set_item(intern!(py, "QUERY_STRING"), common_str(py, &head.query))?;
+    let target = PyString::new(py, &head.target);
+    env.set_item(intern!(py, "RAW_URI"), &target)?;
+    env.set_item(intern!(py, "REQUEST_URI"), target)?;
+    env.set_item(
+        intern!(py, "SERVER_PROTOCOL"),
+        common_str(py, head.version.as_str()),
+    )?;
     env.set_item(intern!(py, "REMOTE_ADDR"), &peer.addr)?;
     env.set_item(intern!(py, "REMOTE_PORT"), &peer.port)?;
     env.set_item(intern!(py, "wsgi.input"), input)?;
@@ -117,7 +139,8 @@ pub fn build<'py>(
     // ANCHOR: environ_headers
     // Repeated headers become one variable, values joined with "," (RFC 9110
     // 5.3), except Cookie, whose pairs are joined with "; " (RFC 6265 5.4).
-    let mut vars: Vec<(String, Vec<u8>)> = Vec::with_capacity(head.headers.len());
+    // (Values are borrowed from the request, copied only to join repeats.)
+    let mut vars: Vec<(String, Cow<'_, [u8]>)> = Vec::with_capacity(head.headers.len());
     for (name, value) in &head.headers {
         if name.contains('_') {
             // HTTP_X_USER and X-User would collide; a proxy may strip
@@ -135,10 +158,11 @@ pub fn build<'py>(
         match vars.iter_mut().find(|(k, _)| *k == key) {
             Some((_, joined)) => {
                 let sep: &[u8] = if key == "HTTP_COOKIE" { b"; " } else { b"," };
+                let joined = joined.to_mut();
                 joined.extend_from_slice(sep);
                 joined.extend_from_slice(value);
             }
-            None => vars.push((key, value.clone())),
+            None => vars.push((key, Cow::Borrowed(value))),
         }
     }
     for (key, value) in vars {

@@ -75,7 +75,9 @@ impl BodyReader {
         let state = match kind {
             BodyKind::Empty | BodyKind::Length(0) => BodyState::Done,
             BodyKind::Length(n) => BodyState::Length { remaining: n },
-            BodyKind::Chunked => BodyState::Chunked(Box::default()),
+            BodyKind::Chunked => {
+                BodyState::Chunked(Box::new(ChunkedDecoder::with_max_body(max_body)))
+            }
         };
         let continue_pending = expect_continue && !matches!(state, BodyState::Done);
         BodyReader {

@@ -243,6 +243,15 @@ impl ResponseWriter {
     /// Ends the response: the head if the body was empty, the last chunk,
     /// and everything still buffered.
     pub fn finish(&mut self, py: Python<'_>) -> PyResult<()> {
+        self.end_body()?;
+        self.write_out(py, &[], &[]);
+        Ok(())
+    }
+
+    /// [`finish`](Self::finish) without the write: completes the response in
+    /// the buffer, for [`take_unsent`](Self::take_unsent) to hand to whoever
+    /// writes it after the GIL is released.
+    pub fn end_body(&mut self) -> PyResult<()> {
         if !self.headers_sent {
             self.send_head(Some(0))?;
         }
@@ -259,8 +268,15 @@ impl ResponseWriter {
             }
             _ => {}
         }
-        self.write_out(py, &[], &[]);
         Ok(())
+    }
+
+    /// The bytes buffered and not written yet (nothing if the client is gone).
+    pub fn take_unsent(&mut self) -> Vec<u8> {
+        if self.client_gone.is_some() {
+            self.out.clear();
+        }
+        std::mem::take(&mut self.out)
     }
 
     /// After an app error once the head has gone: send what is buffered, but
@@ -456,6 +472,10 @@ fn latin1(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u8>> {
         ))
     })?;
     let s = s.to_str()?;
+    if s.is_ascii() {
+        // Nearly always: every character is one byte already.
+        return Ok(s.as_bytes().to_vec());
+    }
     s.chars()
         .map(|c| {
             u8::try_from(u32::from(c)).map_err(|_| {

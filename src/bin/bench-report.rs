@@ -1,0 +1,593 @@
+//! Turns the last benchmark run into the book's results page.
+//!
+//! ```text
+//! cargo bench --bench stages && cargo bench --bench bridge
+//! cargo run --release --bin bench-report      # writes book/src/results.md and results.svg
+//! ```
+//!
+//! Reads `target/bench-results.json` (left by `benches/stages.rs`: latency,
+//! CPU time, memory) and criterion's estimates in `target/criterion/`
+//! (requests per second, and the bridge benchmark's nanoseconds).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use clap::Parser;
+use serde_json::Value;
+use wsgi_course::bench::{NOISY_CORES, by_key, criterion_estimate, results_path};
+use wsgi_course::server::repo_root;
+
+/// Write the book's results page from the last `cargo bench --bench stages`.
+#[derive(Parser, Debug)]
+#[command(name = "bench-report")]
+struct Args {
+    /// The summary the stages benchmark wrote [default: target/bench-results.json].
+    #[arg(long, value_name = "FILE")]
+    input: Option<PathBuf>,
+
+    /// The page to write [default: book/src/results.md]; the plot goes next
+    /// to it, as results.svg.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+fn main() {
+    let args = Args::parse();
+    let input = args.input.unwrap_or_else(results_path);
+    let out = args
+        .out
+        .unwrap_or_else(|| repo_root().join("book/src/results.md"));
+    let text = match std::fs::read_to_string(&input) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!(
+                "cannot read {} ({e}): run `cargo bench --bench stages` first",
+                input.display()
+            );
+            std::process::exit(1);
+        }
+    };
+    let doc: Value = match serde_json::from_str(&text) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("{} is not the benchmark's JSON: {e}", input.display());
+            std::process::exit(1);
+        }
+    };
+    let report = Report::new(&doc);
+    let svg_path = out.with_extension("svg");
+    let svg_name = svg_path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "results.svg".into());
+    let page = report.markdown(&svg_name);
+    let svg = report.svg();
+    for (path, content) in [(&out, page), (&svg_path, svg)] {
+        if let Err(e) = std::fs::write(path, content) {
+            eprintln!("cannot write {}: {e}", path.display());
+            std::process::exit(1);
+        }
+        println!("wrote {}", path.display());
+    }
+}
+
+/// One measured (workload, server) pair.
+struct Row<'a> {
+    server: &'a Value,
+    result: &'a Value,
+    /// Requests per second: criterion's estimate, else the load generator's.
+    rps: f64,
+    /// Criterion's 95% confidence interval, in requests per second.
+    interval: Option<(f64, f64)>,
+}
+
+struct Report<'a> {
+    doc: &'a Value,
+    servers: Vec<&'a Value>,
+    /// Workload id -> rows in the order of the servers.
+    rows: Vec<(&'a Value, Vec<Row<'a>>)>,
+}
+
+impl<'a> Report<'a> {
+    fn new(doc: &'a Value) -> Report<'a> {
+        let list = |key: &str| doc[key].as_array().map_or(&[][..], |v| v.as_slice());
+        let servers: Vec<&Value> = list("servers").iter().collect();
+        let by_workload = by_key(list("results"), "workload");
+        let mut rows = Vec::new();
+        for w in list("workloads") {
+            let id = w["id"].as_str().unwrap_or("");
+            let Some(measured) = by_workload.get(id) else {
+                continue;
+            };
+            let mut list = Vec::new();
+            for s in &servers {
+                let sid = s["id"].as_str().unwrap_or("");
+                let Some(result) = measured.iter().find(|r| r["server"] == sid) else {
+                    continue;
+                };
+                let (rps, interval) = match criterion_estimate(id, sid) {
+                    // ns per request; the interval's ends swap when inverted.
+                    Some((ns, lo, hi)) if ns > 0.0 => (1e9 / ns, Some((1e9 / hi, 1e9 / lo))),
+                    _ => (result["rps"].as_f64().unwrap_or(0.0), None),
+                };
+                list.push(Row {
+                    server: s,
+                    result,
+                    rps,
+                    interval,
+                });
+            }
+            rows.push((w, list));
+        }
+        Report { doc, servers, rows }
+    }
+
+    fn row(&self, workload: &str, server: &str) -> Option<&Row<'a>> {
+        self.rows
+            .iter()
+            .find(|(w, _)| w["id"] == workload)?
+            .1
+            .iter()
+            .find(|r| r.server["id"] == server)
+    }
+
+    fn machine_line(&self) -> String {
+        let m = &self.doc["machine"];
+        let s = &self.doc["settings"];
+        format!(
+            "{} cores ({}), Linux {}, Python {}; measured {}. {} concurrent connections; \
+             prefork servers with {} workers, threaded ones with {} threads per process{}.",
+            m["cores"],
+            m["cpu"].as_str().unwrap_or("?"),
+            m["kernel"].as_str().unwrap_or("?"),
+            m["python"].as_str().unwrap_or("?"),
+            m["date"].as_str().unwrap_or("?"),
+            s["connections"],
+            s["workers"],
+            s["threads"],
+            if s["quick"].as_bool() == Some(true) {
+                "; quick mode (short runs: expect a few percent of noise)"
+            } else {
+                ""
+            }
+        )
+    }
+
+    fn markdown(&self, svg_name: &str) -> String {
+        let mut md = String::new();
+        let _ = writeln!(md, "# Results: every server, side by side\n");
+        let _ = writeln!(
+            md,
+            "<!-- Written by `cargo run --release --bin bench-report` from the last \
+             `cargo bench --bench stages` (and `--bench bridge`). Edit the generator \
+             (src/bin/bench-report.rs), not this file. -->\n"
+        );
+        let _ = writeln!(md, "Measured on {}\n", self.machine_line());
+        let _ = writeln!(
+            md,
+            "To measure your machine (the numbers below are this one's; on yours they will \
+             differ, but the ratios should not much):\n\n\
+             ```console\n\
+             $ cargo bench --bench stages            # everything, about 6 minutes on 2 cores\n\
+             $ BENCH_QUICK=1 cargo bench --bench stages   # the short version, under 3 minutes\n\
+             $ cargo bench --bench bridge            # one request without the network\n\
+             $ cargo run --release --bin bench-report     # rewrites this page\n\
+             ```\n\n\
+             Criterion's own report, with the distribution of every measurement, is in \
+             `target/criterion/report/index.html`. `BENCH_CONNECTIONS`, `BENCH_WORKERS` and \
+             `BENCH_THREADS` change the concurrency and the shape of the servers; \
+             `cargo bench --bench stages -- hello/` runs one workload, `-- stage3` one server.\n"
+        );
+        let _ = writeln!(md, "![Requests per second, per workload]({svg_name})\n");
+        self.servers_section(&mut md);
+        self.tables(&mut md);
+        self.targets(&mut md);
+        self.reading(&mut md);
+        md
+    }
+
+    fn servers_section(&self, md: &mut String) {
+        let _ = writeln!(md, "## The servers\n");
+        let _ = writeln!(md, "| server | processes and threads | connections |");
+        let _ = writeln!(md, "|---|---|---|");
+        for s in &self.servers {
+            let version = s["version"]
+                .as_str()
+                .map(|v| format!(" ({v})"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                md,
+                "| {}{} | {} | {} |",
+                s["title"].as_str().unwrap_or(""),
+                version,
+                s["shape"].as_str().unwrap_or(""),
+                if s["keeps_alive"].as_bool() == Some(true) {
+                    "kept alive"
+                } else {
+                    "closed after each response"
+                }
+            );
+        }
+        if let Some(skipped) = self.doc["skipped"].as_array().filter(|a| !a.is_empty()) {
+            let list: Vec<String> = skipped
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{} ({}{})",
+                        s["title"].as_str().unwrap_or(""),
+                        s["reason"].as_str().unwrap_or(""),
+                        s["install"]
+                            .as_str()
+                            .filter(|i| !i.is_empty())
+                            .map(|i| format!(": `{i}`"))
+                            .unwrap_or_default()
+                    )
+                })
+                .collect();
+            let _ = writeln!(md, "\nNot in this run: {}.", list.join("; "));
+        }
+        let _ = writeln!(md);
+    }
+
+    fn tables(&self, md: &mut String) {
+        let _ = writeln!(md, "## The numbers\n");
+        let _ = writeln!(
+            md,
+            "Requests per second are criterion's estimate (its 95% interval in the \
+             distribution report); latency percentiles, CPU time and memory come from the \
+             load generator's runs of the same measurement. *CPU per request* is the \
+             server's CPU time (all its processes and threads, user and system) divided \
+             by the requests; *load generator* is the share of the cores the client itself \
+             used meanwhile: it runs on the same machine. *RSS* is the resident memory of \
+             each worker process after the run.\n"
+        );
+        let mut noisy = Vec::new();
+        for (w, rows) in &self.rows {
+            let _ = writeln!(md, "### {}\n", w["about"].as_str().unwrap_or(""));
+            let baseline = rows.iter().find(|r| r.server["id"] == "gunicorn-sync");
+            let _ = writeln!(
+                md,
+                "| server | req/s | vs gunicorn sync | p50 | p99 | CPU per request | load generator | RSS per worker |"
+            );
+            let _ = writeln!(md, "|---|--:|--:|--:|--:|--:|--:|--:|");
+            for r in rows {
+                let j = r.result;
+                let errors = j["errors"].as_u64().unwrap_or(0);
+                // Criterion's 95% interval, as a +- of the estimate.
+                let spread = r
+                    .interval
+                    .filter(|_| r.rps > 0.0)
+                    .map(|(lo, hi)| format!(" ±{:.0}%", (hi - lo) / 2.0 / r.rps * 100.0))
+                    .unwrap_or_default();
+                let loadgen = j["loadgen_cores"].as_f64().unwrap_or(0.0);
+                let others = j["other_cores"].as_f64().unwrap_or(0.0);
+                let mark = if others > NOISY_CORES {
+                    noisy.push(others);
+                    " †"
+                } else {
+                    ""
+                };
+                let _ = writeln!(
+                    md,
+                    "| {}{mark} | {}{spread}{} | {} | {} | {} | {} | {loadgen:.2} cores | {} |",
+                    r.server["title"].as_str().unwrap_or(""),
+                    thousands(r.rps),
+                    if errors > 0 {
+                        format!(" ({errors} errors)")
+                    } else {
+                        String::new()
+                    },
+                    baseline
+                        .filter(|b| b.rps > 0.0)
+                        .map(|b| format!("{:.1}x", r.rps / b.rps))
+                        .unwrap_or_else(|| "-".into()),
+                    millis(j["p50_us"].as_f64()),
+                    millis(j["p99_us"].as_f64()),
+                    micros(j["server_cpu_us_per_request"].as_f64()),
+                    rss(&j["rss_kib_per_worker"]),
+                );
+            }
+            let _ = writeln!(md);
+        }
+        if let Some(worst) = noisy.iter().copied().reduce(f64::max) {
+            let _ = writeln!(
+                md,
+                "† Other programs kept the machine busy during this measurement (up to \
+                 {worst:.2} cores besides the server and the load generator): its numbers \
+                 are disturbed. Measure again on a quiet machine.\n"
+            );
+        }
+    }
+
+    /// The course's targets, checked against this run.
+    fn targets(&self, md: &mut String) {
+        let _ = writeln!(md, "## The targets\n");
+        let _ = writeln!(
+            md,
+            "What the course's servers must achieve, as ratios measured in this one run \
+             (the machine is shared and noisy; ratios from one run are what holds).\n"
+        );
+        let _ = writeln!(md, "| target | measured | |");
+        let _ = writeln!(md, "|---|---|---|");
+        let mark = |ok: bool| if ok { "met" } else { "**missed**" };
+
+        let hello = |id: &str| self.row("hello", id).map(|r| r.rps);
+        if let Some(gsync) = hello("gunicorn-sync") {
+            for id in ["stage3-sync", "stage3-gthread"] {
+                if let Some(v) = hello(id) {
+                    let x = v / gsync;
+                    let _ = writeln!(
+                        md,
+                        "| {id}, hello: at least 5x gunicorn sync | {x:.1}x ({} vs {} req/s) | {} |",
+                        thousands(v),
+                        thousands(gsync),
+                        mark(x >= 5.0)
+                    );
+                }
+            }
+        }
+        if let Some(granian) = hello("granian") {
+            for id in ["stage3-sync", "stage3-gthread"] {
+                if let Some(v) = hello(id) {
+                    let x = v / granian;
+                    let _ = writeln!(
+                        md,
+                        "| {id}, hello: at least as fast as granian | {x:.2}x ({} vs {} req/s) | {} |",
+                        thousands(v),
+                        thousands(granian),
+                        mark(x >= 1.0)
+                    );
+                }
+            }
+        }
+        if let Some((ceiling, cpu_ms)) = self.cpu_ceiling() {
+            for r in self
+                .rows
+                .iter()
+                .filter(|(w, _)| w["id"] == "cpu")
+                .flat_map(|(_, r)| r)
+            {
+                let id = r.server["id"].as_str().unwrap_or("");
+                if r.server["family"] != "course" || !is_prefork(id) {
+                    continue;
+                }
+                let x = r.rps / ceiling;
+                let _ = writeln!(
+                    md,
+                    "| {id}, /cpu: within 10% of the ceiling ({} cores / {cpu_ms:.3} ms = {} req/s) | {:.0}% ({} req/s) | {} |",
+                    self.doc["machine"]["cores"],
+                    thousands(ceiling),
+                    x * 100.0,
+                    thousands(r.rps),
+                    mark(x >= 0.9)
+                );
+            }
+        }
+        if let Some((inside, floor, parts)) = bridge_costs() {
+            let x = inside / floor;
+            let _ = writeln!(
+                md,
+                "| one request inside a worker (`serve_one` minus the socket calls): within 2x of the bare Python call | {x:.2}x ({inside:.0} ns vs {floor:.0} ns) | {} |",
+                mark(x <= 2.0)
+            );
+            let _ = writeln!(
+                md,
+                "\nThe bridge benchmark (`cargo bench --bench bridge`, hello app, no network): {parts}.\n"
+            );
+        } else {
+            let _ = writeln!(
+                md,
+                "\n(`cargo bench --bench bridge` has not been run: no per-request cost inside a worker.)\n"
+            );
+        }
+    }
+
+    /// The most `/cpu` requests per second the machine can serve: its cores
+    /// divided by the CPU time of one request, as stage 1 measured it (one
+    /// thread: nothing but the request itself runs).
+    fn cpu_ceiling(&self) -> Option<(f64, f64)> {
+        let cores = self.doc["machine"]["cores"].as_f64()?;
+        let rows = &self.rows.iter().find(|(w, _)| w["id"] == "cpu")?.1;
+        let per_request_us = rows
+            .iter()
+            .find(|r| r.server["id"] == "stage1")
+            .and_then(|r| r.result["server_cpu_us_per_request"].as_f64())
+            .filter(|v| *v > 0.0)?;
+        Some((cores * 1e6 / per_request_us, per_request_us / 1000.0))
+    }
+
+    fn reading(&self, md: &mut String) {
+        let loadgen = self
+            .row("hello", "stage3-gthread")
+            .map(|r| r.result["loadgen_cores"].as_f64().unwrap_or(0.0));
+        let _ = writeln!(md, "## Reading the numbers\n");
+        let _ = writeln!(
+            md,
+            "**Which comparisons are fair.** A server that closes the connection after each \
+             response (every sync worker: stage 1, stage 3 sync, gunicorn sync; uWSGI's HTTP \
+             router) makes the client open a new TCP connection for every request: a \
+             handshake, a teardown and a fresh accept, in the kernel of the same two cores, \
+             for 14 bytes of body. Servers that keep connections alive (stage 2, stage 3 \
+             gthread, gunicorn gthread, granian) skip all that. So compare like with like: \
+             stage 3 sync with gunicorn sync (the same design, one in Rust, one in Python), \
+             stage 3 gthread with gunicorn gthread and granian. The hello row across the two \
+             kinds measures mostly TCP, not the server.\n"
+        );
+        let _ = writeln!(
+            md,
+            "**The load generator shares the machine.** It runs on the same cores as the \
+             server (on one thread){}. A server that needs less CPU per request leaves more \
+             for it, and the fastest servers here are limited by the two cores they share \
+             with their client, not by themselves: look at *CPU per request* to compare what \
+             the servers cost.\n",
+            loadgen
+                .map(|c| format!(": against stage 3 gthread on hello it used {c:.2} of the cores"))
+                .unwrap_or_default()
+        );
+        let _ = writeln!(
+            md,
+            "**`/cpu` is bound by the cores and the GIL.** 1 ms of Python per request can be \
+             served at most *cores / CPU time per request* times a second. Stage 1 and \
+             stage 2 have one process, so one GIL: one core's worth at most, whatever the \
+             threads. The prefork servers run one interpreter per worker and reach the \
+             ceiling. **`/io` is bound by how many requests wait at once**: a sleeping \
+             request holds a thread (stage 2: 4 threads, 4 sleeps at a time), a process \
+             (sync workers: 2 at a time) or, in granian, one of its blocking threads.\n"
+        );
+        let _ = writeln!(
+            md,
+            "**Memory.** RSS counts every page a worker touches, including the pages it \
+             shares with the master after fork (the interpreter, the app): adding the \
+             workers' RSS overstates the total.\n"
+        );
+    }
+
+    /// Horizontal bars, one panel per workload.
+    fn svg(&self) -> String {
+        const WIDTH: f64 = 760.0;
+        const LABEL: f64 = 260.0;
+        const BAR_H: f64 = 16.0;
+        const GAP: f64 = 4.0;
+        const HEAD: f64 = 28.0;
+        let bar_area = WIDTH - LABEL - 90.0;
+        let mut y = 10.0;
+        let mut body = String::new();
+        for (w, rows) in &self.rows {
+            if rows.is_empty() {
+                continue;
+            }
+            let max = rows.iter().map(|r| r.rps).fold(0.0, f64::max).max(1.0);
+            let _ = writeln!(
+                body,
+                r#"<text x="4" y="{:.0}" class="title">{}</text>"#,
+                y + 16.0,
+                escape(w["about"].as_str().unwrap_or("")).replace('`', "")
+            );
+            y += HEAD;
+            for r in rows {
+                let course = r.server["family"] == "course";
+                let len = (r.rps / max * bar_area).max(1.0);
+                let _ = writeln!(
+                    body,
+                    r#"<text x="{:.0}" y="{:.0}" class="label">{}</text><rect x="{LABEL:.0}" y="{y:.0}" width="{len:.1}" height="{BAR_H:.0}" class="{}"/><text x="{:.0}" y="{:.0}" class="value">{}</text>"#,
+                    LABEL - 6.0,
+                    y + BAR_H - 4.0,
+                    escape(r.server["title"].as_str().unwrap_or("")),
+                    if course { "course" } else { "peer" },
+                    LABEL + len + 4.0,
+                    y + BAR_H - 4.0,
+                    thousands(r.rps)
+                );
+                y += BAR_H + GAP;
+            }
+            y += 10.0;
+        }
+        let height = y + 24.0;
+        format!(
+            r##"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH:.0}" height="{height:.0}" viewBox="0 0 {WIDTH:.0} {height:.0}" font-family="sans-serif" font-size="12">
+<style>
+.title {{ font-weight: bold; font-size: 13px; fill: #222; }}
+.label {{ text-anchor: end; fill: #333; }}
+.value {{ fill: #333; }}
+.course {{ fill: #c2410c; }}
+.peer {{ fill: #64748b; }}
+</style>
+<rect width="100%" height="100%" fill="white"/>
+{body}<text x="4" y="{:.0}" fill="#555">requests per second (longer is better); orange: the course's servers, grey: real-world servers. {}</text>
+</svg>
+"##,
+            height - 8.0,
+            escape(&self.machine_short())
+        )
+    }
+
+    fn machine_short(&self) -> String {
+        let m = &self.doc["machine"];
+        format!(
+            "{} cores, {}, {}",
+            m["cores"],
+            m["cpu"].as_str().unwrap_or("?"),
+            m["date"].as_str().unwrap_or("?")
+        )
+    }
+}
+
+/// The course's prefork servers (stage 3 and later) run one interpreter per
+/// worker, so `/cpu` can use every core.
+fn is_prefork(id: &str) -> bool {
+    ["stage3", "stage4", "stage5"]
+        .iter()
+        .any(|p| id.starts_with(p))
+}
+
+/// From the bridge benchmark: the cost of one request inside a worker
+/// (`serve_one` minus the socket pair's system calls), the floor (the bare
+/// Python call), and a sentence with every part.
+fn bridge_costs() -> Option<(f64, f64, String)> {
+    let ns = |name: &str| criterion_estimate("bridge", name).map(|(v, _, _)| v);
+    let serve = ns("serve_one")?;
+    let socket = ns("socketpair")?;
+    let floor = ns("python_call")?;
+    let mut parts = format!(
+        "`serve_one` {serve:.0} ns, of which the socket pair's four system calls \
+         {socket:.0} ns; the bare Python call {floor:.0} ns"
+    );
+    if let (Some(p), Some(e)) = (ns("parse_head"), ns("environ")) {
+        let _ = write!(
+            parts,
+            "; parsing the head {p:.0} ns, building environ {e:.0} ns"
+        );
+    }
+    Some(((serve - socket).max(0.0), floor, parts))
+}
+
+fn thousands(v: f64) -> String {
+    let digits = (v.round() as u64).to_string();
+    let mut groups = Vec::new();
+    let mut end = digits.len();
+    while end > 3 {
+        groups.push(&digits[end - 3..end]);
+        end -= 3;
+    }
+    groups.push(&digits[..end]);
+    groups.reverse();
+    groups.join(",")
+}
+
+fn millis(us: Option<f64>) -> String {
+    match us {
+        Some(v) if v >= 10_000.0 => format!("{:.0} ms", v / 1000.0),
+        Some(v) => format!("{:.2} ms", v / 1000.0),
+        None => "-".into(),
+    }
+}
+
+fn micros(us: Option<f64>) -> String {
+    match us {
+        Some(v) if v >= 1000.0 => format!("{:.2} ms", v / 1000.0),
+        Some(v) => format!("{v:.0} µs"),
+        None => "-".into(),
+    }
+}
+
+fn rss(v: &Value) -> String {
+    let kib: Vec<f64> = v
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default();
+    if kib.is_empty() {
+        return "-".into();
+    }
+    let mean = kib.iter().sum::<f64>() / kib.len() as f64 / 1024.0;
+    if kib.len() == 1 {
+        format!("{mean:.1} MiB")
+    } else {
+        format!("{mean:.1} MiB x {}", kib.len())
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}

@@ -1,0 +1,302 @@
+//! The files stage 5 writes for nginx: `nginx.conf` and `uwsgi_params`, in a
+//! private run directory. `--print-nginx-config` shows them.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use wsgi_bridge::embed::StartError;
+
+/// What the configuration depends on.
+pub struct NginxSettings {
+    pub run_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub static_dir: PathBuf,
+    /// Where nginx sends the app's requests, as `uwsgi_pass` names them:
+    /// `unix:/path/app.sock` or `host:port`.
+    pub upstreams: Vec<String>,
+    /// `client_max_body_size`, in bytes.
+    pub max_body: u64,
+    /// How long nginx waits for the app's answer, in seconds.
+    pub read_timeout: u64,
+    /// Where nginx writes its access log (`/dev/stdout`, a file); `None`: no log.
+    pub access_log: Option<PathBuf>,
+    /// `user USER GROUP`, when nginx is started by root.
+    pub user: Option<(String, String)>,
+}
+
+impl NginxSettings {
+    pub fn conf_path(&self) -> PathBuf {
+        self.run_dir.join("nginx.conf")
+    }
+
+    pub fn pid_path(&self) -> PathBuf {
+        self.run_dir.join("nginx.pid")
+    }
+
+    pub fn params_path(&self) -> PathBuf {
+        self.run_dir.join("uwsgi_params")
+    }
+}
+
+// ANCHOR: config_template
+/// nginx.conf for this run. Every path nginx writes is in the run directory,
+/// so nginx needs no root and leaves nothing behind.
+pub fn nginx_conf(s: &NginxSettings) -> String {
+    let run = s.run_dir.display();
+    let user = match &s.user {
+        Some((user, group)) => format!(
+            "# Started by root: without this line nginx would run its workers as\n\
+             # `nobody`, who may not enter the private run directory where the\n\
+             # socket is (502, \"connect() ... failed (13: Permission denied)\").\n\
+             user {user} {group};\n"
+        ),
+        None => String::new(),
+    };
+    let servers: String = s
+        .upstreams
+        .iter()
+        .map(|u| format!("        server {u};\n"))
+        .collect();
+    format!(
+        r#"# Written by stage5-nginx for this run. Edit it and send HUP to
+# stage5-nginx (kill -HUP <pid>) to have nginx load it again.
+{user}worker_processes auto;
+pid {run}/nginx.pid;
+error_log stderr notice;
+# A graceful stop (QUIT) waits for requests in flight, but not forever.
+worker_shutdown_timeout {read_timeout}s;
+
+events {{
+    worker_connections 1024;
+}}
+
+http {{
+    # The Content-Type of a static file, by its extension.
+    types {{
+        text/html                html htm;
+        text/css                 css;
+        text/plain               txt;
+        text/javascript          js mjs;
+        application/json         json;
+        image/svg+xml            svg;
+        image/png                png;
+        image/jpeg               jpg jpeg;
+        image/gif                gif;
+        image/x-icon             ico;
+        image/webp               webp;
+        font/woff2               woff2;
+    }}
+    default_type application/octet-stream;
+
+    # Apache's combined format (gunicorn's too), plus who answered:
+    # upstream=- for a file nginx sent itself, the socket for the app.
+    log_format course '$remote_addr - - [$time_local] "$request" $status '
+                      '$body_bytes_sent "$http_referer" "$http_user_agent" '
+                      'upstream=$upstream_addr time=$request_time';
+    {access_log}
+
+    # nginx's own files (request bodies too big for memory, responses it
+    # buffers), in the run directory instead of /var/lib/nginx.
+    client_body_temp_path {run}/client_body_temp;
+    proxy_temp_path {run}/proxy_temp;
+    fastcgi_temp_path {run}/fastcgi_temp;
+    uwsgi_temp_path {run}/uwsgi_temp;
+    scgi_temp_path {run}/scgi_temp;
+
+    # A larger body is refused here with 413: Python never sees it.
+    client_max_body_size {max_body};
+    sendfile on;
+
+    # The port the client named in its Host header, for HTTP_HOST (see
+    # uwsgi_params). nginx 1.30 has it built in: $is_request_port$request_port.
+    map $http_host $port_in_host {{
+        "~(?<port>:[0-9]+)$"  $port;
+        default               "";
+    }}
+
+    # Where the app runs: stage 4's workers, on their socket. With more
+    # servers here, nginx spreads requests across them (round robin).
+    upstream app {{
+{servers}    }}
+
+    server {{
+        listen {listen};
+        server_name localhost;
+
+        # Static files: nginx reads them and sends them itself.
+        location /static/ {{
+            alias {static}/;
+        }}
+
+        # Everything else goes to the app, as uwsgi packets.
+        location / {{
+            include {params};
+            uwsgi_pass app;
+            # Longer than --harakiri: a stuck worker is killed first, and
+            # nginx answers 502. Shorter, nginx would give up first (504)
+            # while the worker works on for nobody.
+            uwsgi_read_timeout {read_timeout}s;
+        }}
+    }}
+}}
+"#,
+        read_timeout = s.read_timeout,
+        access_log = match &s.access_log {
+            Some(path) => format!("access_log {} course;", quoted(&path.display().to_string())),
+            None => "access_log off;".to_string(),
+        },
+        max_body = s.max_body,
+        listen = s.listen,
+        static = quoted(&s.static_dir.display().to_string()),
+        params = quoted(&s.params_path().display().to_string()),
+    )
+}
+// ANCHOR_END: config_template
+
+/// nginx's stock `uwsgi_params` (Debian's `/etc/nginx/uwsgi_params`), with
+/// HTTP_HOST made explicit.
+pub fn uwsgi_params() -> String {
+    let mut params = String::from(
+        "# The variables nginx sends the app with each request, besides one\n\
+         # HTTP_* variable per request header. As nginx ships it, plus HTTP_HOST.\n",
+    );
+    for (name, value) in [
+        ("QUERY_STRING", "$query_string"),
+        ("REQUEST_METHOD", "$request_method"),
+        ("CONTENT_TYPE", "$content_type"),
+        ("CONTENT_LENGTH", "$content_length"),
+        ("REQUEST_URI", "$request_uri"),
+        ("PATH_INFO", "$document_uri"),
+        ("DOCUMENT_ROOT", "$document_root"),
+        ("SERVER_PROTOCOL", "$server_protocol"),
+        ("REQUEST_SCHEME", "$scheme"),
+        ("HTTPS", "$https if_not_empty"),
+        ("REMOTE_ADDR", "$remote_addr"),
+        ("REMOTE_PORT", "$remote_port"),
+        ("SERVER_PORT", "$server_port"),
+        ("SERVER_NAME", "$server_name"),
+    ] {
+        let _ = writeln!(params, "uwsgi_param  {name:<18} {value};");
+    }
+    params.push_str(
+        "\n# Not the Host header as the client wrote it ($http_host): the host nginx\n\
+         # settled on ($host: from an absolute URL in the request line if there is\n\
+         # one, else from Host, lower-cased), with the client's port kept, so the\n\
+         # app can build its own URLs. This line replaces the header's HTTP_HOST.\n\
+         uwsgi_param  HTTP_HOST          $host$port_in_host;\n",
+    );
+    params
+}
+
+/// A path or word as an nginx argument: quoted when it has characters nginx
+/// would read otherwise (spaces, `;`, braces, quotes).
+fn quoted(s: &str) -> String {
+    if s.chars()
+        .any(|c| c.is_whitespace() || matches!(c, ';' | '{' | '}' | '"' | '\'' | '#'))
+    {
+        format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// Creates the run directory with mode 0700, or checks that an existing one
+/// is private: the uwsgi socket inside lets anyone who reaches it run the app.
+pub fn make_run_dir(dir: &Path) -> Result<(), StartError> {
+    let shown = dir.display();
+    match std::fs::metadata(dir) {
+        Err(_) => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| StartError::new(format!("cannot create the run directory {shown}: {e}"))),
+        Ok(meta) if !meta.is_dir() => Err(StartError::new(format!(
+            "the run directory {shown} exists and is not a directory: choose another --run-dir"
+        ))),
+        Ok(meta) if meta.uid() != nix::unistd::geteuid().as_raw() => Err(StartError::new(format!(
+            "the run directory {shown} belongs to another user: choose another --run-dir"
+        ))),
+        Ok(meta) if meta.permissions().mode() & 0o077 != 0 => Err(StartError::new(format!(
+            "the run directory {shown} is open to other users (mode {:o}): run chmod 700 {shown}, or choose a new --run-dir",
+            meta.permissions().mode() & 0o777
+        ))),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// Writes nginx.conf and uwsgi_params into the run directory.
+pub fn write_files(s: &NginxSettings) -> Result<(), StartError> {
+    for (path, text) in [
+        (s.conf_path(), nginx_conf(s)),
+        (s.params_path(), uwsgi_params()),
+    ] {
+        std::fs::write(&path, text)
+            .map_err(|e| StartError::new(format!("cannot write {}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
+/// The `user` line nginx needs when started by root: the current user and
+/// its group, by name.
+pub fn user_when_root() -> Option<(String, String)> {
+    let uid = nix::unistd::geteuid();
+    if !uid.is_root() {
+        return None;
+    }
+    let user = nix::unistd::User::from_uid(uid).ok().flatten()?;
+    let group = nix::unistd::Group::from_gid(user.gid)
+        .ok()
+        .flatten()
+        .map_or_else(|| user.gid.to_string(), |g| g.name);
+    Some((user.name, group))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> NginxSettings {
+        NginxSettings {
+            run_dir: PathBuf::from("/run/x"),
+            listen: "127.0.0.1:8080".parse().unwrap(),
+            static_dir: PathBuf::from("/srv/my site"),
+            upstreams: vec!["unix:/run/x/app.sock".into(), "10.0.0.2:3031".into()],
+            max_body: 2 << 20,
+            read_timeout: 40,
+            access_log: Some(PathBuf::from("/dev/stdout")),
+            user: Some(("root".into(), "root".into())),
+        }
+    }
+
+    #[test]
+    fn the_config_names_everything_in_the_run_directory() {
+        let conf = nginx_conf(&settings());
+        assert!(conf.contains("\nuser root root;\n"));
+        assert!(conf.contains("pid /run/x/nginx.pid;"));
+        assert!(conf.contains("client_body_temp_path /run/x/client_body_temp;"));
+        assert!(conf.contains("server unix:/run/x/app.sock;\n        server 10.0.0.2:3031;"));
+        assert!(conf.contains("alias \"/srv/my site\"/;"));
+        assert!(conf.contains("client_max_body_size 2097152;"));
+        assert!(conf.contains("uwsgi_read_timeout 40s;"));
+        assert!(conf.contains("include /run/x/uwsgi_params;"));
+        assert!(conf.contains("access_log /dev/stdout course;"));
+    }
+
+    #[test]
+    fn no_user_line_without_root() {
+        let conf = nginx_conf(&NginxSettings {
+            user: None,
+            ..settings()
+        });
+        assert!(!conf.contains("\nuser "));
+    }
+
+    #[test]
+    fn params_keep_the_stock_lines_and_add_http_host() {
+        let params = uwsgi_params();
+        assert!(params.contains("uwsgi_param  PATH_INFO          $document_uri;\n"));
+        assert!(params.contains("uwsgi_param  HTTP_HOST          $host$port_in_host;\n"));
+    }
+}

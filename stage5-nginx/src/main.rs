@@ -1,0 +1,382 @@
+//! `stage5-nginx`: real nginx in front of stage 4's workers, and a small
+//! supervisor that starts, watches and stops both, as supervisord does in a
+//! container. nginx serves `/static/` itself and passes everything else to
+//! the app over the uwsgi socket.
+//!
+//! ```text
+//! cargo run -p stage5-nginx                          # hello app + a static site on 127.0.0.1:8080
+//! cargo run -p stage5-nginx -- apps.lab:app -w 4     # the lab app, 4 workers
+//! cargo run -p stage5-nginx -- --print-nginx-config  # the configuration nginx gets
+//! ```
+
+mod config;
+mod programs;
+mod relay;
+mod site;
+mod supervisor;
+
+use std::ffi::OsString;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use wsgi_bridge::boot;
+use wsgi_bridge::embed::StartError;
+use wsgi_bridge::logging::{self, LogLevel};
+
+use crate::config::NginxSettings;
+use crate::supervisor::{Failure, Plan, Role, Supervisor};
+
+/// nginx in front (static files, slow clients, HTTP), stage 4's pre-fork
+/// workers behind it on a uwsgi socket, and a supervisor for both.
+#[derive(Parser, Debug)]
+#[command(name = "stage5-nginx", version)]
+struct Args {
+    /// The WSGI app, as MODULE:CALLABLE (e.g. apps.lab:app). Without it and
+    /// without --wsgi-file, a built-in hello app.
+    #[arg(value_name = "APP")]
+    app: Option<String>,
+
+    /// Load the app from this Python file instead.
+    #[arg(long, value_name = "FILE", conflicts_with = "app")]
+    wsgi_file: Option<PathBuf>,
+
+    /// Change to this directory before loading the app.
+    #[arg(long, value_name = "DIR")]
+    chdir: Option<PathBuf>,
+
+    /// More directories for sys.path (comma-separated or repeated).
+    #[arg(long, value_name = "DIRS", value_delimiter = ',')]
+    pythonpath: Vec<PathBuf>,
+
+    /// A virtualenv for the app (without it, stage 4 honours $VIRTUAL_ENV).
+    #[arg(long, value_name = "DIR")]
+    virtualenv: Option<PathBuf>,
+
+    /// Import the app in each worker rather than once in stage 4's master,
+    /// so that HUP loads new code (uWSGI's --lazy-apps).
+    #[arg(long)]
+    lazy_apps: bool,
+
+    /// How many stage 4 worker processes.
+    #[arg(
+        short,
+        long,
+        visible_alias = "processes",
+        value_name = "N",
+        default_value_t = 2
+    )]
+    workers: usize,
+
+    /// Where nginx listens for clients (port 0: any free port).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    listen: String,
+
+    /// uwsgi servers already running elsewhere (unix:PATH or HOST:PORT,
+    /// comma-separated or repeated): nginx spreads requests over them, and
+    /// no stage 4 is started here.
+    #[arg(long, value_name = "SOCKETS", value_delimiter = ',',
+          conflicts_with_all = ["app", "wsgi_file", "chdir", "pythonpath", "virtualenv", "lazy_apps"])]
+    upstream: Vec<String>,
+
+    /// Kill a worker stuck on one request for more than SECS (0: never).
+    /// nginx waits 10 s longer for an answer.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    harakiri: u64,
+
+    /// Serve this directory at /static/ (default: the small site built
+    /// into stage5-nginx).
+    #[arg(long = "static", value_name = "DIR")]
+    static_dir: Option<PathBuf>,
+
+    /// Where nginx.conf, the socket and nginx's files go (default: a new
+    /// private directory in /tmp, removed at exit).
+    #[arg(long, value_name = "DIR")]
+    run_dir: Option<PathBuf>,
+
+    /// The nginx program (default: the first on PATH, or /usr/sbin/nginx).
+    #[arg(long, value_name = "PATH")]
+    nginx: Option<PathBuf>,
+
+    /// The largest request body nginx accepts (client_max_body_size), in
+    /// bytes; larger: 413. 0: no limit.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    limit_request_body: u64,
+
+    /// The largest uwsgi vars block stage 4 accepts, in bytes. The default
+    /// is the most a uwsgi packet can carry: whatever head nginx accepted
+    /// reaches the app (uWSGI's default, 4096, turns long URLs into 502s).
+    #[arg(long, value_name = "BYTES", default_value_t = u16::MAX, value_parser = clap::value_parser!(u16).range(1..))]
+    buffer_size: u16,
+
+    /// nginx's access log: '-' for stdout, a file, or 'off'.
+    #[arg(long, value_name = "FILE", default_value = "-")]
+    access_log: String,
+
+    /// Print the nginx configuration this would run with, and exit.
+    #[arg(long)]
+    print_nginx_config: bool,
+}
+
+fn main() {
+    let args = Args::parse();
+    match run(args) {
+        Ok(status) => std::process::exit(status),
+        Err(e) => boot::exit_with(e),
+    }
+}
+
+fn run(args: Args) -> Result<i32, StartError> {
+    logging::init(LogLevel::Info);
+    if args.workers == 0 {
+        return Err(StartError::new("--workers must be at least 1"));
+    }
+    let listen = listen_addr(&args.listen)?;
+    let (run_dir, temporary) = match &args.run_dir {
+        Some(dir) => (absolute(dir), false),
+        None => (
+            std::env::temp_dir().join(format!("stage5-nginx.{}", std::process::id())),
+            true,
+        ),
+    };
+    let socket = run_dir.join("app.sock");
+    let upstreams: Vec<String> = if args.upstream.is_empty() {
+        vec![format!("unix:{}", socket.display())]
+    } else {
+        args.upstream.iter().map(|u| nginx_upstream(u)).collect()
+    };
+    let static_dir = match &args.static_dir {
+        Some(dir) => dir
+            .canonicalize()
+            .map_err(|e| StartError::new(format!("--static {}: {e}", dir.display())))?,
+        None => run_dir.join("static"),
+    };
+    // nginx waits for an answer longer than the master lets a worker work.
+    let read_timeout = if args.harakiri > 0 {
+        args.harakiri + 10
+    } else {
+        60
+    };
+    let settings = NginxSettings {
+        run_dir: run_dir.clone(),
+        listen,
+        static_dir: static_dir.clone(),
+        upstreams: upstreams.clone(),
+        max_body: args.limit_request_body,
+        read_timeout,
+        access_log: match args.access_log.as_str() {
+            "-" => Some(stdout_or_file(&run_dir)),
+            "off" => None,
+            path => Some(absolute(Path::new(path))),
+        },
+        user: config::user_when_root(),
+    };
+    if args.print_nginx_config {
+        print!("{}", config::nginx_conf(&settings));
+        println!("\n# ---- {} ----", settings.params_path().display());
+        print!("{}", config::uwsgi_params());
+        return Ok(0);
+    }
+
+    let nginx = programs::find_nginx(args.nginx.as_deref())?;
+    let version = programs::nginx_version(&nginx)?;
+    supervisor::check_port(listen)?;
+    let stage4 = if args.upstream.is_empty() {
+        Some(programs::find_stage4()?)
+    } else {
+        None
+    };
+    config::make_run_dir(&run_dir)?;
+    let _cleanup = RunDir {
+        path: run_dir.clone(),
+        remove: temporary,
+    };
+    if args.static_dir.is_none() {
+        site::write_into(&static_dir).map_err(|e| {
+            StartError::new(format!(
+                "cannot write the static site into {}: {e}",
+                static_dir.display()
+            ))
+        })?;
+    }
+    config::write_files(&settings)?;
+
+    log::info!(
+        "Starting stage5-nginx {}: {version} in front, stage 4 behind",
+        env!("CARGO_PKG_VERSION")
+    );
+    log::info!("Run directory: {}", run_dir.display());
+    let grace = Duration::from_secs(read_timeout + 5);
+    let plan = Plan {
+        nginx: nginx_command(&nginx, &settings),
+        master: stage4.map(|bin| stage4_command(&bin, &args, &socket, read_timeout)),
+        socket: args.upstream.is_empty().then(|| socket.clone()),
+        listen,
+        nginx_pid_file: settings.pid_path(),
+        grace,
+    };
+    let mut supervisor = Supervisor::new(plan)?;
+    match supervisor.start() {
+        Ok(()) => {}
+        Err(Failure::Stopped) => {
+            supervisor.stop();
+            return Ok(0);
+        }
+        Err(Failure::Error(reason)) => {
+            supervisor.stop();
+            return Err(StartError::new(reason));
+        }
+    }
+    let pid = |role| supervisor.pid(role).map_or(0, |p| p.as_raw());
+    log::info!(
+        "nginx: {} ({version}), pid {}",
+        nginx.display(),
+        pid(Role::Nginx)
+    );
+    log::info!("Static files: /static/ -> {}", static_dir.display());
+    match supervisor.pid(Role::Master) {
+        Some(master) => log::info!(
+            "Upstream: {} (stage4-uwsgi-socket, pid {master}, {} workers)",
+            upstreams[0],
+            args.workers
+        ),
+        None => log::info!("Upstream: {} (not started here)", upstreams.join(", ")),
+    }
+    log::info!("Listening at: http://{listen} ({})", std::process::id());
+    supervisor.supervise()
+}
+
+/// `--listen`; port 0 means a free port, chosen now (nginx cannot report
+/// back the port the kernel gave it).
+fn listen_addr(text: &str) -> Result<SocketAddr, StartError> {
+    let mut addr = boot::resolve_bind(text)?;
+    if addr.port() == 0 {
+        let free = TcpListener::bind(addr)
+            .and_then(|l| l.local_addr())
+            .map_err(|e| boot::bind_error(addr, e))?;
+        addr.set_port(free.port());
+    }
+    Ok(addr)
+}
+
+/// An `--upstream` as `uwsgi_pass` wants it: `unix:/abs/path` or `host:port`.
+fn nginx_upstream(text: &str) -> String {
+    let text = text.trim();
+    let path = text.strip_prefix("unix:").unwrap_or(text);
+    if text.starts_with("unix:") || path.contains('/') || !path.contains(':') {
+        format!("unix:{}", absolute(Path::new(path)).display())
+    } else {
+        text.to_string()
+    }
+}
+
+/// nginx opens its access log by name, and `/dev/stdout` names this
+/// process's standard output: nginx can open it again, as the same user,
+/// if this process can. Not always (output redirected to another user's
+/// file, or to a socket): then the log goes to a file in the run directory.
+fn stdout_or_file(run_dir: &Path) -> PathBuf {
+    let stdout = PathBuf::from("/dev/stdout");
+    match std::fs::OpenOptions::new().append(true).open(&stdout) {
+        Ok(_) => stdout,
+        Err(e) => {
+            let file = run_dir.join("access.log");
+            log::warn!(
+                "cannot open /dev/stdout ({e}), nor could nginx: its access log goes to {}",
+                file.display()
+            );
+            file
+        }
+    }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// nginx, unprivileged: its prefix and configuration in the run directory,
+/// errors on stderr from the first line, in the foreground (the supervisor
+/// is its parent: nginx must not daemonize away from it).
+fn nginx_command(nginx: &Path, s: &NginxSettings) -> Vec<OsString> {
+    vec![
+        nginx.into(),
+        "-p".into(),
+        s.run_dir.clone().into(),
+        "-c".into(),
+        s.conf_path().into(),
+        "-e".into(),
+        "stderr".into(),
+        "-g".into(),
+        "daemon off;".into(),
+    ]
+}
+
+/// Stage 4, with uWSGI's flags.
+fn stage4_command(bin: &Path, args: &Args, socket: &Path, read_timeout: u64) -> Vec<OsString> {
+    let mut cmd: Vec<OsString> = vec![bin.into(), "--socket".into(), socket.into()];
+    let mut flag = |name: &str, value: OsString| {
+        cmd.push(name.into());
+        cmd.push(value);
+    };
+    flag("--processes", args.workers.to_string().into());
+    flag("--harakiri", args.harakiri.to_string().into());
+    flag("--buffer-size", args.buffer_size.to_string().into());
+    flag(
+        "--limit-request-body",
+        args.limit_request_body.to_string().into(),
+    );
+    // A graceful stop or reload waits as long as nginx does.
+    flag("--worker-reload-mercy", read_timeout.to_string().into());
+    if let Some(app) = &args.app {
+        flag("--module", app.into());
+    }
+    if let Some(file) = &args.wsgi_file {
+        flag("--wsgi-file", file.into());
+    }
+    if let Some(dir) = &args.chdir {
+        flag("--chdir", dir.into());
+    }
+    for dir in &args.pythonpath {
+        flag("--pythonpath", dir.into());
+    }
+    if let Some(venv) = &args.virtualenv {
+        flag("--virtualenv", venv.into());
+    }
+    if args.lazy_apps {
+        cmd.push("--lazy-apps".into());
+    }
+    cmd
+}
+
+/// The run directory stage 5 made for itself, removed when it exits.
+struct RunDir {
+    path: PathBuf,
+    remove: bool,
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if self.remove {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstreams_as_nginx_names_them() {
+        assert_eq!(nginx_upstream("unix:/run/a.sock"), "unix:/run/a.sock");
+        assert_eq!(nginx_upstream("/run/a.sock"), "unix:/run/a.sock");
+        assert_eq!(nginx_upstream("10.0.0.2:3031"), "10.0.0.2:3031");
+        assert!(nginx_upstream("a.sock").starts_with("unix:/"));
+    }
+
+    #[test]
+    fn port_zero_becomes_a_free_port() {
+        let addr = listen_addr("127.0.0.1:0").unwrap();
+        assert_ne!(addr.port(), 0);
+    }
+}
