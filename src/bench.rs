@@ -685,6 +685,16 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// Proportional set size of a process, in KiB (`/proc/PID/smaps_rollup`,
+/// Linux 4.14 and later).
+pub fn pss_kib(pid: u32) -> Option<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 /// CPU time of the calling thread (the load generator runs on it).
 pub fn thread_cpu() -> Duration {
     // SAFETY: getrusage writes into the struct we pass, nothing else.
@@ -743,11 +753,9 @@ pub fn measure(
     let other_cpu = machine_busy()
         .saturating_sub(machine_before)
         .saturating_sub(server_cpu + loadgen_cpu);
-    let rss_kib = server
-        .worker_pids()
-        .into_iter()
-        .filter_map(rss_kib)
-        .collect();
+    let workers = server.worker_pids();
+    let rss_kib = workers.iter().filter_map(|p| rss_kib(*p)).collect();
+    let pss_kib = workers.iter().filter_map(|p| pss_kib(*p)).collect();
     if let Budget::Time(_) = budget {
         // The requests cut off at the end are still queued in the server
         // (a sync worker serves them to a closed socket): let it work them
@@ -760,6 +768,7 @@ pub fn measure(
         server_cpu,
         other_cpu,
         rss_kib,
+        pss_kib,
     }
 }
 // ANCHOR_END: measure
@@ -797,6 +806,9 @@ pub struct Measurement {
     pub other_cpu: Duration,
     /// Of each worker, after the run.
     pub rss_kib: Vec<u64>,
+    /// Proportional set size of each worker: pages shared with other
+    /// processes (the master, after fork) count for their share only.
+    pub pss_kib: Vec<u64>,
 }
 
 impl Measurement {
@@ -821,6 +833,7 @@ pub struct Summary {
     pub server_cpu: Duration,
     pub other_cpu: Duration,
     pub rss_kib: Vec<u64>,
+    pub pss_kib: Vec<u64>,
     pub runs: usize,
 }
 
@@ -838,6 +851,7 @@ impl Summary {
             server_cpu: Duration::ZERO,
             other_cpu: Duration::ZERO,
             rss_kib: Vec::new(),
+            pss_kib: Vec::new(),
             runs: measurements.len(),
         };
         for m in measurements {
@@ -849,6 +863,7 @@ impl Summary {
             s.server_cpu += m.server_cpu;
             s.other_cpu += m.other_cpu;
             s.rss_kib.clone_from(&m.rss_kib);
+            s.pss_kib.clone_from(&m.pss_kib);
         }
         Some(s)
     }
@@ -894,6 +909,7 @@ impl Summary {
             "server_cpu_us_per_request": self.per_request_us(self.server_cpu),
             "loadgen_cpu_us_per_request": self.per_request_us(self.loadgen_cpu),
             "rss_kib_per_worker": self.rss_kib,
+            "pss_kib_per_worker": self.pss_kib,
         })
     }
 }
@@ -1133,6 +1149,7 @@ mod tests {
     fn this_process_is_seen_in_proc() {
         let me = std::process::id();
         assert!(rss_kib(me).unwrap() > 0);
+        assert!(pss_kib(me).unwrap() > 0);
         assert!(process_tree(me).contains(&me));
         let t0 = thread_cpu();
         let mut x = 0u64;

@@ -135,13 +135,13 @@ impl<'a> Report<'a> {
         let m = &self.doc["machine"];
         let s = &self.doc["settings"];
         format!(
-            "{} cores ({}), Linux {}, Python {}; measured {}. {} concurrent connections; \
+            "{} on {} cores ({}), Linux {}, Python {}. {} concurrent connections; \
              prefork servers with {} workers, threaded ones with {} threads per process{}.",
+            m["date"].as_str().unwrap_or("?"),
             m["cores"],
             m["cpu"].as_str().unwrap_or("?"),
             m["kernel"].as_str().unwrap_or("?"),
             m["python"].as_str().unwrap_or("?"),
-            m["date"].as_str().unwrap_or("?"),
             s["connections"],
             s["workers"],
             s["threads"],
@@ -162,19 +162,20 @@ impl<'a> Report<'a> {
              `cargo bench --bench stages` (and `--bench bridge`). Edit the generator \
              (src/bin/bench-report.rs), not this file. -->\n"
         );
-        let _ = writeln!(md, "Measured on {}\n", self.machine_line());
+        let _ = writeln!(md, "Measured {}\n", self.machine_line());
         let _ = writeln!(
             md,
             "To measure your machine (the numbers below are this one's; on yours they will \
              differ, but the ratios should not much):\n\n\
              ```console\n\
-             $ cargo bench --bench stages            # everything, about 6 minutes on 2 cores\n\
+             $ cargo bench --bench stages            # everything, about 7 minutes on 2 cores\n\
              $ BENCH_QUICK=1 cargo bench --bench stages   # the short version, under 3 minutes\n\
              $ cargo bench --bench bridge            # one request without the network\n\
              $ cargo run --release --bin bench-report     # rewrites this page\n\
              ```\n\n\
              Criterion's own report, with the distribution of every measurement, is in \
-             `target/criterion/report/index.html`. `BENCH_CONNECTIONS`, `BENCH_WORKERS` and \
+             `target/criterion/report/index.html` (the quick mode leaves criterion's plots \
+             out: drawing them takes longer than measuring). `BENCH_CONNECTIONS`, `BENCH_WORKERS` and \
              `BENCH_THREADS` change the concurrency and the shape of the servers; \
              `cargo bench --bench stages -- hello/` runs one workload, `-- stage3` one server.\n"
         );
@@ -188,16 +189,23 @@ impl<'a> Report<'a> {
 
     fn servers_section(&self, md: &mut String) {
         let _ = writeln!(md, "## The servers\n");
-        let _ = writeln!(md, "| server | processes and threads | connections |");
-        let _ = writeln!(md, "|---|---|---|");
+        let _ = writeln!(
+            md,
+            "| server | version | processes and threads | connections |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|");
         for s in &self.servers {
+            // `gunicorn (version 23.0.0)`, `granian 2.8.7`, `2.0.30`: the number.
             let version = s["version"]
                 .as_str()
-                .map(|v| format!(" ({v})"))
-                .unwrap_or_default();
+                .and_then(|v| {
+                    v.split(|c: char| c.is_whitespace() || c == '(' || c == ')')
+                        .find(|w| w.starts_with(|c: char| c.is_ascii_digit()))
+                })
+                .unwrap_or("this tree");
             let _ = writeln!(
                 md,
-                "| {}{} | {} | {} |",
+                "| {} | {} | {} | {} |",
                 s["title"].as_str().unwrap_or(""),
                 version,
                 s["shape"].as_str().unwrap_or(""),
@@ -233,13 +241,14 @@ impl<'a> Report<'a> {
         let _ = writeln!(md, "## The numbers\n");
         let _ = writeln!(
             md,
-            "Requests per second are criterion's estimate (its 95% interval in the \
-             distribution report); latency percentiles, CPU time and memory come from the \
+            "Requests per second are criterion's estimate, ± its 95% confidence interval; \
+             latency percentiles, CPU time and memory come from the \
              load generator's runs of the same measurement. *CPU per request* is the \
              server's CPU time (all its processes and threads, user and system) divided \
              by the requests; *load generator* is the share of the cores the client itself \
              used meanwhile: it runs on the same machine. *RSS* is the resident memory of \
-             each worker process after the run.\n"
+             each worker process after the run; *PSS* counts the pages a worker shares with \
+             other processes (its master's, after fork) for their share only.\n"
         );
         let mut noisy = Vec::new();
         for (w, rows) in &self.rows {
@@ -284,7 +293,7 @@ impl<'a> Report<'a> {
                     millis(j["p50_us"].as_f64()),
                     millis(j["p99_us"].as_f64()),
                     micros(j["server_cpu_us_per_request"].as_f64()),
-                    rss(&j["rss_kib_per_worker"]),
+                    rss(&j["rss_kib_per_worker"], &j["pss_kib_per_worker"]),
                 );
             }
             let _ = writeln!(md);
@@ -327,15 +336,21 @@ impl<'a> Report<'a> {
             }
         }
         if let Some(granian) = hello("granian") {
-            for id in ["stage3-sync", "stage3-gthread"] {
+            for id in ["stage3-gthread", "stage3-sync"] {
                 if let Some(v) = hello(id) {
                     let x = v / granian;
+                    // granian keeps connections alive: only the gthread
+                    // worker is measured on the same terms.
+                    let verdict = if id == "stage3-sync" {
+                        "not comparable: closes each connection"
+                    } else {
+                        mark(x >= 1.0)
+                    };
                     let _ = writeln!(
                         md,
-                        "| {id}, hello: at least as fast as granian | {x:.2}x ({} vs {} req/s) | {} |",
+                        "| {id}, hello: at least as fast as granian | {x:.2}x ({} vs {} req/s) | {verdict} |",
                         thousands(v),
                         thousands(granian),
-                        mark(x >= 1.0)
                     );
                 }
             }
@@ -397,55 +412,96 @@ impl<'a> Report<'a> {
     }
 
     fn reading(&self, md: &mut String) {
-        let loadgen = self
-            .row("hello", "stage3-gthread")
-            .map(|r| r.result["loadgen_cores"].as_f64().unwrap_or(0.0));
+        let value = |w: &str, server: &str, key: &str| {
+            self.row(w, server).and_then(|r| r.result[key].as_f64())
+        };
         let _ = writeln!(md, "## Reading the numbers\n");
         let _ = writeln!(
             md,
             "**Which comparisons are fair.** A server that closes the connection after each \
-             response (every sync worker: stage 1, stage 3 sync, gunicorn sync; uWSGI's HTTP \
-             router) makes the client open a new TCP connection for every request: a \
-             handshake, a teardown and a fresh accept, in the kernel of the same two cores, \
-             for 14 bytes of body. Servers that keep connections alive (stage 2, stage 3 \
-             gthread, gunicorn gthread, granian) skip all that. So compare like with like: \
-             stage 3 sync with gunicorn sync (the same design, one in Rust, one in Python), \
-             stage 3 gthread with gunicorn gthread and granian. The hello row across the two \
-             kinds measures mostly TCP, not the server.\n"
+             response (every sync worker: stage 1, stage 3 sync, gunicorn sync; and uWSGI's \
+             HTTP router) makes the client open a new TCP connection for every request: a \
+             handshake, a teardown and a fresh `accept`, in the kernel of the same cores, for \
+             14 bytes of body. Servers that keep connections alive (stage 2, stage 3 gthread, \
+             gunicorn gthread, granian) skip all that. So compare like with like: stage 3 sync \
+             with gunicorn sync (the same design, one in Rust, one in Python), stage 3 gthread \
+             with gunicorn gthread and granian. Across the two kinds, the hello row measures \
+             TCP more than the servers.\n"
         );
-        let _ = writeln!(
-            md,
-            "**The load generator shares the machine.** It runs on the same cores as the \
-             server (on one thread){}. A server that needs less CPU per request leaves more \
-             for it, and the fastest servers here are limited by the two cores they share \
-             with their client, not by themselves: look at *CPU per request* to compare what \
-             the servers cost.\n",
-            loadgen
-                .map(|c| format!(": against stage 3 gthread on hello it used {c:.2} of the cores"))
-                .unwrap_or_default()
-        );
+        let sync_client = value("hello", "stage3-sync", "loadgen_cpu_us_per_request");
+        let sync_cores = value("hello", "stage3-sync", "loadgen_cores");
+        let kept_client = value("hello", "stage3-gthread", "loadgen_cpu_us_per_request");
+        let kept_cores = value("hello", "stage3-gthread", "loadgen_cores");
+        if let (Some(sc), Some(scores), Some(kc), Some(kcores)) =
+            (sync_client, sync_cores, kept_client, kept_cores)
+        {
+            let _ = writeln!(
+                md,
+                "**The load generator shares the machine.** It runs on the same cores as the \
+                 server, on one thread. Against stage 3 gthread it used {kcores:.2} of the cores, \
+                 {kc:.0} µs of CPU per request; against stage 3 sync {scores:.2} cores, {sc:.0} µs \
+                 per request, most of it opening and closing a connection. That is why the sync \
+                 servers cannot go much faster here: the client's one thread is saturated, and \
+                 even a server that cost nothing would see at most about {} requests a second \
+                 from it. The fastest keep-alive servers are limited by the cores they share \
+                 with their client: compare what the servers themselves cost in the *CPU per \
+                 request* column.\n",
+                thousands(1e6 / sc)
+            );
+        }
         let _ = writeln!(
             md,
             "**`/cpu` is bound by the cores and the GIL.** 1 ms of Python per request can be \
              served at most *cores / CPU time per request* times a second. Stage 1 and \
              stage 2 have one process, so one GIL: one core's worth at most, whatever the \
              threads. The prefork servers run one interpreter per worker and reach the \
-             ceiling. **`/io` is bound by how many requests wait at once**: a sleeping \
-             request holds a thread (stage 2: 4 threads, 4 sleeps at a time), a process \
-             (sync workers: 2 at a time) or, in granian, one of its blocking threads.\n"
+             ceiling; threads inside a worker add nothing to it, only the latency of waiting \
+             for the GIL (see the p99 of the gthread servers).\n"
+        );
+        let _ = writeln!(
+            md,
+            "**`/io` is bound by how many requests can wait at once.** A sleeping request \
+             holds a thread (stage 2: {threads} threads, {threads} sleeps at a time; stage 3 \
+             gthread: {workers} x {threads}), or a whole process (sync workers: {workers} at a \
+             time), or, in granian, one of its blocking threads, of which it starts many.\n",
+            threads = self.doc["settings"]["threads"],
+            workers = self.doc["settings"]["workers"],
         );
         let _ = writeln!(
             md,
             "**Memory.** RSS counts every page a worker touches, including the pages it \
-             shares with the master after fork (the interpreter, the app): adding the \
-             workers' RSS overstates the total.\n"
+             shares with its master after fork (the interpreter, the app): adding the \
+             workers' RSS overstates the total. PSS shares those pages out.\n"
+        );
+        let _ = writeln!(md, "## How it is measured\n");
+        let _ = writeln!(
+            md,
+            "`benches/stages.rs` starts every server once, with `apps/lab.py` (the workloads \
+             are its routes), and keeps it running. For each workload and server, criterion \
+             warms up, then takes 10 samples. A sample is one run of the harness' load \
+             generator (`src/loadgen.rs`) from the benchmark's thread: {connections} \
+             connections, each sending its next request as soon as the previous response has \
+             arrived, for a fixed time (at least {min_run}, and at least three rounds of the \
+             connections, so that queues are in their steady state). The requests completed \
+             in that time give the time per request criterion records; the ones cut off at \
+             the end are not counted, and the server is given the time to finish them before \
+             the next sample. Server CPU time is read from `/proc` for the server's whole \
+             process tree, the load generator's with `getrusage`. A sample during which other \
+             programs used more than a quarter of a core is taken again once the machine is \
+             quiet (rows still disturbed are marked).\n",
+            connections = self.doc["settings"]["connections"],
+            min_run = if self.doc["settings"]["quick"].as_bool() == Some(true) {
+                "0.15 s"
+            } else {
+                "0.5 s"
+            },
         );
     }
 
     /// Horizontal bars, one panel per workload.
     fn svg(&self) -> String {
         const WIDTH: f64 = 760.0;
-        const LABEL: f64 = 260.0;
+        const LABEL: f64 = 130.0;
         const BAR_H: f64 = 16.0;
         const GAP: f64 = 4.0;
         const HEAD: f64 = 28.0;
@@ -472,7 +528,7 @@ impl<'a> Report<'a> {
                     r#"<text x="{:.0}" y="{:.0}" class="label">{}</text><rect x="{LABEL:.0}" y="{y:.0}" width="{len:.1}" height="{BAR_H:.0}" class="{}"/><text x="{:.0}" y="{:.0}" class="value">{}</text>"#,
                     LABEL - 6.0,
                     y + BAR_H - 4.0,
-                    escape(r.server["title"].as_str().unwrap_or("")),
+                    escape(r.server["id"].as_str().unwrap_or("")),
                     if course { "course" } else { "peer" },
                     LABEL + len + 4.0,
                     y + BAR_H - 4.0,
@@ -482,7 +538,7 @@ impl<'a> Report<'a> {
             }
             y += 10.0;
         }
-        let height = y + 24.0;
+        let height = y + 40.0;
         format!(
             r##"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH:.0}" height="{height:.0}" viewBox="0 0 {WIDTH:.0} {height:.0}" font-family="sans-serif" font-size="12">
 <style>
@@ -493,9 +549,11 @@ impl<'a> Report<'a> {
 .peer {{ fill: #64748b; }}
 </style>
 <rect width="100%" height="100%" fill="white"/>
-{body}<text x="4" y="{:.0}" fill="#555">requests per second (longer is better); orange: the course's servers, grey: real-world servers. {}</text>
+{body}<text x="4" y="{:.0}" fill="#555">requests per second (longer is better); orange: the course's servers, grey: real-world ones</text>
+<text x="4" y="{:.0}" fill="#555">{}</text>
 </svg>
 "##,
+            height - 24.0,
             height - 8.0,
             escape(&self.machine_short())
         )
@@ -538,6 +596,13 @@ fn bridge_costs() -> Option<(f64, f64, String)> {
             "; parsing the head {p:.0} ns, building environ {e:.0} ns"
         );
     }
+    if let Some(py) = ns("python_server") {
+        let _ = write!(
+            parts,
+            ". For comparison, the same steps written in Python (environ, the call, the \
+             response head; no parsing, no checks), as a Python server runs them: {py:.0} ns"
+        );
+    }
     Some(((serve - socket).max(0.0), floor, parts))
 }
 
@@ -570,19 +635,31 @@ fn micros(us: Option<f64>) -> String {
     }
 }
 
-fn rss(v: &Value) -> String {
-    let kib: Vec<f64> = v
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_f64).collect())
-        .unwrap_or_default();
-    if kib.is_empty() {
+/// The mean RSS of the workers, their number, and their mean PSS.
+fn rss(rss: &Value, pss: &Value) -> String {
+    let mean_mib = |v: &Value| {
+        let kib: Vec<f64> = v
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_f64).collect())
+            .unwrap_or_default();
+        (!kib.is_empty()).then(|| {
+            (
+                kib.iter().sum::<f64>() / kib.len() as f64 / 1024.0,
+                kib.len(),
+            )
+        })
+    };
+    let Some((mean, n)) = mean_mib(rss) else {
         return "-".into();
-    }
-    let mean = kib.iter().sum::<f64>() / kib.len() as f64 / 1024.0;
-    if kib.len() == 1 {
-        format!("{mean:.1} MiB")
+    };
+    let times = if n > 1 {
+        format!(" x {n}")
     } else {
-        format!("{mean:.1} MiB x {}", kib.len())
+        String::new()
+    };
+    match mean_mib(pss) {
+        Some((p, _)) => format!("{mean:.1} MiB{times} (PSS {p:.1})"),
+        None => format!("{mean:.1} MiB{times}"),
     }
 }
 

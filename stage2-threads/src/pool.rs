@@ -1,9 +1,9 @@
 //! The pool threads: take a connection, serve its request, give it back.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::collections::VecDeque;
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use pyo3::Python;
 use wsgi_bridge::serve::{HttpConnection, Next};

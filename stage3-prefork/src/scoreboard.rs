@@ -19,7 +19,10 @@ pub const MAX_WORKERS: usize = 256;
 
 // ANCHOR: slot
 /// One worker's slot. Only atomics: two processes write and read it at once.
-#[repr(C)]
+/// Each slot has a cache line of its own (64 bytes): two workers writing
+/// their heartbeats into one line would make the cores pass it back and
+/// forth on every request ("false sharing").
+#[repr(C, align(64))]
 pub struct Slot {
     pub pid: AtomicI32,
     /// When the worker last proved it was alive (monotonic milliseconds).
