@@ -48,6 +48,15 @@ pub enum WorkerState {
     Killed,
 }
 
+/// Which side of a fork this is.
+enum Forked {
+    /// The new process, with the signal mask to restore once it is ready.
+    Child {
+        signal_mask: nix::sys::signal::SigSet,
+    },
+    Parent(Pid),
+}
+
 /// How the master's loop ended.
 enum Exit {
     /// TERM: let workers finish their requests.
@@ -192,18 +201,8 @@ impl Arbiter {
         } else {
             0
         };
-        let old_mask = signals::block_all();
-        let forked = self.fork();
-        if !matches!(forked, Ok(ForkResult::Child)) {
-            signals::restore(&old_mask);
-        }
-        match forked {
-            Ok(ForkResult::Child) => {
-                // The child: drop what belongs to the master, become a worker.
-                if let Some(signals) = self.signals.take() {
-                    signals.forget_in_child();
-                }
-                self.stats = None;
+        match self.fork_child() {
+            Ok(Forked::Child { signal_mask }) => {
                 let status = worker::run(WorkerSpec {
                     config: &self.config,
                     listeners: self
@@ -213,7 +212,7 @@ impl Arbiter {
                     slot: self.scoreboard.slot(slot),
                     preloaded: self.preloaded.as_ref(),
                     multiprocess: self.target > 1,
-                    signal_mask: old_mask,
+                    signal_mask,
                     max_requests: if self.config.max_requests > 0 {
                         self.config.max_requests + jitter
                     } else {
@@ -222,7 +221,7 @@ impl Arbiter {
                 });
                 std::process::exit(status);
             }
-            Ok(ForkResult::Parent { child }) => {
+            Ok(Forked::Parent(child)) => {
                 self.scoreboard
                     .slot(slot)
                     .pid
@@ -239,6 +238,33 @@ impl Arbiter {
             Err(e) => {
                 log::error!("fork failed: {e}");
                 false
+            }
+        }
+    }
+
+    /// Forks a child of the master (a worker or the sidecar). The master's
+    /// signals stay blocked in the child until it has handlers of its own:
+    /// it restores `signal_mask` then. The child drops what belongs to the
+    /// master (its signal handlers, the stats socket).
+    fn fork_child(&mut self) -> nix::Result<Forked> {
+        let old_mask = signals::block_all();
+        match self.fork() {
+            Ok(ForkResult::Child) => {
+                if let Some(signals) = self.signals.take() {
+                    signals.forget_in_child();
+                }
+                self.stats = None;
+                Ok(Forked::Child {
+                    signal_mask: old_mask,
+                })
+            }
+            Ok(ForkResult::Parent { child }) => {
+                signals::restore(&old_mask);
+                Ok(Forked::Parent(child))
+            }
+            Err(e) => {
+                signals::restore(&old_mask);
+                Err(e)
             }
         }
     }
@@ -275,17 +301,8 @@ impl Arbiter {
         if self.sidecar_failures >= 5 {
             return;
         }
-        let old_mask = signals::block_all();
-        let forked = self.fork();
-        if !matches!(forked, Ok(ForkResult::Child)) {
-            signals::restore(&old_mask);
-        }
-        match forked {
-            Ok(ForkResult::Child) => {
-                if let Some(signals) = self.signals.take() {
-                    signals.forget_in_child();
-                }
-                self.stats = None;
+        match self.fork_child() {
+            Ok(Forked::Child { signal_mask }) => {
                 let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
                 // The sidecar has no graceful stop: TERM, INT, QUIT end it at once.
                 let always = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -293,11 +310,11 @@ impl Arbiter {
                     let _ =
                         signal_hook::flag::register_conditional_shutdown(signal, 0, always.clone());
                 }
-                signals::restore(&old_mask);
+                signals::restore(&signal_mask);
                 let run = self.config.sidecar.as_ref().expect("a sidecar to run");
                 std::process::exit(run());
             }
-            Ok(ForkResult::Parent { child }) => self.sidecar = Some((child, Instant::now())),
+            Ok(Forked::Parent(child)) => self.sidecar = Some((child, Instant::now())),
             Err(e) => log::error!("fork failed: {e}"),
         }
     }
