@@ -12,7 +12,7 @@
 //! the peers (gunicorn, uWSGI, granian) are found on `PATH` or as Python
 //! modules, and skipped, with a line saying how to install them, when absent.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -23,6 +23,7 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
 use crate::loadgen::{LoadConfig, LoadReport, run_blocking};
+use crate::procs::{parent_map, process_tree, stat_fields};
 use crate::server::{ServerProcess, repo_root, try_workspace_bin};
 
 /// The app every server serves: all workloads are routes of it.
@@ -583,49 +584,6 @@ pub fn uwsgi_workers(p: &ServerProcess) -> Vec<u32> {
 }
 
 // ---- /proc --------------------------------------------------------------
-
-/// pid -> parent pid, for every process.
-fn parent_map() -> HashMap<u32, u32> {
-    let mut map = HashMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return map;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if let Some(fields) = stat_fields(pid)
-            && let Some(ppid) = fields.get(1).and_then(|f| f.parse().ok())
-        {
-            map.insert(pid, ppid);
-        }
-    }
-    map
-}
-
-/// The fields of /proc/PID/stat after the command name, from `state` on.
-fn stat_fields(pid: u32) -> Option<Vec<String>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 1..];
-    Some(after.split_whitespace().map(String::from).collect())
-}
-
-/// `root` and all its descendants.
-pub fn process_tree(root: u32) -> Vec<u32> {
-    let parents = parent_map();
-    let mut tree = vec![root];
-    let mut i = 0;
-    while i < tree.len() {
-        let p = tree[i];
-        tree.extend(parents.iter().filter(|(_, pp)| **pp == p).map(|(c, _)| *c));
-        i += 1;
-    }
-    tree
-}
 
 /// CPU time (user + system) a process has used so far, all its threads.
 pub fn process_cpu(pid: u32) -> Duration {

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod client;
 pub mod loadgen;
 pub mod nginx;
+pub mod procs;
 pub mod server;
 pub mod uwsgi;
 

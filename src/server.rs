@@ -404,7 +404,7 @@ impl ServerProcess {
         }
         let pid = self.child.id();
         send_signal(pid, libc::SIGSTOP);
-        for d in descendants(pid) {
+        for d in crate::procs::descendants(pid) {
             send_signal(d, libc::SIGKILL);
         }
         let _ = self.child.kill();
@@ -453,44 +453,6 @@ fn send_signal(pid: u32, sig: i32) {
             libc::kill(pid, sig);
         }
     }
-}
-
-/// All live descendants of `root` (children, grandchildren, ...), found via
-/// the parent pid in `/proc/*/stat`. Empty where there is no `/proc` (macOS):
-/// there only the server itself is killed.
-fn descendants(root: u32) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut parent_of: Vec<(u32, u32)> = Vec::new();
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // "pid (comm) state ppid ...": comm may contain spaces and parens.
-        let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            continue;
-        };
-        if let Some(ppid) = after.split_whitespace().nth(1).and_then(|s| s.parse().ok()) {
-            parent_of.push((pid, ppid));
-        }
-    }
-    let mut found = vec![root];
-    let mut i = 0;
-    while i < found.len() {
-        let p = found[i];
-        found.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
-        i += 1;
-    }
-    found.remove(0);
-    found
 }
 
 fn spawn_reader<R: Read + Send + 'static>(

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use wsgi_course::client::{self, Conn, Response};
 use wsgi_course::nginx::{Nginx, nginx_binary, start_uwsgi_front};
+use wsgi_course::procs::descendants;
 use wsgi_course::server::{ServerProcess, workspace_bin};
 
 /// The app the faults are provoked with. Everything it wants the test to
@@ -295,36 +296,6 @@ fn rss_of(pid: u32) -> u64 {
                 .and_then(|n| n.parse().ok())
         })
         .unwrap_or(0)
-}
-
-/// Every live process under `root`.
-fn descendants(root: u32) -> Vec<u32> {
-    let mut parent_of: Vec<(u32, u32)> = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let after = stat.rfind(')').map_or("", |i| &stat[i + 1..]);
-        if let Some(ppid) = after.split_whitespace().nth(1).and_then(|s| s.parse().ok()) {
-            parent_of.push((pid, ppid));
-        }
-    }
-    let mut found = vec![root];
-    let mut i = 0;
-    while i < found.len() {
-        let p = found[i];
-        found.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
-        i += 1;
-    }
-    found.remove(0);
-    found
 }
 
 fn kill(pid: u32, sig: i32) {

@@ -9,32 +9,10 @@ use std::time::{Duration, Instant};
 use assert_cmd::assert::OutputAssertExt;
 use serde_json::Value;
 use wsgi_course::client;
+use wsgi_course::procs::{self, children};
 use wsgi_course::server::{ServerProcess, repo_root, workspace_bin};
 
 const BIN: &str = "stage3-prefork";
-
-/// The processes whose parent is `pid` (the master's workers).
-fn children(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
-            continue;
-        };
-        // The fields after the command name (which may contain spaces).
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) && fields[0] != "Z" {
-            out.push(child);
-        }
-    }
-    out.sort();
-    out
-}
 
 fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -452,17 +430,6 @@ fn int_stops_fast_and_a_killed_master_takes_its_workers_along() {
     let workers = children(server.pid());
     server.signal(libc::SIGKILL);
     wait_until("orphaned workers exit", Duration::from_secs(5), || {
-        workers
-            .iter()
-            .all(|w| !std::path::Path::new(&format!("/proc/{w}")).exists() || is_zombie(*w))
+        workers.iter().all(|w| !procs::alive(*w))
     });
-}
-
-fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit_once(')')
-                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(true)
 }

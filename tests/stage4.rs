@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use assert_cmd::assert::OutputAssertExt;
 use wsgi_course::server::{ServerProcess, repo_root, workspace_bin};
-use wsgi_course::{client, nginx, uwsgi};
+use wsgi_course::{client, nginx, procs, uwsgi};
 
 const BIN: &str = "stage4-uwsgi-socket";
 
@@ -31,29 +31,6 @@ fn start(name: &str, extra: &[&str]) -> (ServerProcess, PathBuf) {
     let server = ServerProcess::start(BIN, &args).expect("stage 4 starts");
     assert_eq!(server.unix_path().as_deref(), Some(path.as_path()));
     (server, path)
-}
-
-fn workers(server: &ServerProcess) -> Vec<u32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(server.pid())
-            && fields[0] != "Z"
-        {
-            out.push(pid);
-        }
-    }
-    out.sort();
-    out
 }
 
 #[test]
@@ -108,13 +85,13 @@ fn serves_packets_from_the_harness_client() {
 #[test]
 fn bad_packets_never_stop_a_worker() {
     let (server, sock) = start("bad", &[]);
-    let mut before = workers(&server);
+    let mut before = procs::children(server.pid());
     for _ in 0..100 {
         if before.len() == 2 {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
-        before = workers(&server);
+        before = procs::children(server.pid());
     }
     assert_eq!(before.len(), 2);
 
@@ -164,7 +141,11 @@ fn bad_packets_never_stop_a_worker() {
 
     let r = uwsgi::request(&sock, "GET", "/", &[("Host", "t")], b"").unwrap();
     assert_eq!(r.status, 200);
-    assert_eq!(workers(&server), before, "no worker was lost or replaced");
+    assert_eq!(
+        procs::children(server.pid()),
+        before,
+        "no worker was lost or replaced"
+    );
 }
 
 #[test]

@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use wsgi_course::client;
+use wsgi_course::procs::{alive, children, descendants};
 use wsgi_course::server::{ServerProcess, repo_root, workspace_bin};
 
 const BIN: &str = "stage5-nginx";
@@ -86,48 +87,6 @@ fn cmdline(pid: u32) -> String {
                 .join(" ")
         })
         .unwrap_or_default()
-}
-
-/// Running (not zombie) processes whose parent is `pid`.
-fn children(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
-            continue;
-        };
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) && fields[0] != "Z" {
-            out.push(child);
-        }
-    }
-    out.sort();
-    out
-}
-
-/// Every live process below `pid`.
-fn descendants(pid: u32) -> Vec<u32> {
-    let mut found = children(pid);
-    let mut i = 0;
-    while i < found.len() {
-        let more = children(found[i]);
-        found.extend(more);
-        i += 1;
-    }
-    found
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        !stat
-            .rfind(')')
-            .is_some_and(|i| stat[i + 1..].trim_start().starts_with('Z'))
-    })
 }
 
 /// The supervisor's child whose command line contains `what`.
