@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use wsgi_course::bench::{
-    Budget, Launch, Measurement, NOISY_CORES, ResultsFile, Running, Settings, Skip, Summary,
-    WORKLOADS, measure, servers, since, wait_for_quiet,
+    Budget, Measurement, NOISY_CORES, ResultsFile, Running, Settings, Summary, WORKLOADS, measure,
+    servers, since, wait_for_quiet,
 };
 
 fn stages(c: &mut Criterion) {
@@ -48,20 +48,12 @@ fn stages(c: &mut Criterion) {
     let mut available = Vec::new();
     let mut skipped = Vec::new();
     for spec in &specs {
-        match &spec.launch {
-            Launch::Peer {
-                program,
-                module,
-                install,
-            } if !wsgi_course::bench::peer_installed(program, module) => {
-                let skip = Skip {
-                    reason: format!("{program} is not installed"),
-                    install: install.to_string(),
-                };
+        match spec.missing() {
+            Some(skip) => {
                 results.add_skip(spec, &skip);
                 skipped.push(format!("{} ({})", spec.id, skip.install));
             }
-            _ => available.push(spec),
+            None => available.push(spec),
         }
     }
     if !skipped.is_empty() {

@@ -162,23 +162,18 @@ pub enum Launch {
         module: &'static str,
         install: &'static str,
     },
-    /// Anything else (an upstream behind nginx, ...): a function that
-    /// starts it all, or says why it was skipped. `args` is not used.
-    Custom(fn(&Settings) -> Result<Custom, Skip>),
 }
 
-/// A server started by a [`Launch::Custom`] function.
-pub struct Custom {
-    /// Where clients connect.
-    pub addr: SocketAddr,
-    /// The process trees that serve requests (nginx and its upstream): the
-    /// CPU time of all of them is the server's.
-    pub roots: Vec<u32>,
-    /// The processes whose memory is reported as "per worker".
-    pub workers: Box<dyn Fn() -> Vec<u32>>,
-    /// Whatever keeps it running (`ServerProcess`es, a private directory);
-    /// dropped at the end of the benchmarks, which stops it.
-    pub guard: Box<dyn std::any::Any>,
+/// Who the load generator talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Front {
+    /// The server itself, over HTTP.
+    Direct,
+    /// The harness' nginx (`src/nginx.rs`, one worker process, the stock
+    /// `uwsgi_params`), passing every request to the server's unix socket
+    /// (`{socket}` in the arguments) with `uwsgi_pass`. Stage 4 and
+    /// `uwsgi --socket` are measured behind the same configuration.
+    Nginx,
 }
 
 /// Why a server is not in this run.
@@ -208,6 +203,12 @@ pub struct ServerSpec {
     pub banner: bool,
     /// The processes whose memory is reported as "per worker".
     pub workers: fn(&ServerProcess) -> Vec<u32>,
+    pub front: Front,
+    /// Another workspace binary it runs (stage 5 runs stage 4's), built
+    /// before it starts.
+    pub runs: Option<&'static str>,
+    /// It starts nginx itself: skipped when nginx is not installed.
+    pub needs_nginx: bool,
 }
 
 /// A course stage: a workspace binary with a banner, its workers the
@@ -228,6 +229,9 @@ const fn stage(
         shape,
         banner: true,
         workers: child_processes,
+        front: Front::Direct,
+        runs: None,
+        needs_nginx: false,
     }
 }
 
@@ -254,6 +258,9 @@ const fn peer(
         shape,
         banner: true,
         workers: child_processes,
+        front: Front::Direct,
+        runs: None,
+        needs_nginx: false,
     }
 }
 
@@ -274,6 +281,20 @@ impl ServerSpec {
         self.workers = workers;
         self
     }
+
+    /// It answers uwsgi on `{socket}`: measured behind the harness' nginx.
+    const fn behind_nginx(mut self) -> ServerSpec {
+        self.front = Front::Nginx;
+        self.needs_nginx = true;
+        self
+    }
+
+    /// It runs nginx and the workspace binary `bin` itself (stage 5).
+    const fn runs_nginx_and(mut self, bin: &'static str) -> ServerSpec {
+        self.runs = Some(bin);
+        self.needs_nginx = true;
+        self
+    }
 }
 
 // ANCHOR: servers
@@ -285,15 +306,15 @@ pub fn servers() -> Vec<ServerSpec> {
         stage("stage2", "stage 2: threads, one GIL", "stage2-threads", "--threads {threads} -b {addr} {app}", "1 process x {threads} threads").single_process(),
         stage("stage3-sync", "stage 3: prefork, sync workers", "stage3-prefork", "-w {workers} -b {addr} {app}", "{workers} workers x 1 thread"),
         stage("stage3-gthread", "stage 3: prefork, gthread workers", "stage3-prefork", "-w {workers} -k gthread --threads {threads} -b {addr} {app}", "{workers} workers x {threads} threads"),
-        // Stage 4 answers uwsgi, not HTTP: it is measured behind stage 5's
-        // nginx. Stage 5's line goes here:
-        // stage("stage5", "stage 5: nginx + stage 4 workers", "stage5-nginx", "-w {workers} --listen {addr} {app}", "nginx + {workers} workers x 1 thread").workers_are(stage4_workers),
+        // Stage 4 answers uwsgi, not HTTP: measured behind nginx, the same
+        // nginx as uWSGI's --socket below. Stage 5 is the same pair started
+        // by one command, with its own nginx.conf (one nginx worker per core).
+        stage("stage4-nginx", "stage 4: uwsgi workers behind nginx", "stage4-uwsgi-socket", "--socket {socket} --processes {workers} --module {app}", "nginx (1 worker) + {workers} workers x 1 thread").behind_nginx(),
+        stage("stage5", "stage 5: nginx + stage 4, one command", "stage5-nginx", "--workers {workers} --listen {addr} --access-log off {app}", "nginx (1 worker per core) + {workers} workers x 1 thread").runs_nginx_and("stage4-uwsgi-socket").workers_are(stage4_workers),
         peer("gunicorn-sync", "gunicorn, sync workers", "gunicorn", "gunicorn", "pip install gunicorn", "-w {workers} -b {addr} {app}", "{workers} workers x 1 thread"),
         peer("gunicorn-gthread", "gunicorn, gthread workers", "gunicorn", "gunicorn", "pip install gunicorn", "-w {workers} -k gthread --threads {threads} -b {addr} {app}", "{workers} workers x {threads} threads"),
         peer("uwsgi-http", "uWSGI --http (its HTTP router in front)", "uwsgi", "pyuwsgi", "pip install pyuwsgi", "--http {addr} --master --processes {workers} --module {app} --need-app --disable-logging", "router + {workers} workers x 1 thread").no_banner().workers_are(uwsgi_workers),
-        // uWSGI the way stages 4 and 5 model it (`uwsgi --socket` behind
-        // nginx's `uwsgi_pass`) comes with stage 5: a Launch::Custom line
-        // here, starting uwsgi and the harness' nginx front (src/nginx.rs).
+        peer("uwsgi-socket", "uWSGI --socket behind nginx (as stage 4)", "uwsgi", "pyuwsgi", "pip install pyuwsgi", "--socket {socket} --master --processes {workers} --module {app} --need-app --disable-logging", "nginx (1 worker) + {workers} workers x 1 thread").no_banner().behind_nginx(),
         peer("granian", "granian --interface wsgi (Rust: tokio + hyper)", "granian", "granian", "pip install granian", "--interface wsgi --workers {workers} --host {host} --port {port} {app}", "{workers} workers (tokio + blocking threads)").no_banner(),
     ]
 }
@@ -341,58 +362,118 @@ impl ServerSpec {
         expand(self.shape, settings, SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
-    /// Starts the server with the lab app, in the repository root, and
-    /// checks that it answers.
+    /// Why it cannot run on this machine (a peer or nginx not installed),
+    /// known before anything is started.
+    pub fn missing(&self) -> Option<Skip> {
+        if let Launch::Peer {
+            program,
+            module,
+            install,
+        } = &self.launch
+            && !peer_installed(program, module)
+        {
+            return Some(Skip {
+                reason: format!("{program} is not installed"),
+                install: install.to_string(),
+            });
+        }
+        if self.needs_nginx && crate::nginx::nginx_binary().is_none() {
+            return Some(Skip {
+                reason: "nginx is not installed".to_string(),
+                install: "apt-get install nginx".to_string(),
+            });
+        }
+        None
+    }
+
+    /// Starts the server with the lab app, in the repository root (and
+    /// nginx in front of it if it answers uwsgi), and checks that it
+    /// answers.
     pub fn start(&self, settings: &Settings) -> Result<Running, Skip> {
+        if let Some(skip) = self.missing() {
+            return Err(skip);
+        }
         let root = repo_root();
         let failed = |e: String| Skip {
             reason: first_line(&e),
             install: String::new(),
         };
-        let mut cmd = match &self.launch {
-            Launch::Stage(bin) => Command::new(try_workspace_bin(bin).map_err(failed)?),
-            Launch::Peer {
-                program,
-                module,
-                install,
-            } => find_peer(program, module).ok_or_else(|| Skip {
-                reason: format!("{program} is not installed"),
-                install: install.to_string(),
-            })?,
-            Launch::Custom(start) => {
-                let c = start(settings)?;
-                return Running::checked(c.addr, c.roots, None, c.workers, c.guard);
-            }
-        };
-        let version = match &self.launch {
+        if let Some(bin) = self.runs {
+            try_workspace_bin(bin).map_err(failed)?;
+        }
+        let (mut cmd, version) = match &self.launch {
+            Launch::Stage(bin) => (Command::new(try_workspace_bin(bin).map_err(failed)?), None),
             Launch::Peer {
                 program, module, ..
-            } => peer_version(program, module),
-            _ => None,
+            } => (
+                find_peer(program, module).ok_or_else(|| failed(format!("{program} vanished")))?,
+                peer_version(program, module),
+            ),
         };
-        let addr = if self.banner {
+        // Behind nginx, the server's socket lives in a private directory.
+        let socket_dir = match self.front {
+            Front::Direct => None,
+            Front::Nginx => Some(PrivateDir::new(self.id).map_err(|e| failed(e.to_string()))?),
+        };
+        let socket = socket_dir.as_ref().map(|d| d.0.join("app.sock"));
+        let socket_text = socket.as_ref().map(|p| p.display().to_string());
+        let addr = if self.banner || socket.is_some() {
             SocketAddr::from(([127, 0, 0, 1], 0))
         } else {
             free_port()
         };
-        cmd.args(expand(self.args, settings, addr).split_whitespace())
-            .current_dir(&root);
-        let process = if self.banner {
-            ServerProcess::start_command(self.id, cmd)
-        } else {
-            ServerProcess::start_command_at(self.id, cmd, addr)
+        let args = expand(self.args, settings, addr)
+            .replace("{socket}", socket_text.as_deref().unwrap_or("{socket}"));
+        cmd.args(args.split_whitespace()).current_dir(&root);
+        let process = match &socket {
+            _ if self.banner => ServerProcess::start_command(self.id, cmd),
+            Some(path) => ServerProcess::start_command_at_unix(self.id, cmd, path),
+            None => ServerProcess::start_command_at(self.id, cmd, addr),
         }
         .map_err(failed)?;
         let process = std::rc::Rc::new(process);
         let select = self.workers;
         let for_workers = process.clone();
+        let workers = Box::new(move || select(&for_workers));
+        let Some(text) = socket_text else {
+            return Running::checked(
+                process.addr(),
+                vec![process.pid()],
+                version,
+                workers,
+                Box::new(process),
+            );
+        };
+        let nginx = crate::nginx::try_uwsgi_front(&format!("unix:{text}"), "1m").map_err(failed)?;
         Running::checked(
-            process.addr(),
-            vec![process.pid()],
+            nginx.addr,
+            vec![process.pid(), nginx.process.pid()],
             version,
-            Box::new(move || select(&for_workers)),
-            Box::new(process),
+            workers,
+            // Dropped in this order: nginx stops, then the server, then the
+            // directory of its socket goes.
+            Box::new((nginx, process, socket_dir)),
         )
+    }
+}
+
+/// A directory only this user can enter, removed when dropped.
+struct PrivateDir(PathBuf);
+
+impl PrivateDir {
+    fn new(name: &str) -> std::io::Result<PrivateDir> {
+        use std::os::unix::fs::DirBuilderExt;
+        let path =
+            std::env::temp_dir().join(format!("wsgi-course-bench-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::DirBuilder::new().mode(0o700).create(&path)?;
+        Ok(PrivateDir(path))
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -114,26 +114,34 @@ uwsgi_param  SERVER_NAME        $server_name;
 ";
 
 /// Starts nginx in front of `upstream`; `None` (with a printed line) if
-/// nginx is not installed.
+/// nginx is not installed. For tests: any other failure panics.
 pub fn start_uwsgi_front(upstream: &str, client_max_body: &str) -> Option<Nginx> {
-    let Some(binary) = nginx_binary() else {
+    if nginx_binary().is_none() {
         eprintln!("SKIPPED: nginx is not installed (apt-get install nginx)");
         return None;
-    };
+    }
+    Some(try_uwsgi_front(upstream, client_max_body).unwrap_or_else(|e| panic!("{e}")))
+}
+
+/// Starts nginx in front of `upstream` (`unix:/path` or `host:port`), in a
+/// private directory of its own, on a free port; the error says why not.
+pub fn try_uwsgi_front(upstream: &str, client_max_body: &str) -> Result<Nginx, String> {
+    let binary = nginx_binary().ok_or("nginx is not installed (apt-get install nginx)")?;
     let dir = std::env::temp_dir().join(format!(
         "wsgi-course-nginx-{}-{}",
         std::process::id(),
         free_port()
     ));
-    std::fs::create_dir_all(&dir).expect("a private directory for nginx");
-    std::fs::write(uwsgi_params_path(&dir), UWSGI_PARAMS).expect("uwsgi_params written");
+    let io = |what: &str, e: std::io::Error| format!("cannot write {what} for nginx: {e}");
+    std::fs::create_dir_all(&dir).map_err(|e| io("its directory", e))?;
+    std::fs::write(uwsgi_params_path(&dir), UWSGI_PARAMS).map_err(|e| io("uwsgi_params", e))?;
     let port = free_port();
     let conf = dir.join("nginx.conf");
     std::fs::write(
         &conf,
         uwsgi_front_config(&dir, port, upstream, client_max_body),
     )
-    .expect("nginx.conf written");
+    .map_err(|e| io("nginx.conf", e))?;
     let mut cmd = Command::new(binary);
     cmd.arg("-p")
         .arg(&dir)
@@ -143,6 +151,11 @@ pub fn start_uwsgi_front(upstream: &str, client_max_body: &str) -> Option<Nginx>
         .arg("stderr")
         .args(["-g", "daemon off;"]);
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let process = ServerProcess::start_command_at("nginx", cmd, addr).expect("nginx starts");
-    Some(Nginx { process, addr, dir })
+    match ServerProcess::start_command_at("nginx", cmd, addr) {
+        Ok(process) => Ok(Nginx { process, addr, dir }),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            Err(e)
+        }
+    }
 }

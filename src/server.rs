@@ -131,21 +131,49 @@ impl ServerProcess {
         addr: SocketAddr,
     ) -> Result<ServerProcess, String> {
         let mut server = Self::spawn(label, cmd)?;
+        server.wait_until_accepting(&addr.to_string(), || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        })?;
+        server.listen_text = format!("http://{addr}");
+        server.addr = Some(addr);
+        Ok(server)
+    }
+
+    /// [`start_command_at`](Self::start_command_at) for a server that
+    /// listens on a unix socket (`uwsgi --socket PATH`): waits until a
+    /// connection to `path` succeeds.
+    pub fn start_command_at_unix(
+        label: &str,
+        cmd: Command,
+        path: &Path,
+    ) -> Result<ServerProcess, String> {
+        let mut server = Self::spawn(label, cmd)?;
+        server.wait_until_accepting(&path.display().to_string(), || {
+            std::os::unix::net::UnixStream::connect(path).is_ok()
+        })?;
+        server.listen_text = format!("unix:{}", path.display());
+        Ok(server)
+    }
+
+    /// Polls `accepts` until it says yes, the process exits, or 30 s pass.
+    fn wait_until_accepting(
+        &mut self,
+        place: &str,
+        accepts: impl Fn() -> bool,
+    ) -> Result<(), String> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if let Some(status) = server.try_status() {
+            if let Some(status) = self.try_status() {
                 return Err(
-                    server.failure(&format!("exited with {status} before accepting on {addr}"))
+                    self.failure(&format!("exited with {status} before accepting on {place}"))
                 );
             }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                server.listen_text = format!("http://{addr}");
-                server.addr = Some(addr);
-                return Ok(server);
+            if accepts() {
+                return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(server.failure(&format!(
-                    "did not accept on {addr} within {START_TIMEOUT:?}"
+                return Err(self.failure(&format!(
+                    "did not accept on {place} within {START_TIMEOUT:?}"
                 )));
             }
             thread::sleep(Duration::from_millis(20));

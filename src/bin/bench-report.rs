@@ -355,6 +355,17 @@ impl<'a> Report<'a> {
                 }
             }
         }
+        // Behind the same nginx, the app server is the only difference.
+        if let (Some(ours), Some(uwsgi)) = (hello("stage4-nginx"), hello("uwsgi-socket")) {
+            let x = ours / uwsgi;
+            let _ = writeln!(
+                md,
+                "| stage4-nginx, hello: at least 1.5x uWSGI --socket behind the same nginx | {x:.2}x ({} vs {} req/s) | {} |",
+                thousands(ours),
+                thousands(uwsgi),
+                mark(x >= 1.5)
+            );
+        }
         if let Some((ceiling, cpu_ms)) = self.cpu_ceiling() {
             for r in self
                 .rows
