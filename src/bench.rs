@@ -193,7 +193,8 @@ pub struct ServerSpec {
     pub launch: Launch,
     /// The command line after the program, with placeholders: `{workers}`,
     /// `{threads}` (the settings), `{app}` ([`APP`]), `{addr}` (HOST:PORT),
-    /// `{host}` and `{port}`.
+    /// `{host}`, `{port}`, and `{socket}` (the unix socket of a server behind
+    /// nginx).
     pub args: &'static str,
     /// Processes and threads, for the tables, with the same placeholders.
     pub shape: &'static str,
@@ -321,8 +322,9 @@ pub fn servers() -> Vec<ServerSpec> {
 // ANCHOR_END: servers
 
 /// `template` with the placeholders of [`ServerSpec::args`] filled in.
-pub fn expand(template: &str, settings: &Settings, addr: SocketAddr) -> String {
+pub fn expand(template: &str, settings: &Settings, addr: SocketAddr, socket: &str) -> String {
     template
+        .replace("{socket}", socket)
         .replace("{workers}", &settings.workers.to_string())
         .replace("{threads}", &settings.threads.to_string())
         .replace("{app}", APP)
@@ -359,7 +361,12 @@ impl Running {
 impl ServerSpec {
     /// The shape with the settings filled in.
     pub fn shape(&self, settings: &Settings) -> String {
-        expand(self.shape, settings, SocketAddr::from(([127, 0, 0, 1], 0)))
+        expand(
+            self.shape,
+            settings,
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            "",
+        )
     }
 
     /// Why it cannot run on this machine (a peer or nginx not installed),
@@ -422,8 +429,12 @@ impl ServerSpec {
         } else {
             free_port()
         };
-        let args = expand(self.args, settings, addr)
-            .replace("{socket}", socket_text.as_deref().unwrap_or("{socket}"));
+        let args = expand(
+            self.args,
+            settings,
+            addr,
+            socket_text.as_deref().unwrap_or("{socket}"),
+        );
         cmd.args(args.split_whitespace()).current_dir(&root);
         let process = match &socket {
             _ if self.banner => ServerProcess::start_command(self.id, cmd),
@@ -1166,7 +1177,7 @@ mod tests {
         let settings = Settings::from_env();
         let addr = SocketAddr::from(([127, 0, 0, 1], 8000));
         for s in &servers {
-            let line = expand(s.args, &settings, addr) + &s.shape(&settings);
+            let line = expand(s.args, &settings, addr, "/tmp/app.sock") + &s.shape(&settings);
             assert!(
                 !line.contains('{'),
                 "{}: a placeholder is left in {line:?}",

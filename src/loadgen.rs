@@ -10,6 +10,13 @@
 //! `threads > 1` the connections are split over that many threads, each with
 //! its own runtime, like wrk's threads.
 //!
+//! A thread with a single connection (`-c 1`, or as many threads as
+//! connections) has nothing to multiplex: that connection uses a plain
+//! blocking socket instead of tokio's, because every system call the client
+//! makes is part of the round trip it measures. Per new connection, tokio
+//! needs 11 (a non-blocking connect, registering with epoll, waiting for it,
+//! reading the connect's result, ...), a blocking socket 5 to 7.
+//!
 //! Errors never stop the run: they are counted by kind, the connection is
 //! reopened, and after a connection-level error the client backs off a little
 //! (1 ms doubling up to 50 ms) so a dead server does not make it spin.
@@ -161,6 +168,7 @@ impl ErrorCounts {
             ErrKind::Read => self.read += 1,
             ErrKind::Write => self.write += 1,
             ErrKind::Malformed => self.malformed += 1,
+            ErrKind::Timeout => self.timeout += 1,
         }
     }
 }
@@ -419,6 +427,13 @@ impl Stats {
 /// without locks), so await it rather than spawn it, or use
 /// [`run_blocking`]. With more threads, each gets its own runtime.
 pub async fn run(cfg: &LoadConfig) -> LoadReport {
+    // The caller's runtime may run other tasks: never block it.
+    run_on(cfg, false).await
+}
+
+/// [`run`]; `may_block`: this thread's runtime is ours alone, so a lone
+/// connection may use a blocking socket.
+async fn run_on(cfg: &LoadConfig, may_block: bool) -> LoadReport {
     let mut report = LoadReport::empty(cfg);
     if cfg.connections == 0 {
         return report;
@@ -442,7 +457,7 @@ pub async fn run(cfg: &LoadConfig) -> LoadReport {
         keep_alive: cfg.keep_alive,
     });
     if threads == 1 {
-        run_local(shared.clone(), cfg.connections)
+        run_local(shared.clone(), cfg.connections, may_block)
             .await
             .merge_into(&mut report);
     } else {
@@ -488,7 +503,7 @@ pub fn run_blocking(cfg: &LoadConfig) -> LoadReport {
         .enable_all()
         .build()
         .unwrap_or_else(|e| panic!("cannot create a tokio runtime: {e}"));
-    rt.block_on(run(cfg))
+    rt.block_on(run_on(cfg, true))
 }
 
 /// One generator thread: its own runtime running `n` connections.
@@ -497,7 +512,7 @@ fn run_thread(shared: Arc<Shared>, n: usize) -> Stats {
         .enable_all()
         .build()
     {
-        Ok(rt) => rt.block_on(run_local(shared, n)),
+        Ok(rt) => rt.block_on(run_local(shared, n, true)),
         Err(_) => {
             let mut s = Stats::new();
             s.errors.connect += 1;
@@ -506,14 +521,18 @@ fn run_thread(shared: Arc<Shared>, n: usize) -> Stats {
     }
 }
 
-/// Runs `n` connection tasks on a `LocalSet` sharing one `Stats`.
-async fn run_local(shared: Arc<Shared>, n: usize) -> Stats {
+/// Runs `n` connection tasks on a `LocalSet` sharing one `Stats`; a lone
+/// connection blocks, if `may_block`.
+async fn run_local(shared: Arc<Shared>, n: usize, may_block: bool) -> Stats {
+    let blocking = may_block && n == 1;
     let stats = Rc::new(RefCell::new(Stats::new()));
     let local = tokio::task::LocalSet::new();
     local
         .run_until(async {
             let tasks: Vec<_> = (0..n)
-                .map(|_| tokio::task::spawn_local(connection(shared.clone(), stats.clone())))
+                .map(|_| {
+                    tokio::task::spawn_local(connection(shared.clone(), stats.clone(), blocking))
+                })
                 .collect();
             for t in tasks {
                 let _ = t.await;
@@ -530,6 +549,8 @@ enum ErrKind {
     Read,
     Write,
     Malformed,
+    /// A blocking socket's timeout (tokio's are counted where they fire).
+    Timeout,
 }
 
 /// A failed read of a response.
@@ -554,8 +575,8 @@ struct Done {
 }
 
 /// One client connection: claims requests until the run is over.
-async fn connection(shared: Arc<Shared>, stats: Rc<RefCell<Stats>>) {
-    let mut conn: Option<TcpStream> = None;
+async fn connection(shared: Arc<Shared>, stats: Rc<RefCell<Stats>>, blocking: bool) {
+    let mut conn: Option<ClientStream> = None;
     let mut rb = RecvBuf::new();
     let mut backoff = Duration::ZERO;
     while let Some(t0) = shared.claim() {
@@ -565,9 +586,16 @@ async fn connection(shared: Arc<Shared>, stats: Rc<RefCell<Stats>>) {
         };
         let result = tokio::time::timeout_at(
             tokio::time::Instant::from_std(limit),
-            exchange(&shared, &mut conn, &mut rb),
+            exchange(&shared, &mut conn, &mut rb, blocking),
         )
         .await;
+        // `timeout_at` cannot cut a blocking exchange short: one that ends
+        // past its limit counts as cut off (or timed out) all the same.
+        let result = if blocking && Instant::now() >= limit {
+            Err(())
+        } else {
+            result.map_err(drop)
+        };
         let cut_off = {
             let mut st = stats.borrow_mut();
             match result {
@@ -624,18 +652,18 @@ async fn connection(shared: Arc<Shared>, stats: Rc<RefCell<Stats>>) {
 /// new connection, as browsers do; that counts as one request.
 async fn exchange(
     shared: &Shared,
-    conn: &mut Option<TcpStream>,
+    conn: &mut Option<ClientStream>,
     rb: &mut RecvBuf,
+    blocking: bool,
 ) -> Result<Done, ErrKind> {
     loop {
         let fresh = conn.is_none();
         let stream = match conn {
             Some(s) => s,
             None => {
-                let s = TcpStream::connect(shared.addr)
+                let s = ClientStream::connect(shared, blocking)
                     .await
                     .map_err(|_| ErrKind::Connect)?;
-                let _ = s.set_nodelay(true);
                 rb.clear();
                 conn.insert(s)
             }
@@ -655,6 +683,54 @@ async fn exchange(
             }
             Err(ReadErr::ClosedEarly) => return Err(ErrKind::Read),
             Err(ReadErr::Kind(k)) => return Err(k),
+        }
+    }
+}
+
+/// One client connection's socket: tokio's, multiplexed with the other
+/// connections of its thread, or a plain blocking one when it is the
+/// thread's only connection (see the module's comment).
+enum ClientStream {
+    Tokio(TcpStream),
+    Blocking(std::net::TcpStream),
+}
+
+/// A request this small fits in a new socket's send buffer: writing it
+/// cannot block, so a blocking socket needs no write timeout for it.
+const FITS_IN_SEND_BUFFER: usize = 16 * 1024;
+
+impl ClientStream {
+    async fn connect(shared: &Shared, blocking: bool) -> std::io::Result<ClientStream> {
+        if !blocking {
+            let s = TcpStream::connect(shared.addr).await?;
+            // Several requests of a run may be in flight on a thread: none
+            // waits for Nagle's algorithm.
+            let _ = s.set_nodelay(true);
+            return Ok(ClientStream::Tokio(s));
+        }
+        // A blocking connect, with the kernel's own connect timeout. No
+        // TCP_NODELAY: a lone connection sends its next request only after
+        // the response (which acknowledges every byte sent), so Nagle's
+        // algorithm never holds a request back.
+        let s = std::net::TcpStream::connect(shared.addr)?;
+        s.set_read_timeout(Some(shared.timeout))?;
+        if shared.request.len() > FITS_IN_SEND_BUFFER {
+            s.set_write_timeout(Some(shared.timeout))?;
+        }
+        Ok(ClientStream::Blocking(s))
+    }
+
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            ClientStream::Tokio(s) => s.read(buf).await,
+            ClientStream::Blocking(s) => std::io::Read::read(s, buf),
+        }
+    }
+
+    async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        match self {
+            ClientStream::Tokio(s) => s.write_all(buf).await,
+            ClientStream::Blocking(s) => std::io::Write::write_all(s, buf),
         }
     }
 }
@@ -695,7 +771,7 @@ impl RecvBuf {
 
     /// Reads more bytes after the unconsumed ones; `Ok(0)` at EOF or reset.
     /// Fails (malformed) if the buffer is full of unconsumed bytes.
-    async fn fill(&mut self, s: &mut TcpStream) -> Result<usize, ErrKind> {
+    async fn fill(&mut self, s: &mut ClientStream) -> Result<usize, ErrKind> {
         if self.start == self.end {
             self.clear();
         } else if self.end == self.buf.len() {
@@ -720,12 +796,20 @@ impl RecvBuf {
             {
                 Ok(0)
             }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Err(ErrKind::Timeout)
+            }
             Err(_) => Err(ErrKind::Read),
         }
     }
 
     /// Skips `n` body bytes, reading them as needed.
-    async fn skip(&mut self, s: &mut TcpStream, mut n: u64) -> Result<(), ErrKind> {
+    async fn skip(&mut self, s: &mut ClientStream, mut n: u64) -> Result<(), ErrKind> {
         loop {
             let avail = (self.end - self.start) as u64;
             let take = avail.min(n);
@@ -816,7 +900,7 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Option<Head>, ErrKind> {
 
 /// Reads one response from `s`, skipping interim 1xx responses.
 async fn read_response(
-    s: &mut TcpStream,
+    s: &mut ClientStream,
     rb: &mut RecvBuf,
     head_request: bool,
 ) -> Result<Done, ReadErr> {
@@ -860,7 +944,7 @@ async fn read_response(
 }
 
 /// Skips a chunked body and its trailer section.
-async fn skip_chunked(s: &mut TcpStream, rb: &mut RecvBuf) -> Result<(), ErrKind> {
+async fn skip_chunked(s: &mut ClientStream, rb: &mut RecvBuf) -> Result<(), ErrKind> {
     loop {
         let (consumed, size) = loop {
             match httparse::parse_chunk_size(rb.data()) {
@@ -946,21 +1030,26 @@ mod tests {
     #[test]
     fn without_keep_alive_and_with_chunked_and_closing_server() {
         let s = python_server("ok", &[]).unwrap();
-        let mut c = cfg(s.addr());
-        c.requests = Some(50);
-        c.keep_alive = false;
-        let r = run_blocking(&c);
-        assert_eq!((r.requests, r.errors), (50, 0), "{r}");
+        // 4 connections on tokio's sockets; 1, alone on its thread, on a
+        // blocking socket: the same results.
+        for connections in [4, 1] {
+            let mut c = cfg(s.addr());
+            c.connections = connections;
+            c.requests = Some(50);
+            c.keep_alive = false;
+            let r = run_blocking(&c);
+            assert_eq!((r.requests, r.errors), (50, 0), "{connections}: {r}");
 
-        c.keep_alive = true;
-        c.path = "/chunked".into();
-        let r = run_blocking(&c);
-        assert_eq!((r.requests, r.errors), (50, 0), "{r}");
+            c.keep_alive = true;
+            c.path = "/chunked".into();
+            let r = run_blocking(&c);
+            assert_eq!((r.requests, r.errors), (50, 0), "{connections}: {r}");
 
-        // The server closes after each response: the generator reconnects.
-        c.path = "/close".into();
-        let r = run_blocking(&c);
-        assert_eq!((r.requests, r.errors), (50, 0), "{r}");
+            // The server closes after each response: the generator reconnects.
+            c.path = "/close".into();
+            let r = run_blocking(&c);
+            assert_eq!((r.requests, r.errors), (50, 0), "{connections}: {r}");
+        }
     }
 
     #[test]
@@ -984,23 +1073,26 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap()
         };
-        let mut c = cfg(addr);
-        c.requests = Some(40);
-        let t = Instant::now();
-        let r = run_blocking(&c);
-        assert_eq!(
-            (r.requests, r.errors, r.error_kinds.connect),
-            (0, 40, 40),
-            "{r}"
-        );
-        assert!(t.elapsed() < Duration::from_secs(5));
+        for connections in [4, 1] {
+            let mut c = cfg(addr);
+            c.connections = connections;
+            c.requests = Some(40);
+            let t = Instant::now();
+            let r = run_blocking(&c);
+            assert_eq!(
+                (r.requests, r.errors, r.error_kinds.connect),
+                (0, 40, 40),
+                "{connections}: {r}"
+            );
+            assert!(t.elapsed() < Duration::from_secs(5));
 
-        // Duration mode against a dead server backs off instead of spinning.
-        c.requests = None;
-        c.duration = Some(Duration::from_millis(300));
-        let r = run_blocking(&c);
-        assert!(r.errors > 0 && r.errors < 4 * 300, "{r}");
-        assert!(r.elapsed <= Duration::from_millis(300));
+            // Duration mode against a dead server backs off instead of spinning.
+            c.requests = None;
+            c.duration = Some(Duration::from_millis(300));
+            let r = run_blocking(&c);
+            assert!(r.errors > 0 && r.errors < 4 * 300, "{connections}: {r}");
+            assert!(r.elapsed <= Duration::from_millis(300));
+        }
     }
 
     #[test]

@@ -253,6 +253,30 @@ fn one_slow_request_blocks_everyone() {
 }
 
 #[test]
+fn a_client_that_sends_nothing_is_dropped_after_the_timeout() {
+    // The timeouts are set once on the listening socket and inherited by
+    // every accepted one (on Linux): a silent client holds the one thread
+    // for --timeout seconds, not for ever.
+    let server = ServerProcess::start(BIN, &["apps.lab:app", "-b", "127.0.0.1:0", "-t", "1"])
+        .expect("stage 1 starts");
+    let addr = server.addr();
+    let mut silent = std::net::TcpStream::connect(addr).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = std::io::Read::read(&mut silent, &mut buf).unwrap_or(0);
+    let dropped_after = started.elapsed();
+    assert_eq!(n, 0, "the silent connection is closed without an answer");
+    assert!(
+        dropped_after < Duration::from_secs(10),
+        "dropped after {dropped_after:?}, with -t 1 (the default is 30 s)"
+    );
+    assert_eq!(client::get(addr, "/").unwrap().status, 200);
+}
+
+#[test]
 fn sigterm_and_sigint_stop_cleanly() {
     for signal in [libc::SIGTERM, libc::SIGINT] {
         let mut server = lab();

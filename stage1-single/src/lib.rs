@@ -39,6 +39,9 @@ pub fn serve_forever(
     stop: BorrowedFd<'_>,
     hooks: &dyn WorkerHooks,
 ) -> io::Result<()> {
+    if INHERITS_OPTIONS {
+        set_connection_options(listener.as_fd(), config)?;
+    }
     accept_loop(
         listener.as_fd(),
         stop,
@@ -50,9 +53,10 @@ pub fn serve_forever(
 }
 
 /// The loop of a worker that serves one connection at a time, whatever the
-/// protocol: sleep until a connection arrives (or `stop` is readable), take
-/// it with `accept`, `serve` it to the end, repeat. `serve` returns `false`
-/// to stop. Stage 4 runs it with uwsgi connections on a unix socket.
+/// protocol: take a waiting connection with `accept` and `serve` it to the
+/// end; when none is waiting, sleep until one arrives (or `stop` is
+/// readable). `serve` returns `false` to stop. Stage 4 runs it with uwsgi
+/// connections on a unix socket.
 pub fn accept_loop<C>(
     listener: BorrowedFd<'_>,
     stop: BorrowedFd<'_>,
@@ -60,33 +64,33 @@ pub fn accept_loop<C>(
     mut accept: impl FnMut() -> io::Result<C>,
     mut serve: impl FnMut(C) -> bool,
 ) -> io::Result<()> {
-    // Non-blocking, so that a wake-up without a connection to take (another
-    // process took it first, in stage 3) returns instead of blocking.
+    // Non-blocking, so that `accept` with nobody waiting (or a wake-up for a
+    // connection another process took first, in stage 3) returns instead
+    // of blocking.
     set_nonblocking(listener)?;
+    // Whether `poll` just said a connection was waiting.
+    let mut woken = false;
     loop {
         hooks.heartbeat();
-        // Sleep until a client connects or we are told to stop; wake up
-        // every second anyway to send the heartbeat.
-        let mut fds = [
-            PollFd::new(listener, PollFlags::POLLIN),
-            PollFd::new(stop, PollFlags::POLLIN),
-        ];
-        match poll(&mut fds, PollTimeout::from(1000u16)) {
-            Ok(0) => continue,
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-        if is_readable(&fds[1]) {
-            return Ok(());
-        }
+        // Accept first, as gunicorn's sync worker does: under load the next
+        // client is already queued, and asking `poll` first would cost a
+        // system call per request to learn what `accept` tells anyway.
         match accept() {
             Ok(connection) => {
-                if !serve(connection) {
+                woken = false;
+                // Busy, the loop does not poll the stop pipe: the signal
+                // handler's flag tells, without a system call.
+                if !serve(connection) || wsgi_bridge::boot::stop_requested() {
                     return Ok(());
                 }
+                continue;
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => hooks.accept_missed(),
+            // Nobody waiting. After a wake-up, another process was faster.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if woken {
+                    hooks.accept_missed();
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             // Out of file descriptors, or a connection reset before we took it:
             // not a reason to stop serving.
@@ -95,6 +99,21 @@ pub fn accept_loop<C>(
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
+        // Sleep until a client connects or we are told to stop; wake up
+        // every second anyway to send the heartbeat.
+        let mut fds = [
+            PollFd::new(listener, PollFlags::POLLIN),
+            PollFd::new(stop, PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::from(1000u16)) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if is_readable(&fds[1]) {
+            return Ok(());
+        }
+        woken = is_readable(&fds[0]);
     }
 }
 
@@ -117,11 +136,9 @@ pub fn serve_connection(
     stop: BorrowedFd<'_>,
     hooks: &dyn WorkerHooks,
 ) -> bool {
-    // Small responses go out at once instead of waiting (Nagle's algorithm)
-    // for more data that will never come.
-    let _ = stream.set_nodelay(true);
-    let _ = stream.set_read_timeout(Some(config.timeout));
-    let _ = stream.set_write_timeout(Some(config.timeout));
+    if !INHERITS_OPTIONS {
+        let _ = set_connection_options(stream.as_fd(), config);
+    }
     let peer = Peer {
         addr: addr.ip().to_string(),
         port: addr.port().to_string(),
@@ -149,6 +166,29 @@ pub fn serve_connection(
     }
 }
 // ANCHOR_END: serve_connection
+
+// ANCHOR: connection_options
+/// On Linux a socket returned by `accept` starts with the options of the
+/// listening socket (the kernel builds it as a copy): set once on the
+/// listener, they cost no system call per connection.
+const INHERITS_OPTIONS: bool = cfg!(target_os = "linux");
+
+/// What every connection needs: small responses go out at once instead of
+/// waiting (Nagle's algorithm) for more data that will never come, and a
+/// client may take `timeout` at most to send its request or take the answer.
+fn set_connection_options(socket: BorrowedFd<'_>, config: &SyncConfig) -> io::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    use nix::sys::time::TimeVal;
+    let timeout = TimeVal::new(
+        config.timeout.as_secs() as _,
+        config.timeout.subsec_micros() as _,
+    );
+    setsockopt(&socket, sockopt::TcpNoDelay, &true)?;
+    setsockopt(&socket, sockopt::ReceiveTimeout, &timeout)?;
+    setsockopt(&socket, sockopt::SendTimeout, &timeout)?;
+    Ok(())
+}
+// ANCHOR_END: connection_options
 
 /// Waits until the client sends something. False on timeout or stop.
 fn wait_for_request(conn: &HttpConnection, idle: Duration, stop: BorrowedFd<'_>) -> bool {

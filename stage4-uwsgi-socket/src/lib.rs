@@ -45,6 +45,11 @@ pub fn serve_forever(
         }
     };
     stage1_single::accept_loop(listener.as_fd(), stop, hooks, accept, |stream| {
+        // Blocking, whatever the listener is: on Linux, `accept` gives a
+        // blocking socket already; elsewhere it may inherit the listener's
+        // non-blocking mode. Unlike TCP (stage 1), a unix socket from
+        // `accept` does not inherit timeouts: they are set on each.
+        #[cfg(not(target_os = "linux"))]
         let _ = stream.set_nonblocking(false);
         let _ = stream.set_read_timeout(Some(config.timeout));
         let _ = stream.set_write_timeout(Some(config.timeout));

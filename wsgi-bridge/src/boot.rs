@@ -3,8 +3,8 @@
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use pyo3::prelude::*;
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -45,11 +45,12 @@ pub fn python_description() -> String {
 /// returned: the server's loop polls it beside its sockets and stops when it
 /// becomes readable. Handlers do nothing else (little is safe inside a signal
 /// handler). A second SIGINT or SIGTERM exits at once, for the impatient.
+/// [`stop_requested`] tells the same without a system call.
 pub fn stop_on_signals() -> Result<UnixStream, StartError> {
     let fail =
         |e: std::io::Error| StartError::new(format!("cannot install the signal handlers: {e}"));
     let (stop_read, stop_write) = UnixStream::pair().map_err(fail)?;
-    let stopping = Arc::new(AtomicBool::new(false));
+    let stopping = STOPPING.get_or_init(|| Arc::new(AtomicBool::new(false)));
     for signal in [SIGINT, SIGTERM] {
         // Order matters: the exit-if-already-set action is registered first,
         // so the first signal only sets the flag.
@@ -60,6 +61,15 @@ pub fn stop_on_signals() -> Result<UnixStream, StartError> {
             .map_err(fail)?;
     }
     Ok(stop_read)
+}
+
+/// Set by the handlers of [`stop_on_signals`].
+static STOPPING: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+/// Whether SIGINT or SIGTERM arrived: a loop that is busy (and so does not
+/// poll the stop pipe) checks this between connections.
+pub fn stop_requested() -> bool {
+    STOPPING.get().is_some_and(|s| s.load(Ordering::Relaxed))
 }
 
 /// Prints a start-up error (the Python traceback first, the one sentence
