@@ -356,6 +356,20 @@ impl Running {
     pub fn cpu(&self) -> Duration {
         self.roots.iter().map(|r| tree_cpu(*r)).sum()
     }
+
+    /// The part of [`cpu`](Self::cpu) that nginx's processes used (the
+    /// front of stage 4, stage 5 and uWSGI --socket; zero for the others).
+    pub fn front_cpu(&self) -> Duration {
+        self.roots
+            .iter()
+            .flat_map(|r| process_tree(*r))
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "nginx")
+            })
+            .map(process_cpu)
+            .sum()
+    }
 }
 
 impl ServerSpec {
@@ -794,10 +808,12 @@ pub fn measure(
     cfg.timeout = Duration::from_secs(30);
     let machine_before = machine_busy();
     let server_before = server.cpu();
+    let front_before = server.front_cpu();
     let loadgen_before = thread_cpu();
     let report = run_blocking(&cfg);
     let loadgen_cpu = thread_cpu().saturating_sub(loadgen_before);
     let server_cpu = server.cpu().saturating_sub(server_before);
+    let front_cpu = server.front_cpu().saturating_sub(front_before);
     // Whatever else kept the cores busy meanwhile: other programs (a
     // build, a browser).
     let other_cpu = machine_busy()
@@ -816,6 +832,7 @@ pub fn measure(
         report,
         loadgen_cpu,
         server_cpu,
+        front_cpu,
         other_cpu,
         rss_kib,
         pss_kib,
@@ -852,6 +869,8 @@ pub struct Measurement {
     pub report: LoadReport,
     pub loadgen_cpu: Duration,
     pub server_cpu: Duration,
+    /// The part of `server_cpu` nginx used, in front of the server.
+    pub front_cpu: Duration,
     /// CPU time used by everything else on the machine meanwhile.
     pub other_cpu: Duration,
     /// Of each worker, after the run.
@@ -881,6 +900,7 @@ pub struct Summary {
     pub latency: Histogram<u64>,
     pub loadgen_cpu: Duration,
     pub server_cpu: Duration,
+    pub front_cpu: Duration,
     pub other_cpu: Duration,
     pub rss_kib: Vec<u64>,
     pub pss_kib: Vec<u64>,
@@ -899,6 +919,7 @@ impl Summary {
             latency,
             loadgen_cpu: Duration::ZERO,
             server_cpu: Duration::ZERO,
+            front_cpu: Duration::ZERO,
             other_cpu: Duration::ZERO,
             rss_kib: Vec::new(),
             pss_kib: Vec::new(),
@@ -911,6 +932,7 @@ impl Summary {
             let _ = s.latency.add(&m.report.latency);
             s.loadgen_cpu += m.loadgen_cpu;
             s.server_cpu += m.server_cpu;
+            s.front_cpu += m.front_cpu;
             s.other_cpu += m.other_cpu;
             s.rss_kib.clone_from(&m.rss_kib);
             s.pss_kib.clone_from(&m.pss_kib);
@@ -957,6 +979,7 @@ impl Summary {
             "loadgen_cores": self.loadgen_cpu.as_secs_f64() / elapsed,
             "other_cores": self.other_cpu.as_secs_f64() / elapsed,
             "server_cpu_us_per_request": self.per_request_us(self.server_cpu),
+            "front_cpu_us_per_request": self.per_request_us(self.front_cpu),
             "loadgen_cpu_us_per_request": self.per_request_us(self.loadgen_cpu),
             "rss_kib_per_worker": self.rss_kib,
             "pss_kib_per_worker": self.pss_kib,

@@ -460,6 +460,29 @@ impl<'a> Report<'a> {
                 thousands(1e6 / sc)
             );
         }
+        let ours = value("hello", "stage4-nginx", "server_cpu_us_per_request");
+        let ours_front = value("hello", "stage4-nginx", "front_cpu_us_per_request");
+        let uwsgi = value("hello", "uwsgi-socket", "server_cpu_us_per_request");
+        let uwsgi_front = value("hello", "uwsgi-socket", "front_cpu_us_per_request");
+        if let (Some(o), Some(of), Some(u), Some(uf)) = (ours, ours_front, uwsgi, uwsgi_front)
+            && of > 0.0
+            && uf > 0.0
+        {
+            let _ = writeln!(
+                md,
+                "**Behind nginx, nginx sets the pace.** For one hello request, nginx used \
+                 {of:.0} µs of CPU in front of stage 4 and {uf:.0} µs in front of uWSGI; the \
+                 workers behind it {:.0} µs (stage 4) and {:.0} µs (uWSGI), for the \
+                 `accept`, the packet, Python and the `close`. nginx and the workers share the \
+                 same cores, so the pair serves about *cores / (nginx + workers)*: an app \
+                 server that cost nothing at all would be at most {:.2}x faster than uWSGI \
+                 here. Which is the lesson of stage 5: once nginx is in front, make the app \
+                 cheaper, not the app server.\n",
+                o - of,
+                u - uf,
+                u / uf,
+            );
+        }
         let _ = writeln!(
             md,
             "**`/cpu` is bound by the cores and the GIL.** 1 ms of Python per request can be \
