@@ -128,8 +128,11 @@ fn bridge(c: &mut Criterion) {
     group.bench_function("environ", |b| {
         Python::attach(|py| {
             let none = py.None().into_bound(py);
-            let template = environ::template(py, &info, &none).expect("a template");
-            b.iter(|| environ::build(py, &template, &head, &peer, "", &none).map(|d| d.len()));
+            // What the server uses for an HTTP request: its template, and
+            // the client's address made into strings by the connection.
+            let template = environ::http_template(py, &info, &none).expect("a template");
+            let peer = environ::PeerStrings::new(py, &peer);
+            b.iter(|| environ::build_for(py, &template, &head, &peer, "", &none).map(|d| d.len()));
         });
     });
 

@@ -254,9 +254,8 @@ fn one_slow_request_blocks_everyone() {
 
 #[test]
 fn a_client_that_sends_nothing_is_dropped_after_the_timeout() {
-    // The timeouts are set once on the listening socket and inherited by
-    // every accepted one (on Linux): a silent client holds the one thread
-    // for --timeout seconds, not for ever.
+    // A silent client holds the one thread for --timeout seconds, not for
+    // ever.
     let server = ServerProcess::start(BIN, &["apps.lab:app", "-b", "127.0.0.1:0", "-t", "1"])
         .expect("stage 1 starts");
     let addr = server.addr();

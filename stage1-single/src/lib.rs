@@ -39,9 +39,6 @@ pub fn serve_forever(
     stop: BorrowedFd<'_>,
     hooks: &dyn WorkerHooks,
 ) -> io::Result<()> {
-    if INHERITS_OPTIONS {
-        set_connection_options(listener.as_fd(), config)?;
-    }
     accept_loop(
         listener.as_fd(),
         stop,
@@ -136,9 +133,15 @@ pub fn serve_connection(
     stop: BorrowedFd<'_>,
     hooks: &dyn WorkerHooks,
 ) -> bool {
-    if !INHERITS_OPTIONS {
-        let _ = set_connection_options(stream.as_fd(), config);
-    }
+    // Small responses go out at once instead of waiting (Nagle's algorithm)
+    // for more data that will never come. These are set on each accepted
+    // socket, not once on the listener (which Linux would copy into every
+    // accepted socket): a connection accepted by the kernel before the
+    // listener had them would have no timeout, and could hold the one
+    // thread for ever.
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(Some(config.timeout));
+    let _ = stream.set_write_timeout(Some(config.timeout));
     let peer = Peer {
         addr: addr.ip().to_string(),
         port: addr.port().to_string(),
@@ -166,29 +169,6 @@ pub fn serve_connection(
     }
 }
 // ANCHOR_END: serve_connection
-
-// ANCHOR: connection_options
-/// On Linux a socket returned by `accept` starts with the options of the
-/// listening socket (the kernel builds it as a copy): set once on the
-/// listener, they cost no system call per connection.
-const INHERITS_OPTIONS: bool = cfg!(target_os = "linux");
-
-/// What every connection needs: small responses go out at once instead of
-/// waiting (Nagle's algorithm) for more data that will never come, and a
-/// client may take `timeout` at most to send its request or take the answer.
-fn set_connection_options(socket: BorrowedFd<'_>, config: &SyncConfig) -> io::Result<()> {
-    use nix::sys::socket::{setsockopt, sockopt};
-    use nix::sys::time::TimeVal;
-    let timeout = TimeVal::new(
-        config.timeout.as_secs() as _,
-        config.timeout.subsec_micros() as _,
-    );
-    setsockopt(&socket, sockopt::TcpNoDelay, &true)?;
-    setsockopt(&socket, sockopt::ReceiveTimeout, &timeout)?;
-    setsockopt(&socket, sockopt::SendTimeout, &timeout)?;
-    Ok(())
-}
-// ANCHOR_END: connection_options
 
 /// Waits until the client sends something. False on timeout or stop.
 fn wait_for_request(conn: &HttpConnection, idle: Duration, stop: BorrowedFd<'_>) -> bool {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pyo3::Python;
+use pyo3::sync::PyOnceLock;
 
 use crate::conn::{ReadBuf, Stream};
 use crate::http::request::{HttpError, Limits, RequestHead, parse_head};
@@ -15,7 +16,7 @@ use crate::http::response::error_response;
 use crate::logging::{AccessEntry, access_log};
 use crate::worker::WorkerHooks;
 use crate::wsgi::call::{Exchange, Request, WsgiApp, call_app_with_gil};
-use crate::wsgi::environ::Peer;
+use crate::wsgi::environ::{Peer, PeerStrings};
 
 /// What happens to the connection after a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +41,8 @@ pub struct HttpConnection {
     stream: Arc<Stream>,
     rbuf: ReadBuf,
     peer: Peer,
+    /// `peer` as Python strings, made at the first request.
+    peer_strings: PyOnceLock<PeerStrings>,
 }
 
 impl HttpConnection {
@@ -48,6 +51,7 @@ impl HttpConnection {
             stream: Arc::new(stream),
             rbuf: ReadBuf::new(),
             peer,
+            peer_strings: PyOnceLock::new(),
         }
     }
 
@@ -137,6 +141,7 @@ impl HttpConnection {
             request: Request::Http {
                 head,
                 peer: &self.peer,
+                peer_strings: &self.peer_strings,
             },
             stream: &self.stream,
             rbuf: std::mem::take(&mut self.rbuf),

@@ -35,6 +35,7 @@
 //! the network happened to split the bytes.
 
 use std::fmt;
+use std::mem::MaybeUninit;
 
 // ANCHOR: limits
 /// Size limits for a request, with gunicorn's defaults.
@@ -248,10 +249,19 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, us
     };
     let syntax_input = buf.get(..upto).unwrap_or(buf);
     // The scan counted the header lines, so this many slots always suffice.
-    let mut slots = vec![httparse::EMPTY_HEADER; scanned.header_lines];
-    let mut req = httparse::Request::new(&mut slots);
+    // They live on the stack for an ordinary request (no allocation), left
+    // uninitialized: httparse fills them in.
+    let mut on_stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
+    let mut on_heap = Vec::new();
+    let slots = if scanned.header_lines <= STACK_HEADERS {
+        &mut on_stack[..scanned.header_lines]
+    } else {
+        on_heap.resize_with(scanned.header_lines, MaybeUninit::uninit);
+        &mut on_heap[..]
+    };
+    let mut req = httparse::Request::new(&mut []);
     let status = req
-        .parse(syntax_input)
+        .parse_with_uninit_headers(syntax_input, slots)
         .map_err(|e| syntax_error(e, syntax_input))?;
 
     match (scanned.outcome, status) {
@@ -267,6 +277,11 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, us
     }
 }
 // ANCHOR_END: parse_head
+
+/// Header slots for httparse kept on the stack: more than any ordinary
+/// request has. A request with more header lines (up to the limit) gets
+/// them on the heap.
+const STACK_HEADERS: usize = 32;
 
 // ---------------------------------------------------------------------------
 // Pass 1: limits.
@@ -511,8 +526,29 @@ fn method_is_valid(line: &[u8]) -> bool {
 /// RFC 9110 5.6.2 `tchar`: the characters of a token (method, field name,
 /// transfer coding).
 pub(crate) fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    TCHAR[usize::from(b)]
 }
+
+/// A table with `true` for the ASCII letters and digits and for `extra`:
+/// one load per byte instead of a search through `extra` (these checks run
+/// on every byte of every header name and Host value).
+const fn byte_class(extra: &[u8]) -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = (b as u8).is_ascii_alphanumeric();
+        b += 1;
+    }
+    let mut i = 0;
+    while i < extra.len() {
+        table[extra[i] as usize] = true;
+        i += 1;
+    }
+    table
+}
+
+const TCHAR: [bool; 256] = byte_class(b"!#$%&'*+-.^_`|~");
+const AUTHORITY_CHAR: [bool; 256] = byte_class(b"-._~!$&'()*+,;=%:[]");
 
 // ---------------------------------------------------------------------------
 // Pass 3: meaning.
@@ -546,15 +582,15 @@ fn interpret(req: &httparse::Request<'_, '_>, limits: &Limits) -> Result<Request
     // Host and to any request with more than one Host or an invalid one.
     // Two Host values are another way to make a proxy (which routes on one)
     // and the application (which reads the other) disagree.
-    match framing.hosts.as_slice() {
-        [] if version == Version::Http11 => return Err(bad_request("missing Host header")),
-        [] => {}
-        [host] => {
+    match framing.hosts {
+        Seen::None if version == Version::Http11 => return Err(bad_request("missing Host header")),
+        Seen::None => {}
+        Seen::One(host) => {
             if !host.iter().all(|&b| is_authority_char(b)) {
                 return Err(bad_request("invalid Host header"));
             }
         }
-        _ => return Err(bad_request("more than one Host header")),
+        Seen::Many => return Err(bad_request("more than one Host header")),
     }
 
     let keep_alive = match version {
@@ -593,12 +629,32 @@ fn interpret(req: &httparse::Request<'_, '_>, limits: &Limits) -> Result<Request
 /// in one pass over the headers.
 #[derive(Default)]
 struct Framing<'a> {
-    content_lengths: Vec<&'a [u8]>,
+    content_lengths: Seen<'a>,
     transfer_encodings: Vec<&'a [u8]>,
-    hosts: Vec<&'a [u8]>,
+    hosts: Seen<'a>,
     connection_close: bool,
     connection_keep_alive: bool,
     expect_continue: bool,
+}
+
+/// The values of a header that may appear only once: a second one is an
+/// error whatever it says, so only the first needs keeping (and nothing is
+/// allocated for the usual single value).
+#[derive(Clone, Copy, Default)]
+enum Seen<'a> {
+    #[default]
+    None,
+    One(&'a [u8]),
+    Many,
+}
+
+impl<'a> Seen<'a> {
+    fn add(&mut self, value: &'a [u8]) {
+        *self = match self {
+            Seen::None => Seen::One(value),
+            Seen::One(_) | Seen::Many => Seen::Many,
+        };
+    }
 }
 
 impl<'a> Framing<'a> {
@@ -607,11 +663,11 @@ impl<'a> Framing<'a> {
         for (name, value) in headers {
             let value = value.as_slice();
             if name.eq_ignore_ascii_case("content-length") {
-                f.content_lengths.push(value);
+                f.content_lengths.add(value);
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
                 f.transfer_encodings.push(value);
             } else if name.eq_ignore_ascii_case("host") {
-                f.hosts.push(value);
+                f.hosts.add(value);
             } else if name.eq_ignore_ascii_case("connection") {
                 // A list of tokens, possibly spread over several headers.
                 for token in list_elements(value) {
@@ -638,10 +694,10 @@ impl<'a> Framing<'a> {
         // makes a proxy and a server disagree on where a request ends (one
         // uses the first, the other the last). Even equal values are
         // refused: that is simpler and no real client sends them.
-        let content_length = match self.content_lengths.as_slice() {
-            [] => None,
-            [value] => Some(parse_content_length(value)?),
-            _ => return Err(bad_request("duplicate Content-Length")),
+        let content_length = match self.content_lengths {
+            Seen::None => None,
+            Seen::One(value) => Some(parse_content_length(value)?),
+            Seen::Many => return Err(bad_request("duplicate Content-Length")),
         };
 
         if !self.transfer_encodings.is_empty() {
@@ -676,21 +732,21 @@ impl<'a> Framing<'a> {
 /// `+5`, `5 5` or `5,5` are exactly the ones an attacker looks for, because
 /// the proxy in front may read those differently.
 fn parse_content_length(value: &[u8]) -> Result<u64, HttpError> {
-    let invalid = bad_request("invalid Content-Length");
+    parse_digits(value).ok_or(bad_request("invalid Content-Length"))
+}
+
+/// `1*DIGIT` as a u64: `None` if empty, if anything but a digit is in it,
+/// or if it does not fit.
+pub(crate) fn parse_digits(value: &[u8]) -> Option<u64> {
     if value.is_empty() {
-        return Err(invalid);
+        return None;
     }
-    let mut n: u64 = 0;
-    for &b in value {
+    value.iter().try_fold(0u64, |n, &b| {
         if !b.is_ascii_digit() {
-            return Err(invalid);
+            return None;
         }
-        n = n
-            .checked_mul(10)
-            .and_then(|n| n.checked_add(u64::from(b - b'0')))
-            .ok_or(invalid.clone())?;
-    }
-    Ok(n)
+        n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+    })
 }
 
 // ANCHOR: transfer_coding
@@ -748,7 +804,7 @@ fn trim_ows(s: &[u8]) -> &[u8] {
 /// IP-literal, port). Anything else in a Host header (spaces, `/`, `@`,
 /// quotes, non-ASCII) is a malformed or malicious value.
 fn is_authority_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&b)
+    AUTHORITY_CHAR[usize::from(b)]
 }
 
 /// The decoded path, the raw query string, and the host of an
@@ -820,6 +876,10 @@ fn strip_http_scheme(target: &str) -> Option<&str> {
 /// about them. A decoded NUL (`%00`) is refused: C code (the OS, a
 /// database driver) would see the path end there, while Python would not.
 pub fn percent_decode(raw: &[u8]) -> Result<Vec<u8>, HttpError> {
+    if !raw.contains(&b'%') {
+        // Most paths have no escape at all: one copy.
+        return Ok(raw.to_vec());
+    }
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
     while let Some(&b) = raw.get(i) {

@@ -24,16 +24,16 @@ pub enum Framing {
 /// Headers that describe one connection, not the resource (RFC 9110 7.6.1).
 /// PEP 3333 forbids apps to set them: framing and persistence are the
 /// server's business. The server drops them and honours `Connection: close`.
-pub fn is_hop_by_hop(name: &str) -> bool {
-    const HOP_BY_HOP: [&str; 8] = [
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    const HOP_BY_HOP: [&[u8]; 8] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
     ];
     HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
@@ -121,6 +121,22 @@ pub fn push_chunk_size(out: &mut Vec<u8>, len: usize) {
     let _ = write!(out, "{len:x}\r\n");
 }
 
+/// Appends `n` in decimal (a `Content-Length` value), without the
+/// formatting machinery: this runs for nearly every response.
+pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
+}
+
 /// The last chunk: a zero size and an empty trailer section.
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
@@ -151,9 +167,18 @@ mod tests {
 
     #[test]
     fn hop_by_hop_names_are_case_insensitive() {
-        assert!(is_hop_by_hop("Connection"));
-        assert!(is_hop_by_hop("TRANSFER-ENCODING"));
-        assert!(!is_hop_by_hop("Content-Length"));
+        assert!(is_hop_by_hop(b"Connection"));
+        assert!(is_hop_by_hop(b"TRANSFER-ENCODING"));
+        assert!(!is_hop_by_hop(b"Content-Length"));
+    }
+
+    #[test]
+    fn decimals() {
+        for n in [0, 7, 10, 14, 999, 1 << 40, u64::MAX] {
+            let mut out = b"x".to_vec();
+            push_decimal(&mut out, n);
+            assert_eq!(out, format!("x{n}").into_bytes());
+        }
     }
 
     #[test]

@@ -11,13 +11,14 @@
 //! Python runs while this one waits on the network.
 
 use std::io::Write;
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
-use super::environ::{self, Peer, ServerInfo};
+use super::environ::{self, Peer, PeerStrings, ServerInfo};
 use super::file_wrapper::FileWrapper;
 use super::input::{BodyReader, WsgiInput};
 use super::start_response::Protocol;
@@ -33,8 +34,16 @@ const MAX_DISCARD: u64 = 1024 * 1024;
 
 /// The app, loaded in this process, with what the server says about itself.
 pub struct WsgiApp {
+    /// `wsgi.input` and `start_response` objects of earlier requests,
+    /// ready for the next ones (see [`RequestObjects`]).
+    spare: Mutex<Vec<RequestObjects>>,
     app: Py<PyAny>,
+    /// The environ template of uwsgi requests (nginx sends the CGI
+    /// variables: any of them may be missing)...
     template: Py<PyDict>,
+    /// ... and the one of HTTP requests, with room for the variables every
+    /// request sets.
+    http_template: Py<PyDict>,
     pub info: ServerInfo,
     pub server_software: Arc<str>,
 }
@@ -48,12 +57,89 @@ impl WsgiApp {
     ) -> PyResult<WsgiApp> {
         let file_wrapper = py.get_type::<FileWrapper>();
         let template = environ::template(py, &info, file_wrapper.as_any())?.unbind();
+        let http_template = environ::http_template(py, &info, file_wrapper.as_any())?.unbind();
         Ok(WsgiApp {
+            spare: Mutex::new(Vec::new()),
             app,
             template,
+            http_template,
             info,
             server_software: server_software.into(),
         })
+    }
+}
+
+/// The two objects a request hands the app: `environ["wsgi.input"]` and
+/// `start_response`.
+///
+/// Making two Python objects and freeing them again is a good part of what
+/// the bridge costs on a small request, so they are reused, the way CPython
+/// keeps free lists of its own small objects: when a request ends and the
+/// server holds the only reference to them, they wait in [`WsgiApp`] for
+/// the next request. An app that kept one (in a global, or in a generator
+/// still alive) keeps it to itself; the next request gets new ones.
+struct RequestObjects {
+    input: Py<WsgiInput>,
+    start_response: Py<StartResponse>,
+}
+
+/// Spare [`RequestObjects`] kept at most: more than the requests a process
+/// has in flight at once.
+const MAX_SPARE: usize = 64;
+
+impl WsgiApp {
+    /// The objects for one request: spare ones if there are any.
+    fn request_objects<'py>(
+        &self,
+        py: Python<'py>,
+        reader: BodyReader,
+        writer: ResponseWriter,
+    ) -> PyResult<(Bound<'py, WsgiInput>, Bound<'py, StartResponse>)> {
+        let spare = self.spare.lock().ok().and_then(|mut spare| spare.pop());
+        if let Some(RequestObjects {
+            input,
+            start_response,
+        }) = spare
+        {
+            let (input, start_response) = (input.into_bound(py), start_response.into_bound(py));
+            input.borrow_mut().reader = Some(reader);
+            start_response.borrow_mut().writer = writer;
+            return Ok((input, start_response));
+        }
+        let input = Bound::new(
+            py,
+            WsgiInput {
+                reader: Some(reader),
+            },
+        )?;
+        Ok((input, Bound::new(py, StartResponse::new(writer))?))
+    }
+
+    /// Keeps a request's objects for the next request, if nothing but the
+    /// server refers to them any more (the body reader was taken already).
+    fn recycle(&self, input: Bound<'_, WsgiInput>, start_response: Bound<'_, StartResponse>) {
+        // SAFETY: reading the reference count of live objects, with the GIL.
+        let refs = |obj: *mut pyo3::ffi::PyObject| unsafe { pyo3::ffi::Py_REFCNT(obj) };
+        // The kept `write` holds one reference to `start_response`.
+        let (write_refs, via_write) = match start_response.borrow().kept_write() {
+            Some(write) => (refs(write.as_ptr()), 1),
+            None => (1, 0),
+        };
+        let only_ours = refs(input.as_ptr()) == 1
+            && refs(start_response.as_ptr()) == 1 + via_write
+            && write_refs == 1;
+        let mut sr = start_response.borrow_mut();
+        let spare = self.spare.lock().ok();
+        let Some(mut spare) = spare.filter(|s| only_ours && s.len() < MAX_SPARE) else {
+            sr.hand_over();
+            return;
+        };
+        sr.writer.release();
+        drop(sr);
+        spare.push(RequestObjects {
+            input: input.unbind(),
+            start_response: start_response.unbind(),
+        });
     }
 }
 
@@ -64,6 +150,9 @@ pub enum Request<'a> {
     Http {
         head: &'a RequestHead,
         peer: &'a Peer,
+        /// The same address as Python strings: the connection makes them
+        /// at its first request and keeps them for the others.
+        peer_strings: &'a PyOnceLock<PeerStrings>,
     },
     /// Already parsed by nginx, received as uwsgi variables (stage 4).
     Uwsgi(&'a UwsgiRequest),
@@ -185,16 +274,9 @@ pub fn call_app_with_gil<'a>(py: Python<'_>, app: &WsgiApp, ex: Exchange<'a>) ->
         response_started,
         request.protocol(),
     );
-    let input = Bound::new(
-        py,
-        WsgiInput {
-            reader: Some(reader),
-        },
-    );
-    let start_response = Bound::new(py, StartResponse { writer });
-    let (input, start_response) = match (input, start_response) {
-        (Ok(i), Ok(s)) => (i, s),
-        (Err(e), _) | (_, Err(e)) => {
+    let (input, start_response) = match app.request_objects(py, reader, writer) {
+        Ok(objects) => objects,
+        Err(e) => {
             // Only an out-of-memory interpreter fails here.
             log::error!("cannot create the WSGI objects: {e}");
             return AfterApp {
@@ -260,7 +342,7 @@ pub fn call_app_with_gil<'a>(py: Python<'_>, app: &WsgiApp, ex: Exchange<'a>) ->
         }
     }
     // ANCHOR_END: app_errors
-    AfterApp {
+    let rest = AfterApp {
         request,
         stream: stream.clone(),
         unsent: writer.take_unsent(),
@@ -269,7 +351,10 @@ pub fn call_app_with_gil<'a>(py: Python<'_>, app: &WsgiApp, ex: Exchange<'a>) ->
         body_bytes: writer.body_bytes,
         must_close: writer.must_close,
         client_gone: writer.client_gone.take(),
-    }
+    };
+    drop(sr);
+    app.recycle(input, start_response);
+    rest
 }
 // ANCHOR_END: call_app_with_gil
 
@@ -355,11 +440,15 @@ fn run_app(
     start_response: &Bound<'_, StartResponse>,
 ) -> PyResult<()> {
     let environ = match request {
-        Request::Http { head, peer } => environ::build(
-            py,
-            app.template.bind(py),
+        Request::Http {
             head,
             peer,
+            peer_strings,
+        } => environ::build_for(
+            py,
+            app.http_template.bind(py),
+            head,
+            peer_strings.get_or_init(py, || PeerStrings::new(py, peer)),
             &app.info.script_name,
             input.as_any(),
         )?,
@@ -390,28 +479,18 @@ fn send_body(
     iterable: &Bound<'_, PyAny>,
     start_response: &Bound<'_, StartResponse>,
 ) -> PyResult<()> {
-    let sequence: Option<Vec<Bound<'_, PyAny>>> = if let Ok(list) = iterable.cast::<PyList>() {
-        Some(list.iter().collect())
-    } else if let Ok(tuple) = iterable.cast::<PyTuple>() {
-        Some(tuple.iter().collect())
-    } else {
-        None
-    };
-    if let Some(items) = sequence {
-        let mut total = 0u64;
-        for item in &items {
-            total += body_bytes(item)?.as_bytes().len() as u64;
-        }
-        for item in &items {
-            let bytes = body_bytes(item)?;
-            let mut sr = start_response.borrow_mut();
-            sr.writer
-                .write_body(py, bytes.as_bytes(), Some(total), false)?;
-            if sr.writer.client_gone.is_some() {
-                break;
-            }
-        }
-        return Ok(());
+    if let Ok(list) = iterable.cast::<PyList>() {
+        // Each item is held here, not looked up in the list as it goes: a
+        // write releases the GIL, and another thread could change the list
+        // meanwhile. (A body of one item, the usual case, needs no Vec.)
+        return if list.len() == 1 {
+            send_items(py, &[list.get_item(0)?], start_response)
+        } else {
+            send_items(py, &list.iter().collect::<Vec<_>>(), start_response)
+        };
+    }
+    if let Ok(tuple) = iterable.cast::<PyTuple>() {
+        return send_items(py, tuple.as_slice(), start_response);
     }
     for item in iterable.try_iter()? {
         let item = item?;
@@ -423,6 +502,28 @@ fn send_body(
             continue;
         }
         sr.writer.write_body(py, bytes.as_bytes(), None, true)?;
+        if sr.writer.client_gone.is_some() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Sends a body whose pieces are all known: its length is their sum.
+fn send_items(
+    py: Python<'_>,
+    items: &[Bound<'_, PyAny>],
+    start_response: &Bound<'_, StartResponse>,
+) -> PyResult<()> {
+    let mut total = 0u64;
+    for item in items {
+        total += body_bytes(item)?.as_bytes().len() as u64;
+    }
+    for item in items {
+        let bytes = body_bytes(item)?;
+        let mut sr = start_response.borrow_mut();
+        sr.writer
+            .write_body(py, bytes.as_bytes(), Some(total), false)?;
         if sr.writer.client_gone.is_some() {
             break;
         }

@@ -10,13 +10,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use pyo3::exceptions::{PyAssertionError, PyTypeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyString, PyTuple};
+use pyo3::types::string::PyStringData;
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
 
 use crate::conn::Stream;
-use crate::http::request::Version;
+use crate::http::request::{Version, is_tchar, parse_digits};
 use crate::http::response::{
-    Framing, LAST_CHUNK, error_response, is_hop_by_hop, push_chunk_size,
+    Framing, LAST_CHUNK, error_response, is_hop_by_hop, push_chunk_size, push_decimal,
     push_status_and_common_headers, status_forbids_body,
 };
 
@@ -24,14 +27,29 @@ use crate::http::response::{
 #[derive(Debug, Clone)]
 pub struct ResponseHead {
     pub code: u16,
-    /// The status as given, e.g. `200 OK` (latin-1 bytes).
-    pub status_line: Vec<u8>,
-    /// The app's headers, minus hop-by-hop ones (latin-1 bytes).
-    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The status as given, e.g. `200 OK`, then the app's headers minus
+    /// hop-by-hop ones, each as the line `Name: value\r\n`: latin-1 bytes
+    /// ready for the wire, in one buffer (one allocation per response, not
+    /// two per header).
+    wire: Vec<u8>,
+    /// Where the status ends in `wire`.
+    status_len: usize,
     /// The app's own `Content-Length`, if it set one.
     pub content_length: Option<u64>,
     /// The app said `Connection: close`.
     pub close: bool,
+}
+
+impl ResponseHead {
+    /// The status as given, e.g. `200 OK`.
+    pub fn status_line(&self) -> &[u8] {
+        &self.wire[..self.status_len]
+    }
+
+    /// The app's header lines, each ending with CRLF.
+    pub fn header_lines(&self) -> &[u8] {
+        &self.wire[self.status_len..]
+    }
 }
 
 /// Which protocol the response goes out in.
@@ -56,7 +74,8 @@ const DIRECT_WRITE: usize = 16 * 1024;
 
 /// Frames and writes one response on the connection.
 pub struct ResponseWriter {
-    stream: Arc<Stream>,
+    /// `None` once the request is over (see [`release`](Self::release)).
+    stream: Option<Arc<Stream>>,
     out: Vec<u8>,
     server: Arc<str>,
     request_version: Version,
@@ -90,7 +109,7 @@ impl ResponseWriter {
         protocol: Protocol,
     ) -> ResponseWriter {
         ResponseWriter {
-            stream,
+            stream: Some(stream),
             out: Vec::with_capacity(512),
             server,
             request_version,
@@ -124,7 +143,7 @@ impl ResponseWriter {
         };
         // ANCHOR: choose_framing
         let no_body = status_forbids_body(head.code);
-        let mut framing_header: Option<Vec<u8>> = None;
+        let mut framing_header = FramingHeader::None;
         self.framing = if let Some(n) = head.content_length {
             if no_body {
                 Framing::NoBody
@@ -134,14 +153,14 @@ impl ResponseWriter {
         } else if no_body {
             Framing::NoBody
         } else if let Some(n) = known_length {
-            framing_header = Some(format!("Content-Length: {n}\r\n").into_bytes());
+            framing_header = FramingHeader::Length(n);
             Framing::Length(n)
         } else if self.head_request {
             // A HEAD response has no body whatever its headers say; with an
             // unknown length there is nothing true to announce.
             Framing::NoBody
         } else if self.request_version == Version::Http11 && self.protocol == Protocol::Http {
-            framing_header = Some(b"Transfer-Encoding: chunked\r\n".to_vec());
+            framing_header = FramingHeader::Chunked;
             Framing::Chunked
         } else {
             Framing::UntilClose
@@ -156,10 +175,10 @@ impl ResponseWriter {
 
         if self.protocol == Protocol::Uwsgi {
             self.out.extend_from_slice(b"HTTP/1.1 ");
-            self.out.extend_from_slice(&head.status_line);
+            self.out.extend_from_slice(head.status_line());
             self.out.extend_from_slice(b"\r\n");
         } else {
-            push_status_and_common_headers(&mut self.out, &head.status_line, &self.server);
+            push_status_and_common_headers(&mut self.out, head.status_line(), &self.server);
         }
         if self.protocol == Protocol::Uwsgi {
             // The connection is closed after every response; nginx knows.
@@ -169,14 +188,17 @@ impl ResponseWriter {
             // HTTP/1.0 closes by default; say that this one stays open.
             self.out.extend_from_slice(b"Connection: keep-alive\r\n");
         }
-        for (name, value) in &head.headers {
-            self.out.extend_from_slice(name);
-            self.out.extend_from_slice(b": ");
-            self.out.extend_from_slice(value);
-            self.out.extend_from_slice(b"\r\n");
-        }
-        if let Some(h) = framing_header {
-            self.out.extend_from_slice(&h);
+        self.out.extend_from_slice(head.header_lines());
+        match framing_header {
+            FramingHeader::None => {}
+            FramingHeader::Length(n) => {
+                self.out.extend_from_slice(b"Content-Length: ");
+                push_decimal(&mut self.out, n);
+                self.out.extend_from_slice(b"\r\n");
+            }
+            FramingHeader::Chunked => self
+                .out
+                .extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         }
         self.out.extend_from_slice(b"\r\n");
         if self.head_request {
@@ -279,6 +301,13 @@ impl ResponseWriter {
         std::mem::take(&mut self.out)
     }
 
+    /// Lets go of the connection: the request is over, and the object that
+    /// holds this writer waits to be reused. The socket must close when its
+    /// connection is done with it, not when the object is next used.
+    pub fn release(&mut self) {
+        self.stream = None;
+    }
+
     /// After an app error once the head has gone: send what is buffered, but
     /// no last chunk, so the client sees an incomplete response, not a
     /// complete wrong one; then the connection is closed.
@@ -291,7 +320,9 @@ impl ResponseWriter {
             // look complete to nginx. A reset (SO_LINGER 0) cannot be
             // mistaken: nginx reports the upstream error and cuts its own
             // response to the client short in turn.
-            reset_on_close(&self.stream);
+            if let Some(stream) = &self.stream {
+                reset_on_close(stream);
+            }
         }
     }
 
@@ -302,8 +333,8 @@ impl ResponseWriter {
         self.out = error_response(status, message, &self.server);
         self.head = Some(ResponseHead {
             code: status,
-            status_line: Vec::new(),
-            headers: Vec::new(),
+            wire: Vec::new(),
+            status_len: 0,
             content_length: None,
             close: true,
         });
@@ -320,10 +351,13 @@ impl ResponseWriter {
             self.out.clear();
             return;
         }
+        let Some(stream) = self.stream.as_deref() else {
+            self.out.clear();
+            return;
+        };
         if self.out.is_empty() && data.is_empty() {
             return;
         }
-        let stream = &*self.stream;
         let out = &self.out;
         let result = py.detach(|| write_all_vectored(stream, &mut [out.as_slice(), data, trailer]));
         self.out.clear();
@@ -333,6 +367,13 @@ impl ResponseWriter {
         }
     }
     // ANCHOR_END: write_out
+}
+
+/// The framing header the server adds to the app's headers.
+enum FramingHeader {
+    None,
+    Length(u64),
+    Chunked,
 }
 
 /// Makes the coming close send a reset instead of an orderly end.
@@ -394,6 +435,37 @@ mod log {
 #[pyclass(module = "wsgi_bridge", name = "StartResponse")]
 pub struct StartResponse {
     pub writer: ResponseWriter,
+    /// The `write` callable it returns, kept: a bound method is a new object
+    /// at every lookup, and this object serves many requests (see
+    /// `RequestObjects` in call.rs). The method refers back to this object,
+    /// so the server drops it before it leaves the object to the app
+    /// ([`hand_over`](Self::hand_over)).
+    write: Option<Py<PyAny>>,
+    /// Whether `write` may be kept: not once the object is the app's.
+    keep_write: bool,
+}
+
+impl StartResponse {
+    pub fn new(writer: ResponseWriter) -> StartResponse {
+        StartResponse {
+            writer,
+            write: None,
+            keep_write: true,
+        }
+    }
+
+    /// The `write` callable kept by an earlier call, if any.
+    pub fn kept_write(&self) -> Option<&Py<PyAny>> {
+        self.write.as_ref()
+    }
+
+    /// The server lets go of this object while the app still holds it: the
+    /// kept `write` goes, so that no cycle keeps the object alive once the
+    /// app is done with it.
+    pub fn hand_over(&mut self) {
+        self.write = None;
+        self.keep_write = false;
+    }
 }
 
 #[pymethods]
@@ -426,10 +498,31 @@ impl StartResponse {
                 None => {}
             }
             this.writer.head = Some(check_response_head(status, headers)?);
+            // The same `write` for every call: looked up once, then kept.
+            if let Some(write) = &this.write {
+                return Ok(write.bind(slf.py()).clone());
+            }
         }
-        slf.getattr("write")
+        let write = slf.getattr(intern!(slf.py(), "write"))?;
+        let mut this = slf.borrow_mut();
+        if this.keep_write {
+            this.write = Some(write.clone().unbind());
+        }
+        Ok(write)
     }
     // ANCHOR_END: start_response_call
+
+    // The kept `write` is a reference cycle: tell the garbage collector.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(write) = &self.write {
+            visit.call(write)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&mut self) {
+        self.write = None;
+    }
 
     /// The `write(data)` callable `start_response` returns, for apps written
     /// for the old imperative style. Sends at once.
@@ -460,8 +553,9 @@ pub fn body_bytes<'a, 'py>(item: &'a Bound<'py, PyAny>) -> PyResult<&'a Bound<'p
     })
 }
 
-/// A native string (PEP 3333): a `str` whose characters all fit in latin-1.
-fn latin1(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u8>> {
+/// Appends a native string (PEP 3333: a `str` whose characters all fit in
+/// latin-1) to `out`, one byte per character.
+fn push_latin1(out: &mut Vec<u8>, obj: &Bound<'_, PyAny>, what: &str) -> PyResult<()> {
     let s = obj.cast::<PyString>().map_err(|_| {
         PyTypeError::new_err(format!(
             "{what} must be a str, not {}",
@@ -471,24 +565,19 @@ fn latin1(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u8>> {
                 .unwrap_or_default()
         ))
     })?;
-    let s = s.to_str()?;
-    if s.is_ascii() {
-        // Nearly always: every character is one byte already.
-        return Ok(s.as_bytes().to_vec());
+    // CPython stores a str whose characters are all below 256 as one byte
+    // per character: exactly its latin-1 bytes, copied with no conversion.
+    // Any other storage means a character outside latin-1.
+    // SAFETY: the data is only read while `s` is borrowed, and not kept.
+    if let PyStringData::Ucs1(bytes) = unsafe { s.data() }? {
+        out.extend_from_slice(bytes);
+        return Ok(());
     }
-    s.chars()
-        .map(|c| {
-            u8::try_from(u32::from(c)).map_err(|_| {
-                PyValueError::new_err(format!(
-                    "{what} {s:?} has a character outside latin-1 (encode it, e.g. RFC 8187 for filenames)"
-                ))
-            })
-        })
-        .collect()
-}
-
-fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    // `to_str` refuses a lone surrogate with its own error first.
+    let s = s.to_str()?;
+    Err(PyValueError::new_err(format!(
+        "{what} {s:?} has a character outside latin-1 (encode it, e.g. RFC 8187 for filenames)"
+    )))
 }
 
 /// Checks `start_response`'s arguments the way `wsgiref.validate` does, and
@@ -498,21 +587,24 @@ fn check_response_head(
     status: &Bound<'_, PyAny>,
     headers: &Bound<'_, PyAny>,
 ) -> PyResult<ResponseHead> {
-    let status_line = latin1(status, "the status")?;
+    // The status and every header line go straight into one buffer, checked
+    // where they lie.
+    let mut wire = Vec::with_capacity(256);
+    push_latin1(&mut wire, status, "the status")?;
+    let status_line = wire.as_slice();
     let code = (status_line.len() >= 5
         && status_line[..3].iter().all(u8::is_ascii_digit)
         && status_line[3] == b' ')
         .then(|| {
-            std::str::from_utf8(&status_line[..3])
-                .ok()
-                .and_then(|s| s.parse::<u16>().ok())
+            status_line[..3]
+                .iter()
+                .fold(0u16, |n, d| n * 10 + u16::from(d - b'0'))
         })
-        .flatten()
         .filter(|c| (100..1000).contains(c))
         .ok_or_else(|| {
             PyValueError::new_err(format!(
                 "the status {:?} is not of the form '200 OK' (three digits, a space, a reason)",
-                String::from_utf8_lossy(&status_line)
+                String::from_utf8_lossy(status_line)
             ))
         })?;
     if status_line.iter().any(|&b| b < 0x20 || b == 0x7f) {
@@ -520,70 +612,84 @@ fn check_response_head(
             "the status contains a control character",
         ));
     }
+    let status_len = wire.len();
 
-    let mut out = ResponseHead {
-        code,
-        status_line,
-        headers: Vec::new(),
-        content_length: None,
-        close: false,
+    let mut content_length = None;
+    let mut close = false;
+    // A plain list, as PEP 3333 asks, is read in place; any other iterable is
+    // accepted too, through an iterator (one more object per response).
+    let (list, other) = match headers.cast_exact::<PyList>() {
+        Ok(list) => (Some(list.iter()), None),
+        Err(_) => {
+            let items = headers.try_iter().map_err(|_| {
+                PyTypeError::new_err("the response headers must be a list of (name, value) tuples")
+            })?;
+            (None, Some(items))
+        }
     };
-    let items = headers.try_iter().map_err(|_| {
-        PyTypeError::new_err("the response headers must be a list of (name, value) tuples")
-    })?;
+    let items = list
+        .into_iter()
+        .flatten()
+        .map(Ok)
+        .chain(other.into_iter().flatten());
     for item in items {
         let item = item?;
-        let pair = item
-            .cast::<PyTuple>()
-            .ok()
-            .filter(|t| t.len() == 2)
-            .ok_or_else(|| {
-                PyTypeError::new_err(format!(
-                    "each response header must be a (name, value) tuple, not {}",
-                    item.repr().map(|r| r.to_string()).unwrap_or_default()
-                ))
-            })?;
-        let name = latin1(&pair.get_item(0)?, "a header name")?;
-        let value = latin1(&pair.get_item(1)?, "a header value")?;
-        if name.is_empty() || !name.iter().copied().all(is_token_byte) {
+        let Some([name, value]) = item.cast::<PyTuple>().ok().map(|t| t.as_slice()) else {
+            return Err(PyTypeError::new_err(format!(
+                "each response header must be a (name, value) tuple, not {}",
+                item.repr().map(|r| r.to_string()).unwrap_or_default()
+            )));
+        };
+        // The line `name: value\r\n` is written, then checked; a line that
+        // is dropped is cut off again.
+        let line_start = wire.len();
+        push_latin1(&mut wire, name, "a header name")?;
+        let name_end = wire.len();
+        wire.extend_from_slice(b": ");
+        push_latin1(&mut wire, value, "a header value")?;
+        let name = &wire[line_start..name_end];
+        let value = &wire[name_end + 2..];
+        if name.is_empty() || !name.iter().copied().all(is_tchar) {
             return Err(PyValueError::new_err(format!(
                 "the header name {:?} is not a valid HTTP token",
-                String::from_utf8_lossy(&name)
+                String::from_utf8_lossy(name)
             )));
         }
         if value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
             return Err(PyValueError::new_err(format!(
                 "the value of header {:?} contains a newline or NUL (that would split the response)",
-                String::from_utf8_lossy(&name)
+                String::from_utf8_lossy(name)
             )));
         }
-        let name_str = String::from_utf8_lossy(&name);
-        if is_hop_by_hop(&name_str) {
+        if is_hop_by_hop(name) {
             // Framing and persistence belong to the server; remember only
             // whether the app wants the connection closed.
-            if name_str.eq_ignore_ascii_case("connection")
+            if name.eq_ignore_ascii_case(b"connection")
                 && value
                     .split(|&b| b == b',')
                     .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
             {
-                out.close = true;
+                close = true;
             }
+            wire.truncate(line_start);
             continue;
         }
-        if name_str.eq_ignore_ascii_case("content-length") {
-            let n = std::str::from_utf8(&value)
-                .ok()
-                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|v| v.parse::<u64>().ok())
-                .ok_or_else(|| {
-                    PyValueError::new_err(format!(
-                        "the Content-Length header {:?} is not a number",
-                        String::from_utf8_lossy(&value)
-                    ))
-                })?;
-            out.content_length = Some(n);
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let n = parse_digits(value).ok_or_else(|| {
+                PyValueError::new_err(format!(
+                    "the Content-Length header {:?} is not a number",
+                    String::from_utf8_lossy(value)
+                ))
+            })?;
+            content_length = Some(n);
         }
-        out.headers.push((name, value));
+        wire.extend_from_slice(b"\r\n");
     }
-    Ok(out)
+    Ok(ResponseHead {
+        code,
+        wire,
+        status_len,
+        content_length,
+        close,
+    })
 }
