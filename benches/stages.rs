@@ -76,6 +76,10 @@ fn stages(c: &mut Criterion) {
             } else {
                 Duration::from_millis(500)
             };
+            // Rounds of the connections a run lasts at least (see below).
+            // Quick mode makes do with two: the slow servers of /io
+            // (100 requests a second) would otherwise take most of its time.
+            let rounds = if settings.quick { 2.0 } else { 3.0 };
             let started = Instant::now();
             group.bench_function(spec.id, |b| {
                 let server = running[i].get_or_insert_with(|| {
@@ -115,14 +119,14 @@ fn stages(c: &mut Criterion) {
                     // rounds (every connection served three times): the
                     // first round's requests wait in the server's queue less
                     // than later ones, and latency is measured in the steady
-                    // state. The first run sends one request per connection.
+                    // state (two rounds in quick mode). The first run sends one request per connection.
                     // The time returned is the time per request measured,
                     // times `iters`.
                     let budget = match per_request.get() {
                         Some(t) => Budget::Time(
                             t.mul_f64(iters as f64)
                                 .max(min_run)
-                                .max(t.mul_f64(3.0 * settings.connections as f64)),
+                                .max(t.mul_f64(rounds * settings.connections as f64)),
                         ),
                         None => Budget::Requests(iters.max(settings.connections as u64)),
                     };
@@ -229,8 +233,8 @@ fn config() -> Criterion {
         // Drawing criterion's plots takes longer than measuring (3 s per
         // benchmark): the quick mode leaves them out (the HTML report still
         // has the numbers; bench-report draws its own plot).
-        c.warm_up_time(Duration::from_millis(300))
-            .measurement_time(Duration::from_millis(1200))
+        c.warm_up_time(Duration::from_millis(200))
+            .measurement_time(Duration::from_millis(1000))
             .without_plots()
     } else {
         c.warm_up_time(Duration::from_secs(1))

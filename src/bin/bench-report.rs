@@ -515,7 +515,7 @@ impl<'a> Report<'a> {
              warms up, then takes 10 samples. A sample is one run of the harness' load \
              generator (`src/loadgen.rs`) from the benchmark's thread: {connections} \
              connections, each sending its next request as soon as the previous response has \
-             arrived, for a fixed time (at least {min_run}, and at least three rounds of the \
+             arrived, for a fixed time (at least {min_run}, and at least {rounds} rounds of the \
              connections, so that queues are in their steady state). The requests completed \
              in that time give the time per request criterion records; the ones cut off at \
              the end are not counted, and the server is given the time to finish them before \
@@ -524,6 +524,11 @@ impl<'a> Report<'a> {
              programs used more than a quarter of a core is taken again once the machine is \
              quiet (rows still disturbed are marked).\n",
             connections = self.doc["settings"]["connections"],
+            rounds = if self.doc["settings"]["quick"].as_bool() == Some(true) {
+                "two"
+            } else {
+                "three"
+            },
             min_run = if self.doc["settings"]["quick"].as_bool() == Some(true) {
                 "0.15 s"
             } else {
