@@ -188,7 +188,11 @@ fn parse_vars(mut block: &[u8]) -> Result<Vec<(String, Vec<u8>)>, PacketError> {
         if key.is_empty() {
             return Err(PacketError::Malformed("an empty key"));
         }
-        let key: String = key.iter().map(|&b| char::from(b)).collect();
+        // Keys are ASCII in practice (a copy); other bytes read as latin-1.
+        let key: String = match std::str::from_utf8(key) {
+            Ok(ascii) if ascii.is_ascii() => ascii.to_owned(),
+            _ => key.iter().map(|&b| char::from(b)).collect(),
+        };
         vars.push((key, value.to_vec()));
     }
     Ok(vars)

@@ -4,6 +4,8 @@
 //! ...) are put once in a template; each request starts from a copy of it,
 //! which is much cheaper than setting a dozen keys again.
 
+use std::borrow::Cow;
+
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -282,6 +284,31 @@ pub fn build_for<'py>(
 }
 // ANCHOR_END: environ_headers
 
+/// The environ key for a uwsgi variable: the names nginx's stock
+/// `uwsgi_params` sends with every request, and the headers most requests
+/// carry, are interned (made and hashed once per process, as
+/// [`header_key`] does for HTTP).
+fn var_key<'py>(py: Python<'py>, name: &str) -> Bound<'py, PyString> {
+    macro_rules! interned {
+        ($($key:literal),* $(,)?) => {
+            match name {
+                $($key => intern!(py, $key).clone(),)*
+                _ => PyString::new(py, name),
+            }
+        };
+    }
+    interned! {
+        "QUERY_STRING", "REQUEST_METHOD", "CONTENT_TYPE", "CONTENT_LENGTH",
+        "REQUEST_URI", "PATH_INFO", "DOCUMENT_ROOT", "SERVER_PROTOCOL",
+        "REQUEST_SCHEME", "HTTPS", "REMOTE_ADDR", "REMOTE_PORT", "SERVER_PORT",
+        "SERVER_NAME", "HTTP_HOST", "HTTP_USER_AGENT", "HTTP_ACCEPT",
+        "HTTP_ACCEPT_ENCODING", "HTTP_ACCEPT_LANGUAGE", "HTTP_CONNECTION",
+        "HTTP_COOKIE", "HTTP_REFERER", "HTTP_AUTHORIZATION", "HTTP_CACHE_CONTROL",
+        "HTTP_ORIGIN", "HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_PROTO",
+        "HTTP_X_REAL_IP",
+    }
+}
+
 /// The environ of a uwsgi request: nginx sent the CGI variables ready-made
 /// (its `uwsgi_params` file names them), so they are copied as they are, and
 /// what the stock file leaves out is filled in.
@@ -294,7 +321,8 @@ pub fn build_from_vars<'py>(
     let env = template.copy()?;
     // nginx sends a header that came twice as two variables of the same
     // name: join them as the HTTP path does ("," and "; " for cookies).
-    let mut joined: Vec<(&str, Vec<u8>)> = Vec::with_capacity(request.vars.len());
+    // Values are borrowed from the packet; only a joined one is copied.
+    let mut joined: Vec<(&str, Cow<'_, [u8]>)> = Vec::with_capacity(request.vars.len());
     for (key, value) in &request.vars {
         if key == "HTTP_CONTENT_TYPE" || key == "HTTP_CONTENT_LENGTH" {
             // nginx passes every header as HTTP_*, these two included; CGI
@@ -303,41 +331,48 @@ pub fn build_from_vars<'py>(
         }
         match joined.iter_mut().find(|(k, _)| *k == key.as_str()) {
             Some((k, v)) if k.starts_with("HTTP_") => {
+                let v = v.to_mut();
                 v.extend_from_slice(if *k == "HTTP_COOKIE" { b"; " } else { b"," });
                 v.extend_from_slice(value);
             }
-            Some((_, v)) => *v = value.clone(),
-            None => joined.push((key, value.clone())),
+            Some((_, v)) => *v = Cow::Borrowed(value),
+            None => joined.push((key, Cow::Borrowed(value))),
         }
     }
     for (key, value) in &joined {
-        env.set_item(*key, latin1_str(py, value))?;
+        // A short ASCII value may be one most requests share ("GET", "").
+        // (Only ASCII: other bytes are latin-1, whatever UTF-8 would say.)
+        let value = match std::str::from_utf8(value) {
+            Ok(ascii) if ascii.len() <= 8 && ascii.is_ascii() => common_str(py, ascii),
+            _ => latin1_str(py, value),
+        };
+        env.set_item(var_key(py, key), value)?;
     }
-    let missing = |key: &str| !env.contains(key).unwrap_or(true);
+    let missing = |key: &Bound<'py, PyString>| !env.contains(key).unwrap_or(true);
     for (key, default) in [
-        ("REQUEST_METHOD", "GET"),
-        ("QUERY_STRING", ""),
-        ("SERVER_PROTOCOL", "HTTP/1.1"),
-        ("REMOTE_ADDR", ""),
+        (intern!(py, "REQUEST_METHOD"), "GET"),
+        (intern!(py, "QUERY_STRING"), ""),
+        (intern!(py, "SERVER_PROTOCOL"), "HTTP/1.1"),
+        (intern!(py, "REMOTE_ADDR"), ""),
     ] {
         if missing(key) {
-            env.set_item(key, default)?;
+            env.set_item(key, common_str(py, default))?;
         }
     }
-    if missing("RAW_URI") {
+    if missing(intern!(py, "RAW_URI")) {
         // gunicorn's name for the target as sent; nginx calls it REQUEST_URI.
         if let Some(uri) = request.var("REQUEST_URI") {
             env.set_item("RAW_URI", latin1_str(py, uri))?;
         }
     }
-    if missing("PATH_INFO") {
+    if missing(intern!(py, "PATH_INFO")) {
         // PATH_INFO is the decoded path of REQUEST_URI.
         let uri = request.var("REQUEST_URI").unwrap_or(b"/");
         let path = uri.split(|&b| b == b'?').next().unwrap_or(b"/");
         let decoded = crate::http::request::percent_decode(path).unwrap_or_else(|_| path.to_vec());
         env.set_item("PATH_INFO", latin1_str(py, &decoded))?;
     }
-    if missing("HTTP_HOST") {
+    if missing(intern!(py, "HTTP_HOST")) {
         // HTTP/1.0 clients may send no Host; URL reconstruction (PEP 3333)
         // then uses SERVER_NAME and SERVER_PORT.
         let name = request
