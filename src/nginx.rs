@@ -69,6 +69,7 @@ http {{
     uwsgi_temp_path {d}/uwsgi;
     scgi_temp_path {d}/scgi;
     client_max_body_size {client_max_body};
+    client_body_buffer_size 128k;
     server {{
         listen 127.0.0.1:{port};
         server_name localhost;

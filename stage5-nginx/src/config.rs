@@ -107,6 +107,10 @@ http {{
 
     # A larger body is refused here with 413: Python never sees it.
     client_max_body_size {max_body};
+    # A body nginx holds in memory before passing the request on; a larger
+    # one goes to a file in client_body_temp first (the default, 16k, sends
+    # every 64 KiB upload through the disk: a third of the speed).
+    client_body_buffer_size 128k;
     sendfile on;
 
     # The port the client named in its Host header, for HTTP_HOST (see
@@ -279,6 +283,7 @@ mod tests {
         assert!(conf.contains("server unix:/run/x/app.sock;\n        server 10.0.0.2:3031;"));
         assert!(conf.contains("alias \"/srv/my site\"/;"));
         assert!(conf.contains("client_max_body_size 2097152;"));
+        assert!(conf.contains("client_body_buffer_size 128k;"));
         assert!(conf.contains("uwsgi_read_timeout 40s;"));
         assert!(conf.contains("include /run/x/uwsgi_params;"));
         assert!(conf.contains("access_log /dev/stdout course;"));
