@@ -1,7 +1,7 @@
 //! The course's servers and real ones side by side, on the same workloads.
 //!
 //! ```text
-//! cargo bench --bench stages                     # everything (about 6 minutes on 2 cores)
+//! cargo bench --bench stages                     # everything (several times the quick mode)
 //! BENCH_QUICK=1 cargo bench --bench stages       # for class (under 3 minutes)
 //! cargo bench --bench stages -- hello/           # one workload; `-- stage3` one server
 //! cargo run --release --bin bench-report         # the book's results page from the last run
@@ -116,12 +116,12 @@ fn stages(c: &mut Criterion) {
                     // (the last requests finish while the other connections
                     // wait), and a short run would mostly measure opening
                     // 32 connections. A run also lasts at least three
-                    // rounds (every connection served three times): the
-                    // first round's requests wait in the server's queue less
-                    // than later ones, and latency is measured in the steady
-                    // state (two rounds in quick mode). The first run sends one request per connection.
-                    // The time returned is the time per request measured,
-                    // times `iters`.
+                    // rounds (two in quick mode; every connection served
+                    // that many times): the first round's requests wait in
+                    // the server's queue less than later ones, and latency
+                    // is measured in the steady state. The first run sends
+                    // one request per connection. The time returned is the
+                    // time per request measured, times `iters`.
                     let budget = match per_request.get() {
                         Some(t) => Budget::Time(
                             t.mul_f64(iters as f64)
