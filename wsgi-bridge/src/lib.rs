@@ -4,7 +4,8 @@
 //! a pool, forked processes). This crate does what every stage must do for
 //! each request, the same way:
 //!
-//! - [`http`]: the HTTP/1.1 codec (request heads, chunked bodies, response heads);
+//! - [`http`]: the HTTP/1.1 codec (request heads, chunked bodies, response
+//!   heads), the `http-codec` crate re-exported: it knows nothing of WSGI;
 //! - [`wsgi`]: PEP 3333: `environ`, `start_response`, `wsgi.input`, calling the app;
 //! - [`serve`]: one connection, request after request;
 //! - [`embed`]: starting CPython inside the server and importing the app;
@@ -14,10 +15,11 @@ pub mod boot;
 pub mod cli;
 pub mod conn;
 pub mod embed;
-pub mod http;
 pub mod logging;
 pub mod serve;
 pub mod serve_uwsgi;
 pub mod uwsgi;
 pub mod worker;
 pub mod wsgi;
+
+pub use http_codec as http;

@@ -525,7 +525,7 @@ fn method_is_valid(line: &[u8]) -> bool {
 
 /// RFC 9110 5.6.2 `tchar`: the characters of a token (method, field name,
 /// transfer coding).
-pub(crate) fn is_tchar(b: u8) -> bool {
+pub fn is_tchar(b: u8) -> bool {
     TCHAR[usize::from(b)]
 }
 
@@ -737,7 +737,7 @@ fn parse_content_length(value: &[u8]) -> Result<u64, HttpError> {
 
 /// `1*DIGIT` as a u64: `None` if empty, if anything but a digit is in it,
 /// or if it does not fit.
-pub(crate) fn parse_digits(value: &[u8]) -> Option<u64> {
+pub fn parse_digits(value: &[u8]) -> Option<u64> {
     if value.is_empty() {
         return None;
     }
