@@ -279,7 +279,7 @@ fn an_app_that_fails_to_import_stops_the_master_instead_of_a_respawn_loop() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("Reason: Worker failed to boot."),
+        stderr.contains("Reason: App failed to load."),
         "{stderr}"
     );
     let boots = stderr.matches("Booting worker").count();

@@ -22,15 +22,25 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid};
 use pyo3::prelude::*;
 
+use supervise::restart::{Decision, RestartPolicy, Restarts, describe_exit};
+use supervise::signals::{self, SignalQueue};
+
 use crate::config::Config;
 use crate::listen::Listeners;
 use crate::scoreboard::{MAX_WORKERS, Scoreboard, now_ms};
-use crate::signals::{self, SignalQueue};
+use crate::start::{ExtraChild, Master};
 use crate::stats;
-use crate::worker::{self, WORKER_BOOT_ERROR, WorkerSpec};
+use crate::worker::{self, APP_LOAD_ERROR, WORKER_BOOT_ERROR, WorkerClass, WorkerSpec};
+
+/// An extra child that dies within 2 s of being started did not start;
+/// after 5 such failures in a row the master gives up on it.
+const EXTRA_CHILD_RESTARTS: RestartPolicy = RestartPolicy {
+    start_secs: Duration::from_secs(2),
+    start_retries: 5,
+};
 
 /// What the master knows about one worker.
-pub struct WorkerProcess {
+pub(crate) struct WorkerProcess {
     pub pid: Pid,
     pub slot: usize,
     /// Bumped by every reload (HUP): workers of an older generation run old code.
@@ -40,7 +50,7 @@ pub struct WorkerProcess {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WorkerState {
+pub(crate) enum WorkerState {
     Running,
     /// Sent TERM at this moment: finishing its requests, then exiting.
     Stopping(Instant),
@@ -63,12 +73,21 @@ enum Exit {
     Graceful,
     /// INT or QUIT: stop now.
     Fast,
-    /// A worker could not load the app: stop, and say so.
-    BootFailure,
+    /// A worker could not start, or could not load the app: stop, and say so.
+    BootFailure(&'static str),
 }
 
-pub struct Arbiter {
+/// One of the master's extra children, and its record.
+struct ExtraProcess {
+    child: ExtraChild,
+    pid: Option<Pid>,
+    started: Instant,
+    restarts: Restarts,
+}
+
+pub(crate) struct Arbiter {
     pub config: Config,
+    pub worker_class: Box<dyn WorkerClass>,
     pub listeners: Option<Listeners>,
     pub scoreboard: Scoreboard,
     signals: Option<SignalQueue>,
@@ -79,23 +98,37 @@ pub struct Arbiter {
     pub generation: u64,
     preloaded: Option<Py<PyAny>>,
     pub started: Instant,
-    boot_failed: bool,
-    /// The sidecar process (stage 4's router) and when it was last started.
-    sidecar: Option<(Pid, Instant)>,
-    sidecar_failures: u32,
+    /// Why a worker failed to boot, if one did.
+    boot_failed: Option<&'static str>,
+    extra: Vec<ExtraProcess>,
 }
 
 impl Arbiter {
     pub fn new(
-        config: Config,
+        master: Master,
         listeners: Listeners,
         signals: SignalQueue,
         stats: Option<TcpListener>,
         preloaded: Option<Py<PyAny>>,
     ) -> nix::Result<Arbiter> {
+        let Master {
+            config,
+            worker_class,
+            extra_children,
+        } = master;
+        let extra = extra_children
+            .into_iter()
+            .map(|child| ExtraProcess {
+                child,
+                pid: None,
+                started: Instant::now(),
+                restarts: Restarts::new(EXTRA_CHILD_RESTARTS),
+            })
+            .collect();
         Ok(Arbiter {
             target: config.workers,
             config,
+            worker_class,
             listeners: Some(listeners),
             scoreboard: Scoreboard::new()?,
             signals: Some(signals),
@@ -104,9 +137,8 @@ impl Arbiter {
             generation: 0,
             preloaded,
             started: Instant::now(),
-            boot_failed: false,
-            sidecar: None,
-            sidecar_failures: 0,
+            boot_failed: None,
+            extra,
         })
     }
 
@@ -137,8 +169,8 @@ impl Arbiter {
             }
             self.serve_stats();
             self.reap_workers();
-            if self.boot_failed {
-                break Exit::BootFailure;
+            if let Some(reason) = self.boot_failed {
+                break Exit::BootFailure(reason);
             }
             if let Some(exit) = exit {
                 break exit;
@@ -164,9 +196,7 @@ impl Arbiter {
     /// Forks workers until `target` are running; asks the oldest extra ones
     /// to stop when there are too many (after TTOU).
     fn manage_workers(&mut self) {
-        if self.config.sidecar.is_some() && self.sidecar.is_none() {
-            self.spawn_sidecar();
-        }
+        self.spawn_extra_children();
         let running = |w: &&WorkerProcess| w.state == WorkerState::Running;
         while self.workers.iter().filter(running).count() < self.target {
             if !self.spawn_worker() {
@@ -205,6 +235,7 @@ impl Arbiter {
             Ok(Forked::Child { signal_mask }) => {
                 let status = worker::run(WorkerSpec {
                     config: &self.config,
+                    worker_class: self.worker_class.as_ref(),
                     listeners: self
                         .listeners
                         .as_ref()
@@ -242,7 +273,7 @@ impl Arbiter {
         }
     }
 
-    /// Forks a child of the master (a worker or the sidecar). The master's
+    /// Forks a child of the master (a worker or an extra child). The master's
     /// signals stay blocked in the child until it has handlers of its own:
     /// it restores `signal_mask` then. The child drops what belongs to the
     /// master (its signal handlers, the stats socket).
@@ -295,28 +326,52 @@ impl Arbiter {
     }
     // ANCHOR_END: spawn_worker
 
-    /// Forks the sidecar. A sidecar that keeps dying at once is given up on,
-    /// with an error, instead of being restarted in a tight loop.
-    fn spawn_sidecar(&mut self) {
-        if self.sidecar_failures >= 5 {
-            return;
-        }
-        match self.fork_child() {
-            Ok(Forked::Child { signal_mask }) => {
-                let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
-                // The sidecar has no graceful stop: TERM, INT, QUIT end it at once.
-                let always = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-                for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGQUIT] {
-                    let _ =
-                        signal_hook::flag::register_conditional_shutdown(signal, 0, always.clone());
-                }
-                signals::restore(&signal_mask);
-                let run = self.config.sidecar.as_ref().expect("a sidecar to run");
-                std::process::exit(run());
+    /// Forks the extra children that are not running, unless one keeps
+    /// dying at start-up: that one is given up on instead of being
+    /// restarted in a tight loop.
+    fn spawn_extra_children(&mut self) {
+        for index in 0..self.extra.len() {
+            let extra = &self.extra[index];
+            if extra.pid.is_some() || extra.restarts.gave_up() {
+                continue;
             }
-            Ok(Forked::Parent(child)) => self.sidecar = Some((child, Instant::now())),
-            Err(e) => log::error!("fork failed: {e}"),
+            match self.fork_child() {
+                Ok(Forked::Child { signal_mask }) => {
+                    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
+                    // It has no graceful stop: TERM, INT, QUIT end it at once.
+                    let _ = signals::exit_at_once_on(&[libc::SIGTERM, libc::SIGINT, libc::SIGQUIT]);
+                    signals::restore(&signal_mask);
+                    std::process::exit((self.extra[index].child.run)());
+                }
+                Ok(Forked::Parent(child)) => {
+                    let extra = &mut self.extra[index];
+                    extra.pid = Some(child);
+                    extra.started = Instant::now();
+                }
+                Err(e) => log::error!("fork failed: {e}"),
+            }
         }
+    }
+
+    /// An extra child exited: say how, and whether it will be started again.
+    /// Returns `false` when `pid` is not an extra child.
+    fn reap_extra_child(&mut self, pid: Pid, status: WaitStatus) -> bool {
+        let Some(extra) = self.extra.iter_mut().find(|e| e.pid == Some(pid)) else {
+            return false;
+        };
+        extra.pid = None;
+        let name = &extra.child.name;
+        match extra.restarts.exited(extra.started) {
+            Decision::Restart => log::error!(
+                "{name} (pid:{pid}) exited ({}); restarting it",
+                describe_exit(status)
+            ),
+            Decision::GiveUp => log::error!(
+                "{name} (pid:{pid}) exited ({}); it keeps dying at start-up: giving up on it",
+                describe_exit(status)
+            ),
+        }
+        true
     }
 
     // ANCHOR: reap_workers
@@ -328,22 +383,7 @@ impl Arbiter {
                 Ok(status) => status,
             };
             let Some(pid) = status.pid() else { continue };
-            if let Some((sidecar, started)) = self.sidecar.filter(|(p, _)| *p == pid) {
-                self.sidecar = None;
-                let how = match status {
-                    WaitStatus::Exited(_, code) => format!("exited with code {code}"),
-                    WaitStatus::Signaled(_, signal, _) => format!("was sent {}", signal.as_str()),
-                    _ => "stopped".to_string(),
-                };
-                log::error!("The HTTP router (pid:{sidecar}) {how}; restarting it");
-                if started.elapsed() < Duration::from_secs(2) {
-                    self.sidecar_failures += 1;
-                    if self.sidecar_failures >= 5 {
-                        log::error!("The HTTP router keeps dying at start-up: giving up on it");
-                    }
-                } else {
-                    self.sidecar_failures = 0;
-                }
+            if self.reap_extra_child(pid, status) {
                 continue;
             }
             let Some(index) = self.workers.iter().position(|w| w.pid == pid) else {
@@ -358,7 +398,11 @@ impl Arbiter {
                 }
                 WaitStatus::Exited(_, WORKER_BOOT_ERROR) => {
                     log::error!("Worker (pid:{pid}) failed to boot.");
-                    self.boot_failed = true;
+                    self.boot_failed = Some("Worker failed to boot.");
+                }
+                WaitStatus::Exited(_, APP_LOAD_ERROR) => {
+                    log::error!("Worker (pid:{pid}) failed to load the app.");
+                    self.boot_failed = Some("App failed to load.");
                 }
                 WaitStatus::Exited(_, code) => {
                     log::error!("Worker (pid:{pid}) exited with code {code}.");
@@ -468,9 +512,9 @@ impl Arbiter {
                 log::info!("Handling signal: int");
                 (Signal::SIGQUIT, Duration::from_secs(2), 0)
             }
-            Exit::BootFailure => (Signal::SIGQUIT, Duration::from_secs(2), 1),
+            Exit::BootFailure(_) => (Signal::SIGQUIT, Duration::from_secs(2), 1),
         };
-        if let Some((pid, _)) = self.sidecar.take() {
+        for pid in self.extra.iter_mut().filter_map(|e| e.pid.take()) {
             let _ = kill(pid, Signal::SIGTERM);
             let _ = waitpid(pid, None);
         }
@@ -487,10 +531,6 @@ impl Arbiter {
         // socket is its own and closes when the worker exits.
         if let Some(listeners) = self.listeners.take() {
             listeners.stop_listening();
-            if let Some(path) = listeners.unix_path() {
-                // The socket file would otherwise outlive the server.
-                let _ = std::fs::remove_file(path);
-            }
         }
         let deadline = Instant::now() + limit;
         while !self.workers.is_empty() && Instant::now() < deadline {
@@ -517,9 +557,9 @@ impl Arbiter {
         if let Some(path) = &self.config.pid_file {
             let _ = std::fs::remove_file(path);
         }
-        if status != 0 {
+        if let Exit::BootFailure(reason) = exit {
             log::error!("Shutting down: Master");
-            log::error!("Reason: Worker failed to boot.");
+            log::error!("Reason: {reason}");
         } else {
             log::info!("Shutting down: Master");
         }

@@ -10,15 +10,12 @@ use stage2_threads::ThreadConfig;
 use wsgi_bridge::boot;
 use wsgi_bridge::cli::{AppArgs, LimitArgs, LogArgs};
 use wsgi_bridge::embed::{AppSource, StartError};
-use wsgi_bridge::worker::WorkerHooks;
-use wsgi_bridge::wsgi::call::WsgiApp;
 
-use crate::listen::WorkerListener;
-use std::os::fd::BorrowedFd;
+use crate::http_workers::{SyncWorker, ThreadWorker};
 
-/// How each worker serves its connections.
+/// How each worker serves its connections (`-k`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum WorkerClass {
+pub enum WorkerKind {
     /// Stage 1's loop: one connection at a time per worker.
     Sync,
     /// Stage 2's loop: a pool of threads per worker (with --threads).
@@ -40,7 +37,7 @@ pub struct Args {
 
     /// The worker loop: sync (one connection at a time) or gthread (threads).
     #[arg(short = 'k', long, value_enum, default_value = "sync")]
-    pub worker_class: WorkerClass,
+    pub worker_class: WorkerKind,
 
     /// Threads per worker; more than 1 means the gthread worker class.
     #[arg(long, value_name = "N", default_value_t = 1)]
@@ -104,64 +101,37 @@ pub struct Args {
     pub log: LogArgs,
 }
 
-/// What a worker runs once its app is loaded: a loop that accepts on the
-/// listener and serves until `stop` is readable or the hooks ask to stop.
-/// Stage 3 runs stage 1's or stage 2's HTTP loop; stage 4 its uwsgi loop.
-pub type ServeFn =
-    Box<dyn Fn(WorkerListener, &WsgiApp, BorrowedFd<'_>, &dyn WorkerHooks) -> std::io::Result<()>>;
-
-/// A helper process the master runs beside the workers and restarts if it
-/// dies (stage 4's HTTP router). Runs in the forked child; returns its exit
-/// status.
-pub type SidecarFn = Box<dyn Fn() -> i32>;
-
-/// The settings the master and its workers run with.
+/// The master's settings: what every worker class shares (gunicorn's
+/// server settings; the flags above are stage 3's way to fill them, stage
+/// 4 fills them from uWSGI's flags).
 pub struct Config {
-    /// The worker's loop.
-    pub serve: ServeFn,
-    /// Shown in the banner: `Listening at: http://…`.
-    pub scheme: &'static str,
-    /// The name in the banner and in `Server` headers.
-    pub server_name: &'static str,
-    /// The TCP address to listen on (stage 4 may listen on a unix socket instead).
-    pub bind: Option<SocketAddr>,
+    /// The name and version in the banner and in `Server` headers.
+    pub server_software: &'static str,
     pub workers: usize,
-    pub worker_class: WorkerClass,
     pub timeout: Option<Duration>,
     pub graceful_timeout: Duration,
     pub max_requests: u64,
     pub max_requests_jitter: u64,
     pub preload: bool,
-    pub reuse_port: bool,
     pub pid_file: Option<PathBuf>,
     pub stats: Option<SocketAddr>,
     pub app: AppArgs,
     pub source: AppSource,
-    /// A helper process to run beside the workers, if any.
-    pub sidecar: Option<SidecarFn>,
+}
+
+/// Stage 3's command line, read: the master's settings, the worker class,
+/// and where to listen.
+pub struct Setup {
+    pub config: Config,
+    pub worker_class: Box<dyn crate::WorkerClass>,
+    pub bind: SocketAddr,
+    pub reuse_port: bool,
 }
 
 /// How long a client may stall on a socket before a worker gives up on it.
 fn io_timeout(timeout: u64) -> Duration {
     Duration::from_secs(if timeout == 0 { 30 } else { timeout })
 }
-
-// ANCHOR: worker_classes
-/// The HTTP worker classes: stage 1's loop or stage 2's, reused as they are.
-pub fn http_workers(class: WorkerClass, sync: SyncConfig, threads: ThreadConfig) -> ServeFn {
-    Box::new(move |listener, app, stop, hooks| {
-        let WorkerListener::Tcp(listener) = listener else {
-            return Err(std::io::Error::other("HTTP workers listen on TCP"));
-        };
-        match class {
-            WorkerClass::Sync => stage1_single::serve_forever(&listener, app, &sync, stop, hooks),
-            WorkerClass::Gthread => {
-                stage2_threads::serve_forever(&listener, app, &threads, stop, hooks)
-            }
-        }
-    })
-}
-// ANCHOR_END: worker_classes
 
 // ANCHOR: default_workers
 /// gunicorn's rule of thumb for the number of workers: two per core (one
@@ -172,8 +142,9 @@ pub fn default_workers() -> usize {
 }
 // ANCHOR_END: default_workers
 
-impl Config {
-    pub fn from_args(args: Args) -> Result<Config, StartError> {
+impl Args {
+    pub fn setup(self) -> Result<Setup, StartError> {
+        let args = self;
         let bind = boot::resolve_bind(&args.bind)?;
         let stats = args.stats.as_deref().map(boot::resolve_bind).transpose()?;
         let workers = args.workers.unwrap_or_else(default_workers);
@@ -191,7 +162,7 @@ impl Config {
         }
         // As in gunicorn: asking for threads means the threaded worker.
         let worker_class = if args.threads > 1 {
-            WorkerClass::Gthread
+            WorkerKind::Gthread
         } else {
             args.worker_class
         };
@@ -210,24 +181,28 @@ impl Config {
             worker_connections: args.worker_connections,
             graceful_timeout: Duration::from_secs(args.graceful_timeout),
         };
-        Ok(Config {
-            serve: http_workers(worker_class, sync, threads),
-            scheme: "http",
-            server_name: concat!("stage3-prefork/", env!("CARGO_PKG_VERSION")),
-            bind: Some(bind),
+        let worker_class: Box<dyn crate::WorkerClass> = match worker_class {
+            WorkerKind::Sync => Box::new(SyncWorker(sync)),
+            WorkerKind::Gthread => Box::new(ThreadWorker(threads)),
+        };
+        let config = Config {
+            server_software: concat!("stage3-prefork/", env!("CARGO_PKG_VERSION")),
             workers,
-            worker_class,
             timeout: (args.timeout > 0).then(|| Duration::from_secs(args.timeout)),
             graceful_timeout: Duration::from_secs(args.graceful_timeout),
             max_requests: args.max_requests,
             max_requests_jitter: args.max_requests_jitter,
             preload: args.preload,
-            reuse_port: args.reuse_port,
             pid_file: args.pid,
             stats,
-            sidecar: None,
             app: args.app,
             source,
+        };
+        Ok(Setup {
+            config,
+            worker_class,
+            bind,
+            reuse_port: args.reuse_port,
         })
     }
 }

@@ -11,31 +11,27 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
 
 use nix::sys::socket::{
-    AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, UnixAddr, bind, listen,
-    setsockopt, socket, sockopt,
+    AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, bind, listen, setsockopt, socket,
+    sockopt,
 };
 use wsgi_bridge::boot;
 use wsgi_bridge::embed::StartError;
 
 pub enum Listeners {
-    Shared(TcpListener),
+    /// One socket bound before the fork, shared by every worker: stage 3's
+    /// TCP socket, or whatever socket the caller bound (stage 4's unix
+    /// socket).
+    Shared(WorkerListener),
     /// The master holds a socket bound to the address but not listening: it
     /// reserves the port (and learns it, for port 0) without ever receiving a
     /// connection, which only listening sockets do.
     ReusePort {
         addr: SocketAddr,
         _reserved: OwnedFd,
-    },
-    /// A unix socket, shared like a TCP one (stage 4: `--socket PATH`).
-    /// The master removes the file when it stops.
-    Unix {
-        listener: UnixListener,
-        path: PathBuf,
     },
 }
 
@@ -52,12 +48,20 @@ impl WorkerListener {
             WorkerListener::Unix(l) => l.as_fd(),
         }
     }
+
+    /// Another handle on the same socket.
+    pub fn try_clone(&self) -> std::io::Result<WorkerListener> {
+        match self {
+            WorkerListener::Tcp(l) => l.try_clone().map(WorkerListener::Tcp),
+            WorkerListener::Unix(l) => l.try_clone().map(WorkerListener::Unix),
+        }
+    }
 }
 
 impl Listeners {
     pub fn bind(addr: SocketAddr, reuse_port: bool) -> Result<Listeners, StartError> {
         if !reuse_port {
-            return boot::bind_tcp(addr).map(Listeners::Shared);
+            return boot::bind_tcp(addr).map(|l| Listeners::Shared(WorkerListener::Tcp(l)));
         }
         let reserved = reuse_port_socket(addr).map_err(|e| boot::bind_error(addr, e.into()))?;
         let local = nix::sys::socket::getsockname::<SockaddrStorage>(
@@ -79,72 +83,25 @@ impl Listeners {
         })
     }
 
-    /// Binds a unix socket at `path` with permissions `mode`. A socket file
-    /// left by a server that died is replaced; one a live server listens on
-    /// is not.
-    pub fn bind_unix(path: &Path, mode: u32, backlog: i32) -> Result<Listeners, StartError> {
-        let shown = path.display();
-        if let Ok(meta) = std::fs::symlink_metadata(path) {
-            if !meta.file_type().is_socket() {
-                return Err(StartError::new(format!(
-                    "{shown} exists and is not a socket: remove it or choose another --socket path"
-                )));
+    /// The address in the banner's form: `http://127.0.0.1:8000`,
+    /// `uwsgi://127.0.0.1:3031`, `unix:/path`.
+    pub fn describe(&self, protocol: &str) -> String {
+        match (self, self.tcp_addr()) {
+            (_, Some(addr)) => format!("{protocol}://{addr}"),
+            (Listeners::Shared(WorkerListener::Unix(l)), None) => {
+                let path = l.local_addr().ok();
+                let path = path.as_ref().and_then(|a| a.as_pathname());
+                format!("unix:{}", path.unwrap_or(Path::new("?")).display())
             }
-            if UnixStream::connect(path).is_ok() {
-                return Err(StartError::new(format!(
-                    "another server is listening on {shown}: stop it or choose another --socket path"
-                )));
-            }
-            std::fs::remove_file(path).map_err(|e| {
-                StartError::new(format!("cannot remove the stale socket {shown}: {e}"))
-            })?;
-            log::info!("Removed a stale socket file: {shown}");
-        }
-        if let Some(dir) = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
-        {
-            return Err(StartError::new(format!(
-                "cannot listen on unix:{shown}: the directory {} does not exist",
-                dir.display()
-            )));
-        }
-        let fail = |e: nix::Error| StartError::new(format!("cannot listen on unix:{shown}: {e}"));
-        let fd = socket(
-            AddressFamily::Unix,
-            SockType::Stream,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .map_err(fail)?;
-        let addr = UnixAddr::new(path).map_err(fail)?;
-        bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr).map_err(fail)?;
-        let backlog = Backlog::new(backlog).unwrap_or(Backlog::MAXCONN);
-        listen(&fd, backlog).map_err(fail)?;
-        // Who may connect: by default only this user (0600). nginx's workers
-        // run as another user when nginx is started by root, and need 0666 or
-        // a shared group (0660) — the 502 "Permission denied" of the book.
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| StartError::new(format!("cannot chmod {shown}: {e}")))?;
-        Ok(Listeners::Unix {
-            listener: UnixListener::from(fd),
-            path: path.to_path_buf(),
-        })
-    }
-
-    /// The address in the banner's form: `http://127.0.0.1:8000`, `unix:/path`.
-    pub fn describe(&self, scheme: &str) -> String {
-        match self {
-            Listeners::Unix { path, .. } => format!("unix:{}", path.display()),
-            _ => format!("{scheme}://{}", self.tcp_addr().expect("a TCP socket")),
+            _ => "?".to_string(),
         }
     }
 
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         match self {
-            Listeners::Shared(l) => l.local_addr().ok(),
+            Listeners::Shared(WorkerListener::Tcp(l)) => l.local_addr().ok(),
+            Listeners::Shared(WorkerListener::Unix(_)) => None,
             Listeners::ReusePort { addr, .. } => Some(*addr),
-            Listeners::Unix { .. } => None,
         }
     }
 
@@ -161,7 +118,6 @@ impl Listeners {
     pub fn stop_listening(&self) {
         let fd = match self {
             Listeners::Shared(l) => l.as_fd(),
-            Listeners::Unix { listener, .. } => listener.as_fd(),
             Listeners::ReusePort { .. } => return,
         };
         let _ = nix::sys::socket::shutdown(
@@ -170,19 +126,11 @@ impl Listeners {
         );
     }
 
-    pub fn unix_path(&self) -> Option<&Path> {
-        match self {
-            Listeners::Unix { path, .. } => Some(path),
-            _ => None,
-        }
-    }
-
     // ANCHOR: for_worker
     /// The socket a worker accepts on (called in the worker, after fork).
     pub fn for_worker(&self) -> std::io::Result<WorkerListener> {
         match self {
-            Listeners::Shared(l) => l.try_clone().map(WorkerListener::Tcp),
-            Listeners::Unix { listener, .. } => listener.try_clone().map(WorkerListener::Unix),
+            Listeners::Shared(l) => l.try_clone(),
             Listeners::ReusePort { addr, .. } => {
                 let fd = reuse_port_socket(*addr)?;
                 listen(&fd, Backlog::MAXCONN)?;

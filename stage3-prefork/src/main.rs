@@ -7,9 +7,7 @@
 //! ```
 
 use clap::Parser;
-use stage3_prefork::config::{Args, Config};
-use stage3_prefork::listen::Listeners;
-use stage3_prefork::master;
+use stage3_prefork::{Args, Listeners, Master};
 use wsgi_bridge::boot;
 use wsgi_bridge::embed::StartError;
 
@@ -23,9 +21,11 @@ fn main() {
 
 fn run(args: Args) -> Result<i32, StartError> {
     args.log.install()?;
-    let config = Config::from_args(args)?;
-    master::run(config, |config| {
-        let addr = config.bind.expect("stage 3 listens on TCP");
-        Listeners::bind(addr, config.reuse_port)
-    })
+    let setup = args.setup()?;
+    let master = Master {
+        config: setup.config,
+        worker_class: setup.worker_class,
+        extra_children: Vec::new(),
+    };
+    master.run(|| Listeners::bind(setup.bind, setup.reuse_port))
 }

@@ -7,8 +7,9 @@ use std::sync::atomic::Ordering;
 use serde_json::{Value, json};
 
 use crate::arbiter::{Arbiter, WorkerState};
+use crate::listen::Listeners;
 
-pub fn snapshot(arbiter: &Arbiter) -> Value {
+pub(crate) fn snapshot(arbiter: &Arbiter) -> Value {
     let mut workers: Vec<&crate::arbiter::WorkerProcess> = arbiter.workers.iter().collect();
     workers.sort_by_key(|w| w.slot);
     let workers: Vec<Value> = workers
@@ -36,15 +37,16 @@ pub fn snapshot(arbiter: &Arbiter) -> Value {
         })
         .collect();
     let config = &arbiter.config;
+    let listeners = arbiter.listeners.as_ref();
     json!({
         "master": {
             "pid": std::process::id(),
-            "listen": arbiter.listeners.as_ref().map(|l| l.describe(config.scheme)),
-            "worker_class": format!("{:?}", config.worker_class).to_lowercase(),
+            "listen": listeners.map(|l| l.describe(arbiter.worker_class.protocol())),
+            "worker_class": arbiter.worker_class.name(),
             "workers_target": arbiter.target,
             "generation": arbiter.generation,
             "preload": config.preload,
-            "reuse_port": config.reuse_port,
+            "reuse_port": matches!(listeners, Some(Listeners::ReusePort { .. })),
             "timeout_secs": config.timeout.map(|t| t.as_secs()),
             "max_requests": config.max_requests,
             "running_secs": arbiter.started.elapsed().as_secs_f64(),

@@ -1,7 +1,10 @@
-//! The worker: what a forked child does. It is stage 1's loop (`-k sync`) or
-//! stage 2's (`-k gthread`), run with hooks that report to the scoreboard.
+//! The worker: what a forked child does. It loads the app (or takes the one
+//! the master preloaded), opens its listening socket, and runs its worker
+//! class (stage 1's loop for `-k sync`, stage 2's for `-k gthread`, stage
+//! 4's uwsgi loop) with hooks that report to the scoreboard.
 
-use std::os::fd::AsFd;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::Ordering;
 
 use pyo3::prelude::*;
@@ -12,17 +15,77 @@ use wsgi_bridge::worker::WorkerHooks;
 use wsgi_bridge::wsgi::call::WsgiApp;
 use wsgi_bridge::wsgi::environ::ServerInfo;
 
-use crate::config::{Config, WorkerClass};
-use crate::listen::Listeners;
+use crate::config::Config;
+use crate::listen::{Listeners, WorkerListener};
 use crate::scoreboard::{Slot, now_ms};
 
-/// The exit status of a worker whose app failed to import: the master stops
-/// instead of forking it again and again (gunicorn uses 3 too).
+/// The exit status of a worker that could not start (its listening socket
+/// failed): the master stops instead of forking it again and again. gunicorn
+/// uses 3 too.
 pub const WORKER_BOOT_ERROR: i32 = 3;
+/// The exit status of a worker whose app failed to import (gunicorn's 4).
+pub const APP_LOAD_ERROR: i32 = 4;
+
+// ANCHOR: worker_class
+/// The loop a worker runs: gunicorn's worker class (`-k`). The master knows
+/// nothing else about it; stage 3 has two (`sync`, `gthread`), stage 4 one
+/// (its uwsgi loop).
+pub trait WorkerClass {
+    /// The name in the banner and the stats: `sync`, `gthread`, …
+    fn name(&self) -> String;
+
+    /// The protocol its workers speak, for the banner: `http`, `uwsgi`.
+    fn protocol(&self) -> &'static str {
+        "http"
+    }
+
+    /// Accepts on the worker's listener and serves until `worker.stop` is
+    /// readable or the hooks ask to stop. Runs in the forked worker.
+    fn serve(&self, worker: WorkerContext<'_>) -> io::Result<()>;
+}
+
+/// What the master gives a worker class, in the forked worker.
+pub struct WorkerContext<'a> {
+    /// The socket to accept on.
+    pub listener: WorkerListener,
+    /// The app object (`module:callable`), imported in this worker or
+    /// preloaded in the master.
+    pub app: Py<PyAny>,
+    /// Readable once the worker should stop gracefully (TERM).
+    pub stop: BorrowedFd<'a>,
+    /// How the loop reports to the master.
+    pub hooks: &'a dyn WorkerHooks,
+    /// What a PEP 3333 environ says about the server, but `multithread`,
+    /// which is the worker class's to say.
+    pub server_name: String,
+    pub server_port: String,
+    pub script_name: String,
+    pub multiprocess: bool,
+    /// The `Server` header.
+    pub server_software: &'static str,
+}
+
+impl WorkerContext<'_> {
+    /// The app wrapped for PEP 3333, as the WSGI worker classes serve it.
+    pub fn wsgi_app(&self, multithread: bool) -> io::Result<WsgiApp> {
+        let info = ServerInfo {
+            server_name: self.server_name.clone(),
+            server_port: self.server_port.clone(),
+            script_name: self.script_name.clone(),
+            url_scheme: "http",
+            multithread,
+            multiprocess: self.multiprocess,
+        };
+        Python::attach(|py| WsgiApp::new(py, self.app.clone_ref(py), info, self.server_software))
+            .map_err(|e| io::Error::other(format!("cannot prepare the app: {e}")))
+    }
+}
+// ANCHOR_END: worker_class
 
 /// Everything a worker needs, prepared by the master before the fork.
-pub struct WorkerSpec<'a> {
+pub(crate) struct WorkerSpec<'a> {
     pub config: &'a Config,
+    pub worker_class: &'a dyn WorkerClass,
     pub listeners: &'a Listeners,
     pub slot: &'a Slot,
     /// The app imported by the master (`--preload`), or `None`: import it here.
@@ -71,7 +134,7 @@ impl WorkerHooks for ScoreboardHooks<'_> {
 // ANCHOR_END: hooks
 
 /// Runs the worker; returns its exit status.
-pub fn run(spec: WorkerSpec<'_>) -> i32 {
+pub(crate) fn run(spec: WorkerSpec<'_>) -> i32 {
     // ANCHOR: worker_boot
     let pid = std::process::id();
     log::info!("Booting worker with pid: {pid}");
@@ -88,10 +151,9 @@ pub fn run(spec: WorkerSpec<'_>) -> i32 {
         }
     };
     // SIGQUIT (the master's fast stop): exit at once, mid-request or not.
-    let always = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let _ = signal_hook::flag::register_conditional_shutdown(libc::SIGQUIT, 0, always);
+    let _ = supervise::signals::exit_at_once_on(&[libc::SIGQUIT]);
     // Signals that arrived since the fork are delivered now, to these handlers.
-    crate::signals::restore(&spec.signal_mask);
+    supervise::signals::restore(&spec.signal_mask);
     // ANCHOR_END: worker_boot
 
     let app = match spec.preloaded {
@@ -103,7 +165,7 @@ pub fn run(spec: WorkerSpec<'_>) -> i32 {
                     eprintln!("{}", tb.trim_end());
                 }
                 log::error!("Worker failed to boot: {e}");
-                return WORKER_BOOT_ERROR;
+                return APP_LOAD_ERROR;
             }
         },
     };
@@ -114,30 +176,24 @@ pub fn run(spec: WorkerSpec<'_>) -> i32 {
             return WORKER_BOOT_ERROR;
         }
     };
-    let (server_name, server_port) = spec.listeners.server_name_port();
-    let info = ServerInfo {
-        server_name,
-        server_port,
-        script_name: config.app.script_name(),
-        url_scheme: "http",
-        multithread: config.worker_class == WorkerClass::Gthread,
-        multiprocess: spec.multiprocess,
-    };
-    let app = match Python::attach(|py| WsgiApp::new(py, app, info, config.server_name)) {
-        Ok(app) => app,
-        Err(e) => {
-            log::error!("cannot prepare the app: {e}");
-            return WORKER_BOOT_ERROR;
-        }
-    };
     let hooks = ScoreboardHooks {
         slot: spec.slot,
         max_requests: spec.max_requests,
     };
     hooks.heartbeat();
 
-    // The worker class: stage 1's loop, stage 2's, or stage 4's uwsgi loop.
-    let result = (config.serve)(listener, &app, stop.as_fd(), &hooks);
+    let (server_name, server_port) = spec.listeners.server_name_port();
+    let result = spec.worker_class.serve(WorkerContext {
+        listener,
+        app,
+        stop: stop.as_fd(),
+        hooks: &hooks,
+        server_name,
+        server_port,
+        script_name: config.app.script_name(),
+        multiprocess: spec.multiprocess,
+        server_software: config.server_software,
+    });
     flush_python_output();
     match result {
         Ok(()) => {

@@ -6,18 +6,20 @@
 //! cargo run -p stage4-uwsgi-socket -- --http 127.0.0.1:8000     # plus a router, to try it with curl
 //! ```
 
+mod socket;
+
+use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use stage3_prefork::config::{Config, WorkerClass};
-use stage3_prefork::listen::Listeners;
-use stage3_prefork::master;
+use stage3_prefork::{Config, ExtraChild, Listeners, Master, WorkerClass, WorkerContext};
 use stage4_uwsgi_socket::router::{self, Upstream};
 use stage4_uwsgi_socket::{UwsgiConfig, serve_forever};
 use wsgi_bridge::boot;
 use wsgi_bridge::cli::{AppArgs, LimitArgs, LogArgs};
 use wsgi_bridge::embed::{AppSource, StartError};
+use wsgi_bridge::http::request::Limits;
 
 /// A pre-fork WSGI server fed by nginx's uwsgi protocol, like
 /// `uwsgi --socket PATH --master --processes N`.
@@ -152,12 +154,62 @@ fn socket_spec(s: &str) -> Result<SocketSpec, StartError> {
     }
 }
 
+// ANCHOR: worker_class
+/// uWSGI's workers, as a worker class of stage 3's master: one connection
+/// (one packet from nginx) at a time, stage 1's accept loop.
+struct UwsgiWorker(UwsgiConfig);
+
+impl WorkerClass for UwsgiWorker {
+    fn name(&self) -> String {
+        "sync".to_string()
+    }
+
+    fn protocol(&self) -> &'static str {
+        "uwsgi"
+    }
+
+    fn serve(&self, worker: WorkerContext<'_>) -> io::Result<()> {
+        let app = worker.wsgi_app(false)?;
+        serve_forever(&worker.listener, &app, &self.0, worker.stop, worker.hooks)
+    }
+}
+// ANCHOR_END: worker_class
+
 fn run(args: Args) -> Result<i32, StartError> {
     args.log.install()?;
     if args.processes == 0 {
         return Err(StartError::new("--processes must be at least 1"));
     }
     let socket = socket_spec(&args.socket)?;
+    let limits = args.limits.limits();
+    let uwsgi = UwsgiConfig {
+        buffer_size: usize::from(args.buffer_size),
+        max_body: limits.max_body,
+        timeout: Duration::from_secs(30),
+    };
+    let extra_children = match args.http.as_deref() {
+        Some(addr) => vec![http_router(addr, &socket, &args.socket, limits)?],
+        None => Vec::new(),
+    };
+    let master = Master {
+        config: master_config(&args)?,
+        worker_class: Box::new(UwsgiWorker(uwsgi)),
+        extra_children,
+    };
+    let (mode, backlog) = (args.chmod_socket, args.listen);
+    match socket {
+        SocketSpec::Tcp(addr) => master.run(|| Listeners::bind(addr, false)),
+        SocketSpec::Unix(path) => {
+            let status = master.run(|| socket::bind_unix(&path, mode, backlog));
+            socket::remove(&path);
+            status
+        }
+    }
+}
+
+// ANCHOR: uwsgi_config
+/// uWSGI's flags, as stage 3's master settings.
+fn master_config(args: &Args) -> Result<Config, StartError> {
     let app = AppArgs {
         app: args.module.clone(),
         wsgi_file: args.wsgi_file.clone(),
@@ -173,58 +225,45 @@ fn run(args: Args) -> Result<i32, StartError> {
         },
         _ => app.source()?,
     };
-    let limits = args.limits.limits();
-    let uwsgi = UwsgiConfig {
-        buffer_size: usize::from(args.buffer_size),
-        max_body: limits.max_body,
-        timeout: Duration::from_secs(30),
-    };
-    // ANCHOR: uwsgi_config
-    let http_router = args.http.as_deref().map(boot::resolve_bind).transpose()?;
-    let config = Config {
-        serve: Box::new(move |listener, app, stop, hooks| {
-            serve_forever(&listener, app, &uwsgi, stop, hooks)
-        }),
-        scheme: "uwsgi",
-        server_name: concat!("stage4-uwsgi-socket/", env!("CARGO_PKG_VERSION")),
-        bind: match socket {
-            SocketSpec::Tcp(addr) => Some(addr),
-            SocketSpec::Unix(_) => None,
-        },
+    Ok(Config {
+        server_software: concat!("stage4-uwsgi-socket/", env!("CARGO_PKG_VERSION")),
         workers: args.processes,
-        worker_class: WorkerClass::Sync,
         timeout: (args.harakiri > 0).then(|| Duration::from_secs(args.harakiri)),
         graceful_timeout: Duration::from_secs(args.worker_reload_mercy),
         max_requests: args.max_requests,
         max_requests_jitter: 0,
         preload: !args.lazy_apps,
-        reuse_port: false,
-        pid_file: args.pidfile,
+        pid_file: args.pidfile.clone(),
         stats: args.stats.as_deref().map(boot::resolve_bind).transpose()?,
         app,
         source,
-        sidecar: None,
+    })
+}
+// ANCHOR_END: uwsgi_config
+
+/// `--http ADDR`: the router, an extra child of the master. Its port is
+/// bound now, in the master, so a busy port is reported at start-up.
+fn http_router(
+    addr: &str,
+    socket: &SocketSpec,
+    socket_arg: &str,
+    limits: Limits,
+) -> Result<ExtraChild, StartError> {
+    let listener = boot::bind_tcp(boot::resolve_bind(addr)?)?;
+    let upstream = match socket {
+        SocketSpec::Unix(path) => Upstream::Unix(std::path::absolute(path).unwrap_or(path.clone())),
+        SocketSpec::Tcp(addr) => Upstream::Tcp(*addr),
     };
-    // ANCHOR_END: uwsgi_config
-    let mode = args.chmod_socket;
-    let backlog = args.listen;
-    let mut config = config;
-    if let Some(addr) = http_router {
-        // Bind now, in the master, so a busy port is reported at start-up.
-        let listener = boot::bind_tcp(addr)?;
-        let upstream = match socket_spec(&args.socket)? {
-            SocketSpec::Unix(path) => Upstream::Unix(std::path::absolute(&path).unwrap_or(path)),
-            SocketSpec::Tcp(addr) => Upstream::Tcp(addr),
-        };
-        log::info!(
-            "HTTP router at: http://{} -> {}",
-            listener
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
-            args.socket
-        );
-        config.sidecar = Some(Box::new(move || {
+    log::info!(
+        "HTTP router at: http://{} -> {socket_arg}",
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+    );
+    Ok(ExtraChild {
+        name: "The HTTP router".to_string(),
+        run: Box::new(move || {
             let listener = match listener.try_clone() {
                 Ok(l) => l,
                 Err(e) => {
@@ -233,15 +272,6 @@ fn run(args: Args) -> Result<i32, StartError> {
                 }
             };
             router::run(listener, upstream.clone(), limits.clone())
-        }));
-    }
-    master::run(config, move |config| match config.bind {
-        Some(addr) => Listeners::bind(addr, false),
-        None => {
-            let SocketSpec::Unix(path) = socket_spec(&args.socket)? else {
-                unreachable!("bind is None only for unix sockets")
-            };
-            Listeners::bind_unix(&path, mode, backlog)
-        }
+        }),
     })
 }

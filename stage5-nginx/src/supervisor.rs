@@ -27,17 +27,19 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
-use stage3_prefork::signals::SignalQueue;
+use supervise::restart::{Decision, RestartPolicy, Restarts, describe_exit as describe};
+use supervise::signals::SignalQueue;
 use wsgi_bridge::embed::StartError;
 
 use crate::relay::Relay;
 
-/// A program that exits sooner than this after it was started did not
-/// start (supervisord's `startsecs`)...
-const STARTSECS: Duration = Duration::from_secs(2);
-/// ... and after this many such failures in a row, the supervisor gives up
-/// (supervisord's `startretries`).
-const STARTRETRIES: u32 = 3;
+/// A program that exits within 2 s of being started did not start
+/// (supervisord's `startsecs`), and after 3 such failures in a row the
+/// supervisor gives up (supervisord's `startretries`).
+const RESTARTS: RestartPolicy = RestartPolicy {
+    start_secs: Duration::from_secs(2),
+    start_retries: 3,
+};
 /// How long stage 4 may take to import the app and create its socket.
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long nginx may take to read its configuration and bind its port.
@@ -80,7 +82,7 @@ struct Program {
     command: Vec<OsString>,
     pid: Option<Pid>,
     started: Instant,
-    failed_starts: u32,
+    restarts: Restarts,
 }
 
 /// Why start-up did not complete.
@@ -116,7 +118,7 @@ impl Supervisor {
             command,
             pid: None,
             started: Instant::now(),
-            failed_starts: 0,
+            restarts: Restarts::new(RESTARTS),
         };
         Ok(Supervisor {
             nginx: program(Role::Nginx, plan.nginx.clone()),
@@ -241,16 +243,12 @@ impl Supervisor {
         let Some(program) = self.program(role) else {
             return Ok(());
         };
-        program.failed_starts = if program.started.elapsed() < STARTSECS {
-            program.failed_starts + 1
-        } else {
-            0
-        };
-        if program.failed_starts >= STARTRETRIES {
+        if program.restarts.exited(program.started) == Decision::GiveUp {
             return Err(format!(
-                "{} exited {STARTRETRIES} times in a row within {} s of starting (last: {}): giving up",
+                "{} exited {} times in a row within {} s of starting (last: {}): giving up",
                 role.name(),
-                STARTSECS.as_secs(),
+                RESTARTS.start_retries,
+                RESTARTS.start_secs.as_secs(),
                 describe(status)
             ));
         }
@@ -519,13 +517,5 @@ fn nginx_failed(addr: SocketAddr, status: WaitStatus) -> String {
             "nginx did not start ({}): its error is above",
             describe(status)
         ),
-    }
-}
-
-pub fn describe(status: WaitStatus) -> String {
-    match status {
-        WaitStatus::Exited(_, code) => format!("exit status {code}"),
-        WaitStatus::Signaled(_, signal, _) => format!("killed by {}", signal.as_str()),
-        other => format!("{other:?}"),
     }
 }

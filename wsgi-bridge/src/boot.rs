@@ -3,11 +3,8 @@
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
 
 use pyo3::prelude::*;
-use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::cli::AppArgs;
 use crate::embed::{self, StartError};
@@ -41,36 +38,15 @@ pub fn python_description() -> String {
     })
 }
 
-/// Makes SIGINT and SIGTERM write a byte to a pipe whose other end is
-/// returned: the server's loop polls it beside its sockets and stops when it
-/// becomes readable. Handlers do nothing else (little is safe inside a signal
-/// handler). A second SIGINT or SIGTERM exits at once, for the impatient.
-/// [`stop_requested`] tells the same without a system call.
+/// Installs the stop signals (SIGINT, SIGTERM) of a server that runs its
+/// loop itself: see [`supervise::signals::stop_on_signals`]. The returned
+/// socket becomes readable when one arrives.
 pub fn stop_on_signals() -> Result<UnixStream, StartError> {
-    let fail =
-        |e: std::io::Error| StartError::new(format!("cannot install the signal handlers: {e}"));
-    let (stop_read, stop_write) = UnixStream::pair().map_err(fail)?;
-    let stopping = STOPPING.get_or_init(|| Arc::new(AtomicBool::new(false)));
-    for signal in [SIGINT, SIGTERM] {
-        // Order matters: the exit-if-already-set action is registered first,
-        // so the first signal only sets the flag.
-        signal_hook::flag::register_conditional_shutdown(signal, 1, stopping.clone())
-            .map_err(fail)?;
-        signal_hook::flag::register(signal, stopping.clone()).map_err(fail)?;
-        signal_hook::low_level::pipe::register(signal, stop_write.try_clone().map_err(fail)?)
-            .map_err(fail)?;
-    }
-    Ok(stop_read)
+    supervise::signals::stop_on_signals()
+        .map_err(|e| StartError::new(format!("cannot install the signal handlers: {e}")))
 }
 
-/// Set by the handlers of [`stop_on_signals`].
-static STOPPING: OnceLock<Arc<AtomicBool>> = OnceLock::new();
-
-/// Whether SIGINT or SIGTERM arrived: a loop that is busy (and so does not
-/// poll the stop pipe) checks this between connections.
-pub fn stop_requested() -> bool {
-    STOPPING.get().is_some_and(|s| s.load(Ordering::Relaxed))
-}
+pub use supervise::signals::stop_requested;
 
 /// Prints a start-up error (the Python traceback first, the one sentence
 /// last, where the eye lands) and exits with status 1.

@@ -1,23 +1,53 @@
-//! Starting the master: the steps between parsing the flags and the
+//! Starting the master: the steps between reading the settings and the
 //! arbiter's loop, shared by stage 3 and stage 4.
 
 use std::net::TcpListener;
 
 use pyo3::prelude::*;
+use supervise::signals::SignalQueue;
 use wsgi_bridge::boot;
 use wsgi_bridge::embed::{self, StartError};
 
 use crate::arbiter::Arbiter;
 use crate::config::Config;
 use crate::listen::Listeners;
-use crate::signals::SignalQueue;
+use crate::worker::WorkerClass;
 
-/// Loads the app (with `--preload`), binds with `bind`, prints the banner and
-/// runs the arbiter. Returns the exit status.
-pub fn run(
-    config: Config,
-    bind: impl FnOnce(&Config) -> Result<Listeners, StartError>,
+/// A process the master runs beside its workers and starts again when it
+/// dies (uWSGI's `attach-daemon`): stage 4's HTTP router. It is forked from
+/// the master, so it must not need threads that exist before it runs.
+pub struct ExtraChild {
+    /// Its name in log lines: "the HTTP router".
+    pub name: String,
+    /// What the child runs; returns its exit status.
+    pub run: Box<dyn Fn() -> i32>,
+}
+
+/// A pre-fork master, ready to run: stage 3 and stage 4 each make one.
+pub struct Master {
+    pub config: Config,
+    /// The loop every worker runs.
+    pub worker_class: Box<dyn WorkerClass>,
+    /// Processes to run beside the workers.
+    pub extra_children: Vec<ExtraChild>,
+}
+
+impl Master {
+    /// Loads the app (with `--preload`), binds with `bind`, prints the
+    /// banner and runs the arbiter until it stops. Returns the exit status.
+    pub fn run(
+        self,
+        bind: impl FnOnce() -> Result<Listeners, StartError>,
+    ) -> Result<i32, StartError> {
+        run(self, bind)
+    }
+}
+
+fn run(
+    master: Master,
+    bind: impl FnOnce() -> Result<Listeners, StartError>,
 ) -> Result<i32, StartError> {
+    let config = &master.config;
     // ANCHOR: preload
     // With --preload the master imports the app now, before any fork: an
     // import error stops everything here, and workers inherit the loaded
@@ -38,7 +68,7 @@ pub fn run(
     };
     // ANCHOR_END: preload
 
-    let listeners = bind(&config)?;
+    let listeners = bind()?;
     let stats = config
         .stats
         .map(|addr| {
@@ -58,19 +88,18 @@ pub fn run(
     }
 
     let pid = std::process::id();
-    log::info!("Starting {}", config.server_name.replace('/', " "));
+    let class = &master.worker_class;
+    log::info!("Starting {}", config.server_software.replace('/', " "));
     log::info!(
         "Listening at: {} ({pid})",
-        listeners.describe(config.scheme)
+        listeners.describe(class.protocol())
     );
-    let class = format!("{:?}", config.worker_class).to_lowercase();
-    if config.scheme == "http" {
-        log::info!("Using worker: {class}");
-    } else {
-        log::info!(
-            "Using worker: {class}, speaking the {} protocol",
-            config.scheme
-        );
+    match class.protocol() {
+        "http" => log::info!("Using worker: {}", class.name()),
+        other => log::info!(
+            "Using worker: {}, speaking the {other} protocol",
+            class.name()
+        ),
     }
     if let Some(Ok(addr)) = stats.as_ref().map(TcpListener::local_addr) {
         log::info!("Stats server at: {addr}");
@@ -86,7 +115,7 @@ pub fn run(
         }
     );
 
-    let arbiter = Arbiter::new(config, listeners, signals, stats, preloaded)
+    let arbiter = Arbiter::new(master, listeners, signals, stats, preloaded)
         .map_err(|e| StartError::new(format!("cannot create the scoreboard: {e}")))?;
     Ok(arbiter.run())
 }

@@ -1,20 +1,32 @@
-//! The master's signals, handled outside the signal handler.
+//! Signals, handled outside the signal handler.
 //!
-//! A signal handler may interrupt the master anywhere (in the middle of a
+//! A signal handler may interrupt the process anywhere (in the middle of a
 //! `malloc`, say), so it does almost nothing: it counts the signal and writes
-//! one byte to a pipe (both async-signal-safe). The master's loop polls the
+//! one byte to a pipe (both async-signal-safe). The process's loop polls the
 //! pipe's other end, wakes up, and handles the counted signals calmly, one
-//! by one, in its own time: the "self-pipe trick" gunicorn's arbiter uses too.
+//! by one, in its own time: the "self-pipe trick". (gunicorn's arbiter did
+//! the same with a pipe until version 23; since 24 its handlers put signals
+//! on a `queue.SimpleQueue` that the loop waits on: the same idea, written
+//! with the tools Python offers.)
+//!
+//! Three users, three shapes:
+//! - a supervisor (stage 3's master, stage 5) reacts to many signals:
+//!   [`SignalQueue`];
+//! - a server that only needs to be told to stop (stages 1 and 2, each
+//!   worker process): [`stop_on_signals`] and [`stop_requested`];
+//! - a process that should die at once on a signal: [`exit_at_once_on`].
 
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
 use signal_hook::SigId;
 
-/// The signals the master reacts to.
+/// The signals a supervisor reacts to, in the order [`SignalQueue::take`]
+/// hands them out (CHLD first: replace dead children before anything else).
 pub const HANDLED: [libc::c_int; 7] = [
     libc::SIGCHLD,
     libc::SIGHUP,
@@ -30,7 +42,7 @@ static PENDING: [AtomicUsize; 65] = [const { AtomicUsize::new(0) }; 65];
 /// The write end of the wake-up pipe, for the handler.
 static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
 
-/// The master's end of the self-pipe, and the handlers behind it.
+/// A supervisor's end of the self-pipe, and the handlers behind it.
 pub struct SignalQueue {
     wake: UnixStream,
     ids: Vec<SigId>,
@@ -84,8 +96,8 @@ impl SignalQueue {
     }
 
     // ANCHOR: forget_in_child
-    /// In a freshly forked worker: remove the master's handlers, so a signal
-    /// sent to the worker is not mistaken for one sent to the master.
+    /// In a freshly forked child: remove the supervisor's handlers, so a
+    /// signal sent to the child is not mistaken for one sent to its parent.
     pub fn forget_in_child(self) {
         for id in self.ids {
             signal_hook::low_level::unregister(id);
@@ -111,7 +123,7 @@ impl SignalQueue {
     // ANCHOR_END: forget_in_child
 }
 
-/// Blocks the master's signals until the returned mask is restored.
+/// Blocks a supervisor's signals until the returned mask is restored.
 ///
 /// Around fork: between fork() and the moment the child has replaced the
 /// master's handlers with its own, a signal would run the master's handler
@@ -147,6 +159,46 @@ fn on_signal(signal: libc::c_int) {
     }
 }
 // ANCHOR_END: on_signal
+
+// ANCHOR: stop_on_signals
+/// Makes SIGINT and SIGTERM write a byte to a pipe whose other end is
+/// returned: the server's loop polls it beside its sockets and stops when it
+/// becomes readable. Handlers do nothing else (little is safe inside a signal
+/// handler). A second SIGINT or SIGTERM exits at once, for the impatient.
+/// [`stop_requested`] tells the same without a system call.
+pub fn stop_on_signals() -> io::Result<UnixStream> {
+    let (stop_read, stop_write) = UnixStream::pair()?;
+    let stopping = STOPPING.get_or_init(|| Arc::new(AtomicBool::new(false)));
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // Order matters: the exit-if-already-set action is registered first,
+        // so the first signal only sets the flag.
+        signal_hook::flag::register_conditional_shutdown(signal, 1, stopping.clone())?;
+        signal_hook::flag::register(signal, stopping.clone())?;
+        signal_hook::low_level::pipe::register(signal, stop_write.try_clone()?)?;
+    }
+    Ok(stop_read)
+}
+// ANCHOR_END: stop_on_signals
+
+/// Set by the handlers of [`stop_on_signals`].
+static STOPPING: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+/// Whether SIGINT or SIGTERM arrived: a loop that is busy (and so does not
+/// poll the stop pipe) checks this between connections.
+pub fn stop_requested() -> bool {
+    STOPPING.get().is_some_and(|s| s.load(Ordering::Relaxed))
+}
+
+/// Makes each of `signals` end the process at once (exit status 0), whatever
+/// it is doing: a worker's SIGQUIT (the master's fast stop), a helper
+/// process that has nothing to finish.
+pub fn exit_at_once_on(signals: &[libc::c_int]) -> io::Result<()> {
+    let always = Arc::new(AtomicBool::new(true));
+    for &signal in signals {
+        signal_hook::flag::register_conditional_shutdown(signal, 0, always.clone())?;
+    }
+    Ok(())
+}
 
 /// A signal's name, for log lines a student can read.
 pub fn name(signal: libc::c_int) -> String {
