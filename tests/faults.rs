@@ -287,15 +287,7 @@ impl Running {
 
 /// `VmRSS` of a process, in KiB (0 if it is gone).
 fn rss_of(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
+    supervise::memory::rss_kib(pid).unwrap_or(0)
 }
 
 fn kill(pid: u32, sig: i32) {

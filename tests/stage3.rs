@@ -278,10 +278,7 @@ fn an_app_that_fails_to_import_stops_the_master_instead_of_a_respawn_loop() {
         stderr.contains("cannot find the module 'no_such_module'"),
         "{stderr}"
     );
-    assert!(
-        stderr.contains("Reason: App failed to load."),
-        "{stderr}"
-    );
+    assert!(stderr.contains("Reason: App failed to load."), "{stderr}");
     let boots = stderr.matches("Booting worker").count();
     assert!(
         boots <= 2,

@@ -171,8 +171,9 @@ pub fn serve_forever(
 }
 // ANCHOR_END: serve_forever
 
-/// Where each open connection is, from the main thread's point of view.
-enum Slot {
+/// An entry of the connection table: where one open connection is, from
+/// the main thread's point of view.
+enum ConnEntry {
     Free,
     /// Waiting for its next request: watched by the poller, closed at `deadline`.
     Idle {
@@ -195,7 +196,7 @@ struct MainLoop<'a> {
     shared: &'a Shared<'a>,
     done: Receiver<Done>,
     /// Open connections, by slot; `free` lists the free slots to reuse.
-    slots: Vec<Slot>,
+    slots: Vec<ConnEntry>,
     free: Vec<usize>,
     /// Connections open (idle + busy), and how many of them the pool has.
     open: usize,
@@ -418,7 +419,7 @@ impl<'a> MainLoop<'a> {
         };
         let conn = HttpConnection::new(Stream::Tcp(stream), peer);
         let slot = self.free.pop().unwrap_or_else(|| {
-            self.slots.push(Slot::Free);
+            self.slots.push(ConnEntry::Free);
             self.slots.len() - 1
         });
         self.open += 1;
@@ -451,7 +452,7 @@ impl<'a> MainLoop<'a> {
             self.release(slot);
             return;
         }
-        self.slots[slot] = Slot::Idle { conn, deadline };
+        self.slots[slot] = ConnEntry::Idle { conn, deadline };
         self.next_expiry = Some(self.next_expiry.map_or(deadline, |t| t.min(deadline)));
     }
 
@@ -462,17 +463,17 @@ impl<'a> MainLoop<'a> {
     /// to the pool as soon as it is back.
     fn readable(&mut self, slot: usize) {
         match &mut self.slots[slot] {
-            Slot::Idle { .. } => self.hand_to_pool(slot),
-            Slot::Busy { readable } => *readable = true,
+            ConnEntry::Idle { .. } => self.hand_to_pool(slot),
+            ConnEntry::Busy { readable } => *readable = true,
             // An event about a connection closed since: nothing to do.
-            Slot::Free => {}
+            ConnEntry::Free => {}
         }
     }
 
     /// Stops watching an idle connection and gives it to the pool.
     fn hand_to_pool(&mut self, slot: usize) {
-        let conn = match mem::replace(&mut self.slots[slot], Slot::Busy { readable: false }) {
-            Slot::Idle { conn, .. } => conn,
+        let conn = match mem::replace(&mut self.slots[slot], ConnEntry::Busy { readable: false }) {
+            ConnEntry::Idle { conn, .. } => conn,
             other => {
                 self.slots[slot] = other;
                 return;
@@ -503,11 +504,11 @@ impl<'a> MainLoop<'a> {
         let keep_alive = self.shared.config.keep_alive;
         while let Ok(Done { slot, conn }) = self.done.try_recv() {
             self.busy -= 1;
-            let readable = matches!(self.slots[slot], Slot::Busy { readable: true });
+            let readable = matches!(self.slots[slot], ConnEntry::Busy { readable: true });
             match conn {
                 Some(conn) if !self.shared.stopping.load(Ordering::Relaxed) => {
                     let deadline = Instant::now() + keep_alive;
-                    self.slots[slot] = Slot::Idle { conn, deadline };
+                    self.slots[slot] = ConnEntry::Idle { conn, deadline };
                     self.next_expiry = Some(self.next_expiry.map_or(deadline, |t| t.min(deadline)));
                     if readable {
                         self.hand_to_pool(slot);
@@ -523,7 +524,7 @@ impl<'a> MainLoop<'a> {
 
     /// Forgets a closed connection; below the limit again, accepts again.
     fn release(&mut self, slot: usize) {
-        self.slots[slot] = Slot::Free;
+        self.slots[slot] = ConnEntry::Free;
         self.free.push(slot);
         self.open -= 1;
         if self.open < self.shared.config.worker_connections
@@ -535,7 +536,7 @@ impl<'a> MainLoop<'a> {
 
     /// Closes an idle connection.
     fn close_idle(&mut self, slot: usize) {
-        if let Slot::Idle { conn, .. } = mem::replace(&mut self.slots[slot], Slot::Free) {
+        if let ConnEntry::Idle { conn, .. } = mem::replace(&mut self.slots[slot], ConnEntry::Free) {
             let fd = conn.stream().as_raw_fd();
             let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
             self.release(slot);
@@ -551,7 +552,7 @@ impl<'a> MainLoop<'a> {
         }
         let mut next: Option<Instant> = None;
         for slot in 0..self.slots.len() {
-            if let Slot::Idle { deadline, .. } = self.slots[slot] {
+            if let ConnEntry::Idle { deadline, .. } = self.slots[slot] {
                 if deadline <= now {
                     self.close_idle(slot);
                 } else {

@@ -3,10 +3,9 @@
 
 use std::net::TcpListener;
 
-use pyo3::prelude::*;
 use supervise::signals::SignalQueue;
 use wsgi_bridge::boot;
-use wsgi_bridge::embed::{self, StartError};
+use wsgi_bridge::embed::StartError;
 
 use crate::arbiter::Arbiter;
 use crate::config::Config;
@@ -53,8 +52,7 @@ fn run(
     // import error stops everything here, and workers inherit the loaded
     // app's memory instead of each importing it again.
     let preloaded = if config.preload {
-        embed::start_python(&config.app.python_setup())?;
-        Some(Python::attach(|py| embed::load_app(py, &config.source))?)
+        Some(boot::load_app_from(&config.app, &config.source)?)
     } else {
         // Without it the master never starts Python; change directory as
         // workers will, so relative paths mean the same everywhere.

@@ -5,6 +5,7 @@
 use std::sync::atomic::Ordering;
 
 use serde_json::{Value, json};
+use supervise::memory::{pss_kib, rss_kib};
 
 use crate::arbiter::{Arbiter, WorkerState};
 use crate::listen::Listeners;
@@ -31,8 +32,8 @@ pub(crate) fn snapshot(arbiter: &Arbiter) -> Value {
                 "accept_missed": slot.accept_missed.load(Ordering::Relaxed),
                 "last_heartbeat_secs": slot.silent_for_ms() as f64 / 1000.0,
                 "running_secs": w.started.elapsed().as_secs_f64(),
-                "rss_kib": rss_kib(pid),
-                "pss_kib": pss_kib(pid),
+                "rss_kib": rss_kib(pid as u32),
+                "pss_kib": pss_kib(pid as u32),
             })
         })
         .collect();
@@ -50,25 +51,8 @@ pub(crate) fn snapshot(arbiter: &Arbiter) -> Value {
             "timeout_secs": config.timeout.map(|t| t.as_secs()),
             "max_requests": config.max_requests,
             "running_secs": arbiter.started.elapsed().as_secs_f64(),
-            "rss_kib": rss_kib(std::process::id() as i32),
+            "rss_kib": rss_kib(std::process::id()),
         },
         "workers": workers,
     })
-}
-
-/// Resident memory: every page the process has in RAM, shared or not.
-pub fn rss_kib(pid: i32) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
-    Some(pages * page / 1024)
-}
-
-/// Proportional memory: shared pages divided among the processes sharing
-/// them. The honest per-worker figure once `--preload` shares pages.
-pub fn pss_kib(pid: i32) -> Option<u64> {
-    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    let line = rollup.lines().find(|l| l.starts_with("Pss:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }

@@ -9,8 +9,6 @@ use std::sync::atomic::Ordering;
 
 use pyo3::prelude::*;
 use wsgi_bridge::boot;
-use wsgi_bridge::cli::AppArgs;
-use wsgi_bridge::embed::{self, AppSource};
 use wsgi_bridge::worker::WorkerHooks;
 use wsgi_bridge::wsgi::call::WsgiApp;
 use wsgi_bridge::wsgi::environ::ServerInfo;
@@ -158,7 +156,7 @@ pub(crate) fn run(spec: WorkerSpec<'_>) -> i32 {
 
     let app = match spec.preloaded {
         Some(app) => Python::attach(|py| app.clone_ref(py)),
-        None => match load_app(&config.app, &config.source) {
+        None => match boot::load_app_from(&config.app, &config.source) {
             Ok(app) => app,
             Err(e) => {
                 if let Some(tb) = &e.traceback {
@@ -205,11 +203,6 @@ pub(crate) fn run(spec: WorkerSpec<'_>) -> i32 {
             1
         }
     }
-}
-
-fn load_app(args: &AppArgs, source: &AppSource) -> Result<Py<PyAny>, embed::StartError> {
-    embed::start_python(&args.python_setup())?;
-    Python::attach(|py| embed::load_app(py, source))
 }
 
 /// What the app printed may still sit in Python's buffers: write it out

@@ -132,89 +132,37 @@ fn run(args: Args) -> Result<i32, StartError> {
     if args.workers == 0 {
         return Err(StartError::new("--workers must be at least 1"));
     }
-    let listen = listen_addr(&args.listen)?;
-    let (run_dir, temporary) = match &args.run_dir {
-        Some(dir) => (absolute(dir), false),
-        None => (
-            std::env::temp_dir().join(format!("stage5-nginx.{}", std::process::id())),
-            true,
-        ),
-    };
-    let socket = run_dir.join("app.sock");
-    let upstreams: Vec<String> = if args.upstream.is_empty() {
-        vec![format!("unix:{}", socket.display())]
-    } else {
-        args.upstream.iter().map(|u| nginx_upstream(u)).collect()
-    };
-    let static_dir = match &args.static_dir {
-        Some(dir) => dir
-            .canonicalize()
-            .map_err(|e| StartError::new(format!("--static {}: {e}", dir.display())))?,
-        None => run_dir.join("static"),
-    };
-    // nginx waits for an answer longer than the master lets a worker work.
-    let read_timeout = if args.harakiri > 0 {
-        args.harakiri + 10
-    } else {
-        60
-    };
-    let settings = NginxSettings {
-        run_dir: run_dir.clone(),
-        listen,
-        static_dir: static_dir.clone(),
-        upstreams: upstreams.clone(),
-        max_body: args.limit_request_body,
-        read_timeout,
-        access_log: match args.access_log.as_str() {
-            "-" => Some(stdout_or_file(&run_dir)),
-            "off" => None,
-            path => Some(absolute(Path::new(path))),
-        },
-        user: config::user_when_root(),
-    };
+    let site = Site::from_args(&args)?;
     if args.print_nginx_config {
-        print!("{}", config::nginx_conf(&settings));
-        println!("\n# ---- {} ----", settings.params_path().display());
+        print!("{}", config::nginx_conf(&site.nginx));
+        println!("\n# ---- {} ----", site.nginx.params_path().display());
         print!("{}", config::uwsgi_params());
         return Ok(0);
     }
 
     let nginx = programs::find_nginx(args.nginx.as_deref())?;
     let version = programs::nginx_version(&nginx)?;
-    supervisor::check_port(listen)?;
+    supervisor::check_port(site.nginx.listen)?;
     let stage4 = if args.upstream.is_empty() {
         Some(programs::find_stage4()?)
     } else {
         None
     };
-    config::make_run_dir(&run_dir)?;
-    let _cleanup = RunDir {
-        path: run_dir.clone(),
-        remove: temporary,
-    };
-    if args.static_dir.is_none() {
-        site::write_into(&static_dir).map_err(|e| {
-            StartError::new(format!(
-                "cannot write the static site into {}: {e}",
-                static_dir.display()
-            ))
-        })?;
-    }
-    config::write_files(&settings)?;
+    let _cleanup = site.write(args.static_dir.is_none())?;
 
     log::info!(
         "Starting stage5-nginx {}: {version} in front, stage 4 behind",
         env!("CARGO_PKG_VERSION")
     );
-    log::info!("Run directory: {}", run_dir.display());
-    let grace = Duration::from_secs(read_timeout + 5);
+    log::info!("Run directory: {}", site.run_dir.display());
     let plan = Plan {
-        nginx: nginx_command(&nginx, &settings),
-        master: stage4.map(|bin| stage4_command(&bin, &args, &socket, read_timeout)),
-        socket: args.upstream.is_empty().then(|| socket.clone()),
-        listen,
-        nginx_pid_file: settings.pid_path(),
-        grace,
+        nginx: nginx_command(&nginx, &site.nginx),
+        master: stage4
+            .map(|bin| stage4_command(&bin, &args, &site.socket, site.nginx.read_timeout)),
+        socket: args.upstream.is_empty().then(|| site.socket.clone()),
+        listen: site.nginx.listen,
+        nginx_pid_file: site.nginx.pid_path(),
+        grace: Duration::from_secs(site.nginx.read_timeout + 5),
     };
     let mut supervisor = Supervisor::new(plan)?;
     match supervisor.start() {
@@ -228,23 +176,119 @@ fn run(args: Args) -> Result<i32, StartError> {
             return Err(StartError::new(reason));
         }
     }
+    announce(&supervisor, &site, &nginx, &version, args.workers);
+    supervisor.supervise()
+}
+
+/// What this run sets up: the run directory, stage 4's socket in it, and
+/// nginx's settings.
+struct Site {
+    run_dir: PathBuf,
+    /// Whether the run directory is this run's own, to remove at the end.
+    temporary: bool,
+    socket: PathBuf,
+    nginx: NginxSettings,
+}
+
+impl Site {
+    fn from_args(args: &Args) -> Result<Site, StartError> {
+        let listen = listen_addr(&args.listen)?;
+        let (run_dir, temporary) = match &args.run_dir {
+            Some(dir) => (absolute(dir), false),
+            None => (
+                std::env::temp_dir().join(format!("stage5-nginx.{}", std::process::id())),
+                true,
+            ),
+        };
+        let socket = run_dir.join("app.sock");
+        let upstreams: Vec<String> = if args.upstream.is_empty() {
+            vec![format!("unix:{}", socket.display())]
+        } else {
+            args.upstream.iter().map(|u| nginx_upstream(u)).collect()
+        };
+        let static_dir = match &args.static_dir {
+            Some(dir) => dir
+                .canonicalize()
+                .map_err(|e| StartError::new(format!("--static {}: {e}", dir.display())))?,
+            None => run_dir.join("static"),
+        };
+        // nginx waits for an answer longer than the master lets a worker work.
+        let read_timeout = if args.harakiri > 0 {
+            args.harakiri + 10
+        } else {
+            60
+        };
+        let nginx = NginxSettings {
+            run_dir: run_dir.clone(),
+            listen,
+            static_dir,
+            upstreams,
+            max_body: args.limit_request_body,
+            read_timeout,
+            access_log: match args.access_log.as_str() {
+                "-" => Some(stdout_or_file(&run_dir)),
+                "off" => None,
+                path => Some(absolute(Path::new(path))),
+            },
+            user: config::user_when_root(),
+        };
+        Ok(Site {
+            run_dir,
+            temporary,
+            socket,
+            nginx,
+        })
+    }
+
+    /// Creates the run directory with nginx's files (and the demo static
+    /// site, unless `--static` names one); the directory goes away when the
+    /// returned guard is dropped, if it is this run's own.
+    fn write(&self, with_demo_site: bool) -> Result<RunDir, StartError> {
+        config::make_run_dir(&self.run_dir)?;
+        let cleanup = RunDir {
+            path: self.run_dir.clone(),
+            remove: self.temporary,
+        };
+        let static_dir = &self.nginx.static_dir;
+        if with_demo_site {
+            site::write_into(static_dir).map_err(|e| {
+                StartError::new(format!(
+                    "cannot write the static site into {}: {e}",
+                    static_dir.display()
+                ))
+            })?;
+        }
+        config::write_files(&self.nginx)?;
+        Ok(cleanup)
+    }
+}
+
+/// The banner, once both programs run: where each is, and the address to
+/// use.
+fn announce(supervisor: &Supervisor, site: &Site, nginx: &Path, version: &str, workers: usize) {
     let pid = |role| supervisor.pid(role).map_or(0, |p| p.as_raw());
     log::info!(
         "nginx: {} ({version}), pid {}",
         nginx.display(),
         pid(Role::Nginx)
     );
-    log::info!("Static files: /static/ -> {}", static_dir.display());
+    log::info!(
+        "Static files: /static/ -> {}",
+        site.nginx.static_dir.display()
+    );
+    let upstreams = &site.nginx.upstreams;
     match supervisor.pid(Role::Master) {
         Some(master) => log::info!(
-            "Upstream: {} (stage4-uwsgi-socket, pid {master}, {} workers)",
+            "Upstream: {} (stage4-uwsgi-socket, pid {master}, {workers} workers)",
             upstreams[0],
-            args.workers
         ),
         None => log::info!("Upstream: {} (not started here)", upstreams.join(", ")),
     }
-    log::info!("Listening at: http://{listen} ({})", std::process::id());
-    supervisor.supervise()
+    log::info!(
+        "Listening at: http://{} ({})",
+        site.nginx.listen,
+        std::process::id()
+    );
 }
 
 /// `--listen`; port 0 means a free port, chosen now (nginx cannot report

@@ -8,6 +8,8 @@
 //!   being restarted in a tight loop (supervisord's `startsecs` and
 //!   `startretries`). Stage 3's master uses it for its extra children (stage
 //!   4's HTTP router), stage 5 for nginx and stage 4.
+//! - [`memory`]: a child's resident and proportional memory, from `/proc`.
 
+pub mod memory;
 pub mod restart;
 pub mod signals;

@@ -7,13 +7,19 @@ use std::os::unix::net::UnixStream;
 use pyo3::prelude::*;
 
 use crate::cli::AppArgs;
-use crate::embed::{self, StartError};
+use crate::embed::{self, AppSource, StartError};
 
 /// Starts Python and imports the app the arguments name.
 pub fn load_app(args: &AppArgs) -> Result<Py<PyAny>, StartError> {
-    let source = args.source()?;
+    load_app_from(args, &args.source()?)
+}
+
+/// Starts Python as `args` say (sys.path, virtualenv) and imports the app
+/// from `source`: what every stage does before it serves, in its one
+/// process, in each worker, or once in a master that preloads.
+pub fn load_app_from(args: &AppArgs, source: &AppSource) -> Result<Py<PyAny>, StartError> {
     embed::start_python(&args.python_setup())?;
-    Python::attach(|py| embed::load_app(py, &source))
+    Python::attach(|py| embed::load_app(py, source))
 }
 
 /// Which Python is embedded, for the banner: students should see at once
