@@ -72,6 +72,9 @@ fn main() {
 
 fn run(args: Args) -> Result<(), StartError> {
     args.log.install()?;
+    // First of all: a Ctrl-C while the app is still importing must stop
+    // the server once it is ready, not be lost.
+    let stop = boot::stop_on_signals()?;
     let addr = boot::resolve_bind(&args.bind)?;
     let source = args.app.source()?;
     let app = boot::load_app(&args.app)?;
@@ -79,8 +82,6 @@ fn run(args: Args) -> Result<(), StartError> {
     let local = listener
         .local_addr()
         .map_err(|e| StartError::new(format!("cannot read the listening address: {e}")))?;
-
-    let stop = boot::stop_on_signals()?;
 
     let info = ServerInfo {
         server_name: local.ip().to_string(),

@@ -145,11 +145,7 @@ impl Arbiter {
     // ANCHOR: main_loop
     /// Runs until told to stop; returns the process exit status.
     pub fn run(mut self) -> i32 {
-        self.manage_workers();
         let exit = loop {
-            // Sleep until a signal or a stats request arrives, and at least
-            // twice a second to look for hung workers.
-            self.wait(Duration::from_millis(500));
             let mut exit = None;
             for signal in self.signals.as_mut().map(|s| s.take()).unwrap_or_default() {
                 match signal {
@@ -177,6 +173,9 @@ impl Arbiter {
             }
             self.kill_hung_workers();
             self.manage_workers();
+            // Sleep until a signal or a stats request arrives, and at least
+            // twice a second to look for hung workers.
+            self.wait(Duration::from_millis(500));
         };
         self.stop(exit)
     }

@@ -47,6 +47,10 @@ fn run(
     bind: impl FnOnce() -> Result<Listeners, StartError>,
 ) -> Result<i32, StartError> {
     let config = &master.config;
+    // First of all, so that a signal sent while the app is still importing
+    // (with --preload) waits in the queue instead of being lost.
+    let signals = SignalQueue::install()
+        .map_err(|e| StartError::new(format!("cannot install the signal handlers: {e}")))?;
     // ANCHOR: preload
     // With --preload the master imports the app now, before any fork: an
     // import error stops everything here, and workers inherit the loaded
@@ -77,8 +81,6 @@ fn run(
             Ok::<TcpListener, StartError>(listener)
         })
         .transpose()?;
-    let signals = SignalQueue::install()
-        .map_err(|e| StartError::new(format!("cannot install the signal handlers: {e}")))?;
     if let Some(path) = &config.pid_file {
         std::fs::write(path, format!("{}\n", std::process::id())).map_err(|e| {
             StartError::new(format!("cannot write the pid file {}: {e}", path.display()))
