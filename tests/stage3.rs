@@ -192,6 +192,27 @@ fn term_lets_an_inflight_request_finish_then_exits_0() {
 }
 
 #[test]
+fn a_graceful_stop_of_idle_workers_logs_no_error() {
+    // The master shuts the shared socket down at a stop, so idle workers
+    // wake up to an accept that fails with EINVAL: that is the stop, not a
+    // failure worth a warning.
+    for class in ["sync", "gthread"] {
+        let mut server = start(&["-w", "2", "-k", class]);
+        assert_eq!(client::get(server.addr(), "/").unwrap().status, 200);
+        server.signal(libc::SIGTERM);
+        let status = server
+            .wait_timeout(Duration::from_secs(10))
+            .expect("the master exits");
+        assert_eq!(status.code(), Some(0));
+        let stderr = server.stderr_text();
+        assert!(
+            !stderr.contains("WARNING") && !stderr.contains("ERROR"),
+            "-k {class}:\n{stderr}"
+        );
+    }
+}
+
+#[test]
 fn a_hung_worker_is_killed_after_the_timeout_and_replaced() {
     let server = start(&["-w", "2", "--timeout", "2"]);
     let addr = server.addr();

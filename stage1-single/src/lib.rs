@@ -89,6 +89,10 @@ pub fn accept_loop<C>(
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // The listening socket was shut down: stage 3's master does that
+            // when it stops, so that new clients are refused at once. This
+            // worker can take no more connections; its TERM is on the way.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(()),
             // Out of file descriptors, or a connection reset before we took it:
             // not a reason to stop serving.
             Err(e) => {

@@ -380,6 +380,14 @@ impl<'a> MainLoop<'a> {
                     }
                     return;
                 }
+                // The listening socket was shut down (stage 3's master does
+                // that when it stops): no more connections will come, so
+                // stop as on TERM, finishing the requests in flight.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    self.listen(false);
+                    self.shared.stopping.store(true, Ordering::Relaxed);
+                    return;
+                }
                 // Interrupted, or a client gone before we took its connection.
                 Err(e)
                     if matches!(
