@@ -75,6 +75,16 @@ fn no_arguments_serve_hello_with_the_default_workers() {
             .wait_for_stderr("Using worker: sync", Duration::from_secs(5))
             .is_some()
     );
+    // The master never starts Python without --preload, and still says
+    // which Python the workers embed.
+    let serving = server
+        .wait_for_stderr("Serving ", Duration::from_secs(5))
+        .unwrap_or_default();
+    assert!(
+        serving.contains("Serving the built-in hello app with Python 3.")
+            && serving.contains(&format!(": {} workers", 2 * cores + 1)),
+        "{serving}"
+    );
 }
 
 #[test]

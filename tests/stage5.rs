@@ -187,6 +187,10 @@ fn no_arguments_serve_the_shipped_site_and_the_hello_app() {
     assert!(err.contains("nginx: "), "{err}");
     assert!(err.contains("Upstream: unix:"), "{err}");
     assert!(
+        err.contains("with Python 3."),
+        "stage 4 names its Python: {err}"
+    );
+    assert!(
         err.contains(&format!("Listening at: http://{addr} ({})", server.pid())),
         "{err}"
     );

@@ -91,7 +91,7 @@ fn run(args: Args) -> Result<(), StartError> {
     log::info!(
         "Serving {} with {}",
         source.describe(),
-        boot::python_description()
+        boot::python_banner(&args.app)
     );
 
     let config = SyncConfig {

@@ -107,7 +107,7 @@ fn run(args: Args) -> Result<(), StartError> {
     log::info!(
         "Serving {} with {}",
         source.describe(),
-        boot::python_description()
+        boot::python_banner(&args.app)
     );
 
     let config = ThreadConfig {

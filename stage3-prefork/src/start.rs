@@ -105,9 +105,11 @@ fn run(
         log::info!("Stats server at: {addr}");
     }
     log::info!(
-        "Serving {} with {} workers{}",
+        "Serving {} with {}: {} worker{}{}",
         config.source.describe(),
+        boot::python_banner(&config.app),
         config.workers,
+        if config.workers == 1 { "" } else { "s" },
         if config.preload {
             " (app preloaded in the master)"
         } else {

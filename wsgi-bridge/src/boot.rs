@@ -22,9 +22,25 @@ pub fn load_app_from(args: &AppArgs, source: &AppSource) -> Result<Py<PyAny>, St
     Python::attach(|py| embed::load_app(py, source))
 }
 
-/// Which Python is embedded, for the banner: students should see at once
-/// whether it is the one (and the virtualenv) they meant.
+/// Which Python is embedded, and the virtualenv the app's packages come
+/// from, for the banner: students should see at once whether it is the
+/// Python (and the virtualenv) they meant.
+pub fn python_banner(app: &AppArgs) -> String {
+    match &app.virtualenv {
+        Some(venv) => format!("{}, virtualenv {}", python_description(), venv.display()),
+        None => python_description(),
+    }
+}
+
+/// Which Python is embedded: `Python 3.11.7 (/usr)`, its version and its
+/// prefix. Works before Python starts too (stage 3's master without
+/// `--preload` never starts it): the version is then the library's own, and
+/// the prefix is where the loaded `libpython` lives.
 pub fn python_description() -> String {
+    // SAFETY: Py_IsInitialized may be called at any time.
+    if unsafe { pyo3::ffi::Py_IsInitialized() } == 0 {
+        return python_description_before_start();
+    }
     Python::attach(|py| {
         let sys = py.import("sys").ok();
         let get = |name: &str| {
@@ -42,6 +58,38 @@ pub fn python_description() -> String {
             get("prefix")
         )
     })
+}
+
+fn python_description_before_start() -> String {
+    // SAFETY: Py_GetVersion is one of the few functions the C API allows
+    // before Py_Initialize; it returns a static string.
+    let version = unsafe { std::ffi::CStr::from_ptr(pyo3::ffi::Py_GetVersion()) };
+    let version = version.to_string_lossy();
+    let version = version.split_whitespace().next().unwrap_or("?");
+    match libpython_prefix() {
+        Some(prefix) => format!("Python {version} ({})", prefix.display()),
+        None => format!("Python {version}"),
+    }
+}
+
+/// The installation prefix of the `libpython` this process loaded: the
+/// parent of the `lib` directory it is in (`/usr/lib/x86_64-linux-gnu/…`
+/// gives `/usr`, `~/.pyenv/versions/3.11.7/lib/…` gives the version's
+/// directory).
+fn libpython_prefix() -> Option<std::path::PathBuf> {
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    let symbol = pyo3::ffi::Py_GetVersion as *const libc::c_void;
+    // SAFETY: dladdr only reads the loader's tables and fills `info`.
+    if unsafe { libc::dladdr(symbol, &mut info) } == 0 || info.dli_fname.is_null() {
+        return None;
+    }
+    // SAFETY: dli_fname points to a NUL-terminated path owned by the loader.
+    let file = unsafe { std::ffi::CStr::from_ptr(info.dli_fname) };
+    let file = std::path::PathBuf::from(file.to_string_lossy().into_owned());
+    let lib = file
+        .ancestors()
+        .find(|dir| dir.file_name().is_some_and(|n| n == "lib"))?;
+    lib.parent().map(std::path::Path::to_path_buf)
 }
 
 /// Installs the stop signals (SIGINT, SIGTERM) of a server that runs its
