@@ -218,6 +218,35 @@ fn bad_flags_are_one_sentence() {
 }
 
 #[test]
+fn a_busy_port_is_named_with_stage_4s_own_flags() {
+    // `-b` is --buffer-size here: the hint must name --socket and --http.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    for (flag, value) in [
+        ("--socket", format!("127.0.0.1:{port}")),
+        ("--http", format!("127.0.0.1:{port}")),
+    ] {
+        let mut args = vec![flag.to_string(), value];
+        if flag == "--http" {
+            args.extend([
+                "--socket".to_string(),
+                socket_path("busy").display().to_string(),
+            ]);
+        }
+        let out = Command::new(workspace_bin(BIN))
+            .args(&args)
+            .assert()
+            .code(1);
+        let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+        assert!(stderr.contains("already in use"), "{stderr}");
+        assert!(
+            stderr.contains(&format!("with {flag} 127.0.0.1:")) && !stderr.contains("-b "),
+            "{flag}: {stderr}"
+        );
+    }
+}
+
+#[test]
 fn the_http_router_lets_curl_in() {
     let (server, _sock) = start("router", &["--http", "127.0.0.1:0"]);
     let line = server

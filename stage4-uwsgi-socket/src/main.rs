@@ -13,7 +13,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use stage3_prefork::{Config, ExtraChild, Listeners, Master, WorkerClass, WorkerContext};
+use stage3_prefork::{
+    Config, ExtraChild, Listeners, Master, WorkerClass, WorkerContext, WorkerListener,
+};
 use stage4_uwsgi_socket::router::{self, Upstream};
 use stage4_uwsgi_socket::{UwsgiConfig, serve_forever};
 use wsgi_bridge::boot;
@@ -198,7 +200,10 @@ fn run(args: Args) -> Result<i32, StartError> {
     };
     let (mode, backlog) = (args.chmod_socket, args.listen);
     match socket {
-        SocketSpec::Tcp(addr) => master.run(|| Listeners::bind(addr, false)),
+        SocketSpec::Tcp(addr) => master.run(|| {
+            let listener = boot::bind_tcp_as(addr, "--socket")?;
+            Ok(Listeners::Shared(WorkerListener::Tcp(listener)))
+        }),
         SocketSpec::Unix(path) => {
             let status = master.run(|| socket::bind_unix(&path, mode, backlog));
             socket::remove(&path);
@@ -249,7 +254,7 @@ fn http_router(
     socket_arg: &str,
     limits: Limits,
 ) -> Result<ExtraChild, StartError> {
-    let listener = boot::bind_tcp(boot::resolve_bind(addr)?)?;
+    let listener = boot::bind_tcp_as(boot::resolve_bind(addr)?, "--http")?;
     let upstream = match socket {
         SocketSpec::Unix(path) => Upstream::Unix(std::path::absolute(path).unwrap_or(path.clone())),
         SocketSpec::Tcp(addr) => Upstream::Tcp(*addr),

@@ -141,9 +141,16 @@ pub fn resolve_bind(bind: &str) -> Result<SocketAddr, StartError> {
         })
 }
 
-/// Binds a TCP listener, turning the usual failures into one clear sentence.
+/// Binds a TCP listener, turning the usual failures into one clear sentence
+/// (which names gunicorn's `-b`).
 pub fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    let listener = TcpListener::bind(addr).map_err(|e| bind_error(addr, e))?;
+    bind_tcp_as(addr, "-b")
+}
+
+/// [`bind_tcp`] for an address given with another flag (`--socket`,
+/// `--http`): the hint for a busy port names that flag.
+pub fn bind_tcp_as(addr: SocketAddr, flag: &str) -> Result<TcpListener, StartError> {
+    let listener = TcpListener::bind(addr).map_err(|e| bind_error_as(addr, e, flag))?;
     defer_accept(&listener);
     Ok(listener)
 }
@@ -181,10 +188,15 @@ pub fn defer_accept(listener: &TcpListener) {
 // ANCHOR_END: defer_accept
 
 pub fn bind_error(addr: SocketAddr, e: std::io::Error) -> StartError {
+    bind_error_as(addr, e, "-b")
+}
+
+/// Why `addr`, given with `flag`, cannot be listened on, in one sentence.
+pub fn bind_error_as(addr: SocketAddr, e: std::io::Error, flag: &str) -> StartError {
     {
         let hint = match e.kind() {
             std::io::ErrorKind::AddrInUse => format!(
-                "the address is already in use (is another server running there? choose another port with -b {}:{})",
+                "the address is already in use (is another server running there? choose another port with {flag} {}:{})",
                 addr.ip(),
                 addr.port().wrapping_add(1).max(1)
             ),
