@@ -680,3 +680,42 @@ fn slow_clients_block_stage3_sync_workers_but_not_nginx() {
     let behind_nginx = behind_nginx.expect("nginx answers at once");
     assert!(behind_nginx < Duration::from_secs(1), "{behind_nginx:?}");
 }
+
+#[test]
+fn the_access_log_survives_output_redirected_to_a_file() {
+    // `stage5-nginx > log 2>&1`: the shell opens the file without
+    // O_APPEND, nginx appends its access log to the same file, and the
+    // supervisor's own lines must not overwrite nginx's.
+    if !have_nginx() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("stage5-redirect-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log_path = dir.join("out.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let port = wsgi_course::nginx::free_port();
+    let mut child = Command::new(workspace_bin(BIN))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .current_dir(repo_root())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let text = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !text().contains("Listening at:") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    for _ in 0..5 {
+        assert_eq!(client::get(addr, "/").unwrap().status, 200);
+    }
+    // SAFETY: kill(2) on the child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    let text = text();
+    let _ = std::fs::remove_dir_all(&dir);
+    let requests = text.lines().filter(|l| l.contains("\"GET / HTTP/1.1\" 200")).count();
+    assert_eq!(requests, 5, "nginx's access log lines were overwritten:\n{text}");
+    assert!(text.contains("Shutting down: stage5-nginx"), "{text}");
+}

@@ -17,6 +17,7 @@ mod supervisor;
 
 use std::ffi::OsString;
 use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -129,6 +130,7 @@ fn main() {
 
 fn run(args: Args) -> Result<i32, StartError> {
     logging::init(LogLevel::Info);
+    append_to_output_files();
     if args.workers == 0 {
         return Err(StartError::new("--workers must be at least 1"));
     }
@@ -330,6 +332,27 @@ fn stdout_or_file(run_dir: &Path) -> PathBuf {
                 file.display()
             );
             file
+        }
+    }
+}
+
+/// nginx appends its access log to this process's standard output when it
+/// is a file (`stage5-nginx > log 2>&1`), but the shell opened that file
+/// without `O_APPEND`: this process would then write its own lines at its
+/// own offset, over nginx's. Switching standard output and error to append
+/// mode (on the file description the shell opened, which nginx shares)
+/// makes every writer add at the end.
+fn append_to_output_files() {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    for fd in [std::io::stdout().as_fd(), std::io::stderr().as_fd()] {
+        let is_file = nix::sys::stat::fstat(fd)
+            .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG);
+        if !is_file {
+            continue;
+        }
+        if let Ok(flags) = fcntl(fd, FcntlArg::F_GETFL) {
+            let flags = OFlag::from_bits_truncate(flags) | OFlag::O_APPEND;
+            let _ = fcntl(fd, FcntlArg::F_SETFL(flags));
         }
     }
 }
