@@ -715,7 +715,38 @@ fn the_access_log_survives_output_redirected_to_a_file() {
     let _ = child.wait();
     let text = text();
     let _ = std::fs::remove_dir_all(&dir);
-    let requests = text.lines().filter(|l| l.contains("\"GET / HTTP/1.1\" 200")).count();
-    assert_eq!(requests, 5, "nginx's access log lines were overwritten:\n{text}");
+    let requests = text
+        .lines()
+        .filter(|l| l.contains("\"GET / HTTP/1.1\" 200"))
+        .count();
+    assert_eq!(
+        requests, 5,
+        "nginx's access log lines were overwritten:\n{text}"
+    );
     assert!(text.contains("Shutting down: stage5-nginx"), "{text}");
+}
+
+#[test]
+fn a_killed_supervisors_run_directory_is_removed_by_the_next_start() {
+    if !have_nginx() {
+        return;
+    }
+    // A supervisor killed with -9 leaves its run directory: the next start
+    // removes it. The pid of a process that has exited stands for the dead
+    // supervisor.
+    let mut gone = Command::new("true").spawn().unwrap();
+    let dead_pid = gone.id();
+    gone.wait().unwrap();
+    let stale = std::env::temp_dir().join(format!("stage5-nginx.{dead_pid}"));
+    std::fs::create_dir_all(stale.join("static")).unwrap();
+    std::fs::write(stale.join("nginx.conf"), "# left by a killed supervisor\n").unwrap();
+    let server = start(&[]);
+    assert!(!stale.exists(), "{} is still there", stale.display());
+    assert!(
+        server
+            .stderr_text()
+            .contains("Removed the run directory of a supervisor that died"),
+        "{}",
+        server.stderr_text()
+    );
 }

@@ -246,6 +246,9 @@ impl Site {
     /// site, unless `--static` names one); the directory goes away when the
     /// returned guard is dropped, if it is this run's own.
     fn write(&self, with_demo_site: bool) -> Result<RunDir, StartError> {
+        if self.temporary {
+            remove_stale_run_dirs(self.run_dir.parent().unwrap_or(Path::new("/tmp")));
+        }
         config::make_run_dir(&self.run_dir)?;
         let cleanup = RunDir {
             path: self.run_dir.clone(),
@@ -345,8 +348,8 @@ fn stdout_or_file(run_dir: &Path) -> PathBuf {
 fn append_to_output_files() {
     use nix::fcntl::{FcntlArg, OFlag, fcntl};
     for fd in [std::io::stdout().as_fd(), std::io::stderr().as_fd()] {
-        let is_file = nix::sys::stat::fstat(fd)
-            .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG);
+        let is_file =
+            nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG);
         if !is_file {
             continue;
         }
@@ -416,6 +419,45 @@ fn stage4_command(bin: &Path, args: &Args, socket: &Path, read_timeout: u64) -> 
 }
 
 /// The run directory stage 5 made for itself, removed when it exits.
+/// Removes the run directories of supervisors that died without cleaning
+/// up (`kill -9`: nginx and stage 4 follow it, but nobody removes its
+/// directory). A directory is named after its supervisor's pid; it is stale
+/// when no process has that pid any more, and it is ours.
+fn remove_stale_run_dirs(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("stage5-nginx."))
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let alive = process_exists(pid);
+        let ours = entry.metadata().is_ok_and(|m| {
+            std::os::unix::fs::MetadataExt::uid(&m) == nix::unistd::getuid().as_raw()
+        });
+        if !alive && ours && std::fs::remove_dir_all(entry.path()).is_ok() {
+            log::info!(
+                "Removed the run directory of a supervisor that died: {}",
+                entry.path().display()
+            );
+        }
+    }
+}
+
+/// Whether a process has this pid: `kill(pid, 0)` succeeds, or fails with
+/// EPERM (it exists, and is someone else's).
+fn process_exists(pid: i32) -> bool {
+    matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+        Ok(()) | Err(nix::errno::Errno::EPERM)
+    )
+}
+
 struct RunDir {
     path: PathBuf,
     remove: bool,
