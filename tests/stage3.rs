@@ -187,7 +187,15 @@ fn term_lets_an_inflight_request_finish_then_exits_0() {
     let mut server = start(&["-w", "2"]);
     let addr = server.addr();
     let inflight = std::thread::spawn(move || client::get(addr, "/io?ms=2000"));
-    std::thread::sleep(Duration::from_millis(400));
+    // In flight means a worker has it (on a loaded machine, workers may
+    // still be booting a moment after the banner).
+    wait_until("a worker is busy", Duration::from_secs(10), || {
+        stats(&server)["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["status"] == "busy")
+    });
     server.signal(libc::SIGTERM);
     let r = inflight
         .join()

@@ -522,9 +522,19 @@ impl<'a> MainLoop<'a> {
                         self.hand_to_pool(slot);
                     }
                 }
+                // Stopping: serve a request that has arrived, close the rest.
+                Some(conn) => {
+                    let deadline = Instant::now();
+                    self.slots[slot] = ConnEntry::Idle { conn, deadline };
+                    if readable || self.request_waiting(slot) {
+                        self.hand_to_pool(slot);
+                    } else {
+                        self.close_idle(slot);
+                    }
+                }
                 // Dropping the connection closes it (and a closed socket
                 // leaves the poller by itself).
-                _ => self.release(slot),
+                None => self.release(slot),
             }
         }
     }
@@ -540,6 +550,25 @@ impl<'a> MainLoop<'a> {
         {
             self.listen(true);
         }
+    }
+
+    /// Whether an idle connection has bytes waiting to be read (a request):
+    /// a peek that neither blocks nor consumes anything.
+    fn request_waiting(&self, slot: usize) -> bool {
+        let ConnEntry::Idle { conn, .. } = &self.slots[slot] else {
+            return false;
+        };
+        let mut byte = 0u8;
+        // SAFETY: recv(2) into one valid byte, on a socket this table owns.
+        let n = unsafe {
+            libc::recv(
+                conn.stream().as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n > 0
     }
 
     /// Closes an idle connection.
@@ -576,8 +605,16 @@ impl<'a> MainLoop<'a> {
     /// and wait for the requests in flight, at most `graceful_timeout`.
     fn drain(&mut self, events: &mut Events) -> io::Result<()> {
         self.listen(false);
+        // An idle connection whose request has already arrived (one just
+        // accepted, or one whose next request came before the poller saw
+        // it) is served, not closed: closing it would drop a request the
+        // client has sent. The others are closed now.
         for slot in 0..self.slots.len() {
-            self.close_idle(slot);
+            if self.request_waiting(slot) {
+                self.hand_to_pool(slot);
+            } else {
+                self.close_idle(slot);
+            }
         }
         let timeout = self.shared.config.graceful_timeout;
         let deadline = Instant::now() + timeout;

@@ -36,7 +36,7 @@ fn serve_jobs(shared: &Shared<'_>) {
             slot,
             conn: keep.then_some(conn),
         });
-        if !keep {
+        if !keep || shared.stopping.load(Ordering::Relaxed) {
             // The main thread must free the slot (and, when stopping, learn
             // that the request in flight is done): wake it up. A kept-alive
             // connection needs nothing from it until its next request.
@@ -162,7 +162,11 @@ fn serve(shared: &Shared<'_>, conn: &mut HttpConnection) -> bool {
             shared.stopping.store(true, Ordering::Relaxed);
             return false;
         }
-        if next == Next::Close || shared.stopping.load(Ordering::Relaxed) {
+        // A response sent before the stop began promised keep-alive: the
+        // client may already be sending its next request, so the connection
+        // goes back to the main thread, which serves a request that arrived
+        // and closes the others (`drain`).
+        if next == Next::Close {
             return false;
         }
         // Bytes of the next request are already buffered (pipelining): no
