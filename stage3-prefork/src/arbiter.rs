@@ -30,6 +30,7 @@ use crate::listen::Listeners;
 use crate::scoreboard::{MAX_WORKERS, Scoreboard, now_ms};
 use crate::start::{ExtraChild, Master};
 use crate::stats;
+use crate::upgrade::{self, Relaunch};
 use crate::worker::{self, APP_LOAD_ERROR, WORKER_BOOT_ERROR, WorkerClass, WorkerSpec};
 
 /// An extra child that dies within 2 s of being started did not start;
@@ -101,11 +102,16 @@ pub(crate) struct Arbiter {
     /// Why a worker failed to boot, if one did.
     boot_failed: Option<&'static str>,
     extra: Vec<ExtraProcess>,
+    /// How to start this server again (USR2), and the new master once
+    /// started: the socket is then shared with it.
+    relaunch: Option<Relaunch>,
+    new_master: Option<Pid>,
 }
 
 impl Arbiter {
     pub fn new(
         master: Master,
+        relaunch: Option<Relaunch>,
         listeners: Listeners,
         signals: SignalQueue,
         stats: Option<TcpListener>,
@@ -139,6 +145,8 @@ impl Arbiter {
             started: Instant::now(),
             boot_failed: None,
             extra,
+            relaunch,
+            new_master: None,
         })
     }
 
@@ -156,8 +164,16 @@ impl Arbiter {
                         log::info!("Handling signal: ttin: {} workers", self.target);
                     }
                     libc::SIGTTOU => {
-                        self.target = (self.target - 1).max(1);
+                        self.target = self.target.saturating_sub(1).max(1);
                         log::info!("Handling signal: ttou: {} workers", self.target);
+                    }
+                    libc::SIGUSR1 => self.reopen_logs(),
+                    libc::SIGUSR2 => self.upgrade(),
+                    libc::SIGWINCH => {
+                        self.target = 0;
+                        log::info!(
+                            "Handling signal: winch: stopping every worker; the master keeps the socket (HUP or TTIN starts workers again)"
+                        );
                     }
                     libc::SIGTERM => exit = Some(Exit::Graceful),
                     _ => exit = Some(Exit::Fast), // SIGINT, SIGQUIT
@@ -382,7 +398,7 @@ impl Arbiter {
                 Ok(status) => status,
             };
             let Some(pid) = status.pid() else { continue };
-            if self.reap_extra_child(pid, status) {
+            if self.reap_extra_child(pid, status) || self.reap_new_master(pid, status) {
                 continue;
             }
             let Some(index) = self.workers.iter().position(|w| w.pid == pid) else {
@@ -476,6 +492,10 @@ impl Arbiter {
     /// socket stays open in the master all along, so no connection is
     /// refused: connections wait in its backlog while new workers boot.
     fn reload(&mut self) {
+        if self.target == 0 {
+            // After WINCH: HUP brings the configured workers back.
+            self.target = self.config.workers;
+        }
         log::info!("Handling signal: hup: reloading {} workers", self.target);
         if self.preloaded.is_some() {
             log::warn!(
@@ -529,7 +549,12 @@ impl Arbiter {
         // workers share this same socket.) With --reuse-port each worker's
         // socket is its own and closes when the worker exits.
         if let Some(listeners) = self.listeners.take() {
-            listeners.stop_listening();
+            if self.new_master.is_some() {
+                // A new master serves on this same socket: leave it open.
+                log::info!("The new master keeps the socket");
+            } else {
+                listeners.stop_listening();
+            }
         }
         let deadline = Instant::now() + limit;
         while !self.workers.is_empty() && Instant::now() < deadline {
@@ -554,7 +579,12 @@ impl Arbiter {
             }
         }
         if let Some(path) = &self.config.pid_file {
-            let _ = std::fs::remove_file(path);
+            // After an upgrade the name belongs to the new master.
+            match self.new_master {
+                Some(_) => std::fs::remove_file(upgrade::oldbin(path)),
+                None => std::fs::remove_file(path),
+            }
+            .ok();
         }
         if let Exit::BootFailure(reason) = exit {
             log::error!("Shutting down: Master");
@@ -565,6 +595,65 @@ impl Arbiter {
         status
     }
     // ANCHOR_END: stop
+
+    /// USR1: the workers reopen their log files (logrotate has moved them).
+    fn reopen_logs(&mut self) {
+        log::info!("Handling signal: usr1: workers reopen their log files");
+        for worker in &self.workers {
+            let _ = kill(worker.pid, Signal::SIGUSR1);
+        }
+    }
+
+    // ANCHOR: upgrade
+    /// USR2: start a new master from the binary on disk, with the same
+    /// arguments, handing it the listening socket. This master goes on
+    /// serving until it is told to stop (TERM, or WINCH then TERM).
+    fn upgrade(&mut self) {
+        log::info!("Handling signal: usr2: starting a new master");
+        if let Some(pid) = self.new_master {
+            log::warn!("a new master (pid:{pid}) is already running: stop this one first");
+            return;
+        }
+        let socket = self.listeners.as_ref().and_then(Listeners::shared_fd);
+        let (Some(relaunch), Some(socket)) = (&self.relaunch, socket) else {
+            log::error!(
+                "cannot upgrade: with --reuse-port each worker binds its own socket, so there is none to hand over (start the new server beside this one instead)"
+            );
+            return;
+        };
+        match relaunch.start(socket) {
+            Ok(pid) => {
+                log::info!(
+                    "New master started (pid:{pid}); stop this one (pid:{}) with TERM once it serves",
+                    std::process::id()
+                );
+                if let Some(path) = &self.config.pid_file {
+                    let _ = std::fs::rename(path, upgrade::oldbin(path));
+                }
+                self.new_master = Some(pid);
+            }
+            Err(e) => log::error!("cannot start a new master: {e}"),
+        }
+    }
+    // ANCHOR_END: upgrade
+
+    /// The new master exited: the upgrade failed, and this master, which
+    /// never stopped serving, takes its pid file back. Returns `false`
+    /// when `pid` is not the new master.
+    fn reap_new_master(&mut self, pid: Pid, status: WaitStatus) -> bool {
+        if self.new_master != Some(pid) {
+            return false;
+        }
+        self.new_master = None;
+        log::error!(
+            "The new master (pid:{pid}) exited ({}): this master goes on serving",
+            describe_exit(status)
+        );
+        if let Some(path) = &self.config.pid_file {
+            let _ = std::fs::rename(upgrade::oldbin(path), path);
+        }
+        true
+    }
 
     fn serve_stats(&mut self) {
         let Some(listener) = &self.stats else { return };

@@ -35,6 +35,7 @@ pub mod listen;
 mod scoreboard;
 mod start;
 mod stats;
+mod upgrade;
 mod worker;
 
 pub use config::{Args, Config, Setup, WorkerKind, default_workers};

@@ -60,6 +60,15 @@ impl WorkerListener {
 
 impl Listeners {
     pub fn bind(addr: SocketAddr, reuse_port: bool) -> Result<Listeners, StartError> {
+        // Started by an old master's USR2: its socket, not a new one (the
+        // address is taken, by that very socket).
+        if let Some(inherited) = crate::upgrade::inherited_socket() {
+            let listener = inherited.map_err(|e| {
+                StartError::new(format!("cannot use the socket the old master passed: {e}"))
+            })?;
+            log::info!("Using the listening socket of the master that started this one");
+            return Ok(Listeners::Shared(WorkerListener::Tcp(listener)));
+        }
         if !reuse_port {
             return boot::bind_tcp(addr).map(|l| Listeners::Shared(WorkerListener::Tcp(l)));
         }
@@ -110,6 +119,15 @@ impl Listeners {
         match self.tcp_addr() {
             Some(a) => (a.ip().to_string(), a.port().to_string()),
             None => ("localhost".to_string(), String::new()),
+        }
+    }
+
+    /// The shared socket, if there is one (with `--reuse-port` each worker
+    /// has its own).
+    pub fn shared_fd(&self) -> Option<BorrowedFd<'_>> {
+        match self {
+            Listeners::Shared(l) => Some(l.as_fd()),
+            Listeners::ReusePort { .. } => None,
         }
     }
 

@@ -47,6 +47,8 @@ fn run(
     bind: impl FnOnce() -> Result<Listeners, StartError>,
 ) -> Result<i32, StartError> {
     let config = &master.config;
+    // Before anything changes directory: how to start this server again.
+    let relaunch = crate::upgrade::Relaunch::capture();
     // First of all, so that a signal sent while the app is still importing
     // (with --preload) waits in the queue instead of being lost.
     let signals = SignalQueue::install()
@@ -117,7 +119,7 @@ fn run(
         }
     );
 
-    let arbiter = Arbiter::new(master, listeners, signals, stats, preloaded)
+    let arbiter = Arbiter::new(master, relaunch, listeners, signals, stats, preloaded)
         .map_err(|e| StartError::new(format!("cannot create the scoreboard: {e}")))?;
     Ok(arbiter.run())
 }

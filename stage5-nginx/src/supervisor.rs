@@ -218,6 +218,19 @@ impl Supervisor {
                     libc::SIGCHLD => {} // reaped below
                     libc::SIGHUP => self.reload(),
                     libc::SIGTTIN | libc::SIGTTOU => self.forward(Role::Master, signal),
+                    libc::SIGUSR1 => {
+                        // Reopen the log files (logrotate): nginx's and
+                        // stage 4's workers' access logs.
+                        log::info!("Handling signal: usr1: nginx and stage 4 reopen their logs");
+                        self.forward(Role::Nginx, signal);
+                        self.forward(Role::Master, signal);
+                    }
+                    libc::SIGUSR2 | libc::SIGWINCH => {
+                        log::info!(
+                            "Ignoring signal {}: stage 5 has no upgrade on the fly",
+                            supervise::signals::name(signal)
+                        );
+                    }
                     _ => {
                         // TERM, INT, QUIT
                         let name = Signal::try_from(signal).map_or("?", Signal::as_str);

@@ -27,7 +27,7 @@ use signal_hook::SigId;
 
 /// The signals a supervisor reacts to, in the order [`SignalQueue::take`]
 /// hands them out (CHLD first: replace dead children before anything else).
-pub const HANDLED: [libc::c_int; 7] = [
+pub const HANDLED: [libc::c_int; 10] = [
     libc::SIGCHLD,
     libc::SIGHUP,
     libc::SIGTERM,
@@ -35,6 +35,9 @@ pub const HANDLED: [libc::c_int; 7] = [
     libc::SIGQUIT,
     libc::SIGTTIN,
     libc::SIGTTOU,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGWINCH,
 ];
 
 /// How many times each signal arrived and was not handled yet.
@@ -111,8 +114,15 @@ impl SignalQueue {
         // The master's signals mean nothing to a worker: ignore them, so a
         // `kill -TTIN` sent to a worker by mistake (`pkill` matches workers
         // too: they share the master's command line) does no harm. SIGTTIN's
-        // default action would even stop the process.
-        for signal in [libc::SIGHUP, libc::SIGTTIN, libc::SIGTTOU] {
+        // default action would even stop the process, SIGUSR2's kill it.
+        // (SIGUSR1 is the child's to handle: a worker reopens its logs.)
+        for signal in [
+            libc::SIGHUP,
+            libc::SIGTTIN,
+            libc::SIGTTOU,
+            libc::SIGUSR2,
+            libc::SIGWINCH,
+        ] {
             // SAFETY: plain sigaction changes.
             unsafe { libc::signal(signal, libc::SIG_IGN) };
         }

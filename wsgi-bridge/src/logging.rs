@@ -9,6 +9,7 @@
 
 use std::fs::File;
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -78,7 +79,20 @@ pub fn init(level: LogLevel) {
 /// Where access log lines go: `-` is stdout, anything else a file appended to.
 pub enum AccessLog {
     Stdout,
-    File(Mutex<File>),
+    File { path: String, file: Mutex<File> },
+}
+
+/// Set by SIGUSR1 (see [`reopen_on_signal`]): the next access log line opens
+/// the file again first.
+static REOPEN: std::sync::LazyLock<std::sync::Arc<AtomicBool>> =
+    std::sync::LazyLock::new(|| std::sync::Arc::new(AtomicBool::new(false)));
+
+/// Makes `signal` (SIGUSR1, as in gunicorn) reopen the access log file at
+/// the next line written. What logrotate needs: it renames the file, then
+/// signals the server, which goes on writing into a new file of the old
+/// name instead of the renamed one.
+pub fn reopen_on_signal(signal: libc::c_int) -> io::Result<()> {
+    signal_hook::flag::register(signal, REOPEN.clone()).map(drop)
 }
 
 impl AccessLog {
@@ -87,7 +101,28 @@ impl AccessLog {
             return Ok(AccessLog::Stdout);
         }
         let file = File::options().create(true).append(true).open(target)?;
-        Ok(AccessLog::File(Mutex::new(file)))
+        Ok(AccessLog::File {
+            path: target.to_string(),
+            file: Mutex::new(file),
+        })
+    }
+
+    /// Opens the file again, if reopening was asked for since the last line.
+    fn reopen_if_asked(&self) {
+        let AccessLog::File { path, file } = self else {
+            return;
+        };
+        if !REOPEN.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        match File::options().create(true).append(true).open(path) {
+            Ok(new) => {
+                if let Ok(mut file) = file.lock() {
+                    *file = new;
+                }
+            }
+            Err(e) => log::error!("cannot reopen the access log {path}: {e}"),
+        }
     }
 
     /// Writes one line in Apache's combined format, as gunicorn's default
@@ -104,11 +139,12 @@ impl AccessLog {
             entry.referer.unwrap_or("-"),
             entry.user_agent.unwrap_or("-"),
         );
+        self.reopen_if_asked();
         match self {
             AccessLog::Stdout => {
                 let _ = io::stdout().lock().write_all(line.as_bytes());
             }
-            AccessLog::File(file) => {
+            AccessLog::File { file, .. } => {
                 if let Ok(mut file) = file.lock() {
                     let _ = file.write_all(line.as_bytes());
                 }

@@ -1,0 +1,109 @@
+//! Upgrading on the fly (USR2), as gunicorn does: the master starts a new
+//! master from the binary on disk, handing it the listening socket, and
+//! both serve side by side until the old one is told to stop.
+//!
+//! ```text
+//! kill -USR2 <old>   old: starts new (same arguments, socket as fd N)
+//!                    new: boots its workers, accepts on the same socket
+//! kill -TERM <old>   old: its workers finish their requests, it exits
+//! ```
+//!
+//! No connection is refused at any moment: the socket (and its queue of
+//! waiting connections) never closes, it only gains a second owner. A new
+//! master that fails to start changes nothing: the old one still serves.
+//! This is how a deployment replaces the server's own code (a new build of
+//! the binary) without a gap; HUP only replaces the workers.
+
+use std::ffi::OsString;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nix::unistd::Pid;
+
+/// The environment variable that names the inherited socket's fd
+/// (gunicorn's is `GUNICORN_FD`).
+pub const LISTEN_FD_ENV: &str = "STAGE3_LISTEN_FD";
+
+/// How to start this same server again: what the process was started
+/// with, captured before the master changes directory.
+pub(crate) struct Relaunch {
+    exe: PathBuf,
+    args: Vec<OsString>,
+    cwd: PathBuf,
+}
+
+impl Relaunch {
+    pub fn capture() -> Option<Relaunch> {
+        Some(Relaunch {
+            // The path as it is now: a new build at the same path is what
+            // USR2 will start.
+            exe: std::env::current_exe().ok()?,
+            args: std::env::args_os().skip(1).collect(),
+            cwd: std::env::current_dir().ok()?,
+        })
+    }
+
+    /// Starts the new master with `socket` as an inherited fd.
+    pub fn start(&self, socket: BorrowedFd<'_>) -> std::io::Result<Pid> {
+        // A duplicate has no close-on-exec flag: it is the one fd that
+        // survives the exec.
+        let inheritable = dup_inheritable(socket)?;
+        let child = Command::new(&self.exe)
+            .args(&self.args)
+            .current_dir(&self.cwd)
+            .env(LISTEN_FD_ENV, inheritable.as_raw_fd().to_string())
+            .spawn()?;
+        Ok(Pid::from_raw(child.id() as i32))
+    }
+}
+
+/// `dup(2)`: another fd for the same socket, without close-on-exec.
+fn dup_inheritable(fd: BorrowedFd<'_>) -> std::io::Result<OwnedFd> {
+    // SAFETY: dup(2) of a valid fd; the result is a new fd we own.
+    let dup = unsafe { libc::dup(fd.as_raw_fd()) };
+    if dup < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `dup` was just returned by dup(2) and is owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(dup) })
+}
+
+/// The socket an old master handed to this one, if it did: taken from the
+/// environment (and removed from it, so that workers and the app do not
+/// see it), checked to be a listening socket.
+pub(crate) fn inherited_socket() -> Option<std::io::Result<std::net::TcpListener>> {
+    let value = std::env::var(LISTEN_FD_ENV).ok()?;
+    // SAFETY: the master is single-threaded at start-up: nothing reads the
+    // environment concurrently.
+    unsafe { std::env::remove_var(LISTEN_FD_ENV) };
+    Some(adopt(&value))
+}
+
+fn adopt(value: &str) -> std::io::Result<std::net::TcpListener> {
+    let fd: i32 = value
+        .parse()
+        .map_err(|_| std::io::Error::other(format!("{LISTEN_FD_ENV}={value} is not an fd")))?;
+    // SAFETY: fstat on an fd number, which fails cleanly if it is not open.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut stat) } != 0 || stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(std::io::Error::other(format!(
+            "{LISTEN_FD_ENV}={fd} is not an open socket"
+        )));
+    }
+    // SAFETY: the fd is an open socket that the old master gave this
+    // process, and nothing else in it owns.
+    let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+    // Not to be passed on to whatever this process starts.
+    // SAFETY: fcntl on an fd we own.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    Ok(listener)
+}
+
+/// The old master's pid file, once a new master has taken the name
+/// (gunicorn's convention: `<pid file>.oldbin`).
+pub(crate) fn oldbin(pid_file: &Path) -> PathBuf {
+    let mut name = pid_file.as_os_str().to_owned();
+    name.push(".oldbin");
+    PathBuf::from(name)
+}
