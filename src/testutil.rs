@@ -1,5 +1,5 @@
-//! Helpers for the harness' own tests: small servers that exist before any
-//! stage binary does.
+//! Helpers for testing clients (the harness' own and the load generator's):
+//! small servers that exist before any stage binary does.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

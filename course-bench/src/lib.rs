@@ -22,9 +22,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
-use crate::loadgen::{LoadConfig, LoadReport, run_blocking};
-use crate::procs::{parent_map, process_tree, stat_fields};
-use crate::server::{ServerProcess, repo_root, try_workspace_bin};
+use loadgen::{LoadConfig, LoadReport, run_blocking};
+use wsgi_course::procs::{parent_map, process_tree, stat_fields};
+use wsgi_course::server::{ServerProcess, repo_root, try_workspace_bin};
 
 /// The app every server serves: all workloads are routes of it.
 pub const APP: &str = "apps.lab:app";
@@ -398,7 +398,7 @@ impl ServerSpec {
                 install: install.to_string(),
             });
         }
-        if self.needs_nginx && crate::nginx::nginx_binary().is_none() {
+        if self.needs_nginx && wsgi_course::nginx::nginx_binary().is_none() {
             return Some(Skip {
                 reason: "nginx is not installed".to_string(),
                 install: "apt-get install nginx".to_string(),
@@ -469,7 +469,8 @@ impl ServerSpec {
                 Box::new(process),
             );
         };
-        let nginx = crate::nginx::try_uwsgi_front(&format!("unix:{text}"), "1m").map_err(failed)?;
+        let nginx =
+            wsgi_course::nginx::try_uwsgi_front(&format!("unix:{text}"), "1m").map_err(failed)?;
         Running::checked(
             nginx.addr,
             vec![process.pid(), nginx.process.pid()],
