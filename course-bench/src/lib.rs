@@ -169,10 +169,11 @@ pub enum Launch {
 pub enum Front {
     /// The server itself, over HTTP.
     Direct,
-    /// The harness' nginx (`src/nginx.rs`, one worker process, the stock
-    /// `uwsgi_params`), passing every request to the server's unix socket
-    /// (`{socket}` in the arguments) with `uwsgi_pass`. Stage 4 and
-    /// `uwsgi --socket` are measured behind the same configuration.
+    /// The harness' nginx (`src/nginx.rs`: stage 5's configuration with one
+    /// worker process and no static files), passing every request to the
+    /// server's unix socket (`{socket}` in the arguments) with `uwsgi_pass`.
+    /// Stage 4 and `uwsgi --socket` are measured behind the same
+    /// configuration.
     Nginx,
 }
 
@@ -469,8 +470,8 @@ impl ServerSpec {
                 Box::new(process),
             );
         };
-        let nginx =
-            wsgi_course::nginx::try_uwsgi_front(&format!("unix:{text}"), "1m").map_err(failed)?;
+        let nginx = wsgi_course::nginx::try_uwsgi_front(&format!("unix:{text}"), 1 << 20)
+            .map_err(failed)?;
         Running::checked(
             nginx.addr,
             vec![process.pid(), nginx.process.pid()],

@@ -9,8 +9,6 @@
 //! cargo run -p stage5-nginx -- --print-nginx-config  # the configuration nginx gets
 //! ```
 
-mod config;
-mod programs;
 mod relay;
 mod site;
 mod supervisor;
@@ -25,7 +23,9 @@ use wsgi_bridge::boot;
 use wsgi_bridge::embed::StartError;
 use wsgi_bridge::logging::{self, LogLevel};
 
-use crate::config::NginxSettings;
+use stage5_nginx::config::{self, NginxSettings};
+use stage5_nginx::programs;
+
 use crate::supervisor::{Failure, Plan, Role, Supervisor};
 
 /// nginx in front (static files, slow clients, HTTP), stage 4's pre-fork
@@ -161,7 +161,8 @@ fn run(args: Args) -> Result<i32, StartError> {
     let settings = NginxSettings {
         run_dir: run_dir.clone(),
         listen,
-        static_dir: static_dir.clone(),
+        worker_processes: None,
+        static_dir: Some(static_dir.clone()),
         upstreams: upstreams.clone(),
         max_body: args.limit_request_body,
         read_timeout,
@@ -179,15 +180,15 @@ fn run(args: Args) -> Result<i32, StartError> {
         return Ok(0);
     }
 
-    let nginx = programs::find_nginx(args.nginx.as_deref())?;
-    let version = programs::nginx_version(&nginx)?;
+    let nginx = programs::find_nginx(args.nginx.as_deref()).map_err(StartError::new)?;
+    let version = programs::nginx_version(&nginx).map_err(StartError::new)?;
     supervisor::check_port(listen)?;
     let stage4 = if args.upstream.is_empty() {
-        Some(programs::find_stage4()?)
+        Some(programs::find_stage4().map_err(StartError::new)?)
     } else {
         None
     };
-    config::make_run_dir(&run_dir)?;
+    config::make_run_dir(&run_dir).map_err(StartError::new)?;
     let _cleanup = RunDir {
         path: run_dir.clone(),
         remove: temporary,
@@ -200,7 +201,7 @@ fn run(args: Args) -> Result<i32, StartError> {
             ))
         })?;
     }
-    config::write_files(&settings)?;
+    config::write_files(&settings).map_err(StartError::new)?;
 
     log::info!(
         "Starting stage5-nginx {}: {version} in front, stage 4 behind",
@@ -209,7 +210,7 @@ fn run(args: Args) -> Result<i32, StartError> {
     log::info!("Run directory: {}", run_dir.display());
     let grace = Duration::from_secs(read_timeout + 5);
     let plan = Plan {
-        nginx: nginx_command(&nginx, &settings),
+        nginx: config::nginx_command(&nginx, &settings),
         master: stage4.map(|bin| stage4_command(&bin, &args, &socket, read_timeout)),
         socket: args.upstream.is_empty().then(|| socket.clone()),
         listen,
@@ -292,23 +293,6 @@ fn stdout_or_file(run_dir: &Path) -> PathBuf {
 
 fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
-}
-
-/// nginx, unprivileged: its prefix and configuration in the run directory,
-/// errors on stderr from the first line, in the foreground (the supervisor
-/// is its parent: nginx must not daemonize away from it).
-fn nginx_command(nginx: &Path, s: &NginxSettings) -> Vec<OsString> {
-    vec![
-        nginx.into(),
-        "-p".into(),
-        s.run_dir.clone().into(),
-        "-c".into(),
-        s.conf_path().into(),
-        "-e".into(),
-        "stderr".into(),
-        "-g".into(),
-        "daemon off;".into(),
-    ]
 }
 
 /// Stage 4, with uWSGI's flags.
