@@ -51,10 +51,20 @@ impl NginxSettings {
     }
 }
 
-// ANCHOR: config_template
-/// nginx.conf for this run. Every path nginx writes is in the run directory,
-/// so nginx needs no root and leaves nothing behind.
+/// The comment on top of the nginx.conf stage 5 writes.
+pub const STAGE5_HEADER: &str = "# Written by stage5-nginx for this run. Edit it and send HUP to\n\
+                                 # stage5-nginx (kill -HUP <pid>) to have nginx load it again.\n";
+
+/// nginx.conf for this run, as stage 5 writes it.
 pub fn nginx_conf(s: &NginxSettings) -> String {
+    nginx_conf_with(STAGE5_HEADER, s)
+}
+
+// ANCHOR: config_template
+/// nginx.conf for this run, under the comment `header`. Every path nginx
+/// writes is in the run directory, so nginx needs no root and leaves
+/// nothing behind.
+pub fn nginx_conf_with(header: &str, s: &NginxSettings) -> String {
     let run = s.run_dir.display();
     let user = match &s.user {
         Some((user, group)) => format!(
@@ -65,11 +75,17 @@ pub fn nginx_conf(s: &NginxSettings) -> String {
         ),
         None => String::new(),
     };
+    // The `location /static/` of the server block, when there is a
+    // directory to serve.
     let static_files = match &s.static_dir {
         Some(dir) => format!(
-            "        # Static files: nginx reads them and sends them itself.\n        \
-             location /static/ {{\n            alias {}/;\n        }}\n\n",
-            quoted(&dir.display().to_string())
+            r#"        # Static files: nginx reads them and sends them itself.
+        location /static/ {{
+            alias {dir}/;
+        }}
+
+"#,
+            dir = quoted(&dir.display().to_string())
         ),
         None => String::new(),
     };
@@ -79,9 +95,7 @@ pub fn nginx_conf(s: &NginxSettings) -> String {
         .map(|u| format!("        server {u};\n"))
         .collect();
     format!(
-        r#"# Written by stage5-nginx for this run. Edit it and send HUP to
-# stage5-nginx (kill -HUP <pid>) to have nginx load it again.
-{user}worker_processes {workers};
+        r#"{header}{user}worker_processes {workers};
 pid {run}/nginx.pid;
 error_log stderr notice;
 # A graceful stop (QUIT) waits for requests in flight, but not forever.
