@@ -820,8 +820,9 @@ mod tests {
 
     #[test]
     fn builds_and_starts_a_workspace_binary() {
-        // The loadgen binary is in this package and always compiles; it
-        // prints no banner, so starting it fails, but with its own message.
+        // The loadgen binary (the `loadgen` package) always compiles, and
+        // quickly: no Python. It prints no banner, so starting it fails, but
+        // with its own message.
         let path = workspace_bin("loadgen");
         assert!(path.exists());
         let layout = current_layout().unwrap();

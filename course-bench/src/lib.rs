@@ -442,7 +442,7 @@ impl ServerSpec {
         let addr = if self.banner || socket.is_some() {
             SocketAddr::from(([127, 0, 0, 1], 0))
         } else {
-            free_port()
+            free_addr()
         };
         let args = expand(
             self.args,
@@ -572,9 +572,9 @@ fn peer_version(program: &str, module: &str) -> Option<String> {
     Some(first_line(&text)).filter(|v| !v.is_empty())
 }
 
-/// A port free right now (the kernel picks it; there is a small window
-/// before the server binds it).
-fn free_port() -> SocketAddr {
+/// A loopback address whose port is free right now (the kernel picks it;
+/// there is a small window before the server binds it).
+fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .unwrap_or_else(|e| panic!("cannot find a free port: {e}"))
