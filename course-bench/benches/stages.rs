@@ -24,10 +24,12 @@
 use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
 
-use course_bench::{
-    Budget, Measurement, NOISY_CORES, ResultsFile, Running, ServerSpec, Settings, Summary,
-    WORKLOADS, Workload, measure, servers, since, wait_for_quiet,
+use course_bench::measurement::{
+    Budget, Measurement, NOISY_CORES, Summary, measure, wait_for_quiet,
 };
+use course_bench::results::ResultsFile;
+use course_bench::servers::{Running, ServerSpec, servers};
+use course_bench::{Settings, WORKLOADS, Workload, since};
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 
 fn stages(c: &mut Criterion) {

@@ -13,7 +13,8 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use clap::Parser;
-use course_bench::{NOISY_CORES, by_key, criterion_estimate, results_path};
+use course_bench::measurement::NOISY_CORES;
+use course_bench::results::{by_key, criterion_estimate, results_path};
 use serde_json::Value;
 use wsgi_course::server::repo_root;
 
