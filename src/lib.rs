@@ -1,14 +1,11 @@
 //! The course harness: start a stage binary ([`server`]), talk to it with raw
-//! bytes ([`client`]), and load it ([`loadgen`]). The cross-stage tests in
-//! `tests/` and the benchmarks in `benches/` are built on it; the `loadgen`
-//! binary puts the load generator in the students' hands.
-pub mod bench;
+//! bytes ([`client`]), put nginx in front of it ([`nginx`]), find its
+//! processes ([`procs`]). The cross-stage tests in `tests/`, the load
+//! generator's tests (`loadgen/`) and the benchmarks (`course-bench/`) are
+//! built on it. It does not embed Python.
 pub mod client;
-pub mod loadgen;
 pub mod nginx;
 pub mod procs;
 pub mod server;
+pub mod testutil;
 pub mod uwsgi;
-
-#[cfg(test)]
-mod testutil;

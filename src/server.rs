@@ -561,7 +561,7 @@ pub fn workspace_bin(bin: &str) -> PathBuf {
 /// [`workspace_bin`] returning the build error instead of panicking.
 ///
 /// Runs `cargo build -q -p <package> --bin <bin>` where the package is the
-/// binary's name for the stage binaries and `wsgi-course` for `loadgen`. The
+/// binary's name (`loadgen`, the stages), or the package that has it (`uwsgi-dump`). The
 /// profile (`--release`, `--profile NAME` or the default dev profile) and the
 /// target directory come from the path of the running executable
 /// (`<target>/<profile>/deps/<test>`), so a `cargo test --release` starts
@@ -637,7 +637,6 @@ fn current_layout() -> Result<Layout, String> {
 
 fn package_of(bin: &str) -> &str {
     match bin {
-        "loadgen" => "wsgi-course",
         "uwsgi-dump" => "stage4-uwsgi-socket",
         other => other,
     }
@@ -821,8 +820,9 @@ mod tests {
 
     #[test]
     fn builds_and_starts_a_workspace_binary() {
-        // The loadgen binary is in this package and always compiles; it
-        // prints no banner, so starting it fails, but with its own message.
+        // The loadgen binary (the `loadgen` package) always compiles, and
+        // quickly: no Python. It prints no banner, so starting it fails, but
+        // with its own message.
         let path = workspace_bin("loadgen");
         assert!(path.exists());
         let layout = current_layout().unwrap();

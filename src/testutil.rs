@@ -1,5 +1,5 @@
-//! Helpers for the harness' own tests: small servers that exist before any
-//! stage binary does.
+//! Helpers for testing clients (the harness' own and the load generator's):
+//! small servers that exist before any stage binary does.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -88,7 +88,7 @@ while True:
     threading.Thread(target=handle, args=(c,), daemon=True).start()
 "#;
 
-/// Starts [`PY_SERVER`]; `_mode` is documentation for the reader of a test.
+/// Starts the server of `PY_SERVER` (above); `_mode` is documentation for the reader of a test.
 pub fn python_server(_mode: &str, args: &[&str]) -> Result<ServerProcess, String> {
     let mut cmd = Command::new("python3");
     cmd.arg("-c").arg(PY_SERVER).args(args);

@@ -17,6 +17,10 @@
 //!
 //! A last test builds the book with `mdbook` when it is installed, and fails
 //! on any warning or error it prints.
+//!
+//! The nginx configuration of stage 4's lab (`book/examples/nginx.conf` and
+//! `uwsgi_params`) is stage 5's generator's output; a test checks it still
+//! is, and rewrites it when asked (`WSGI_COURSE_WRITE_EXAMPLES=1`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
@@ -677,4 +681,53 @@ fn the_book_builds_without_warnings() {
         }
     }
     assert!(missing.is_empty(), "chapters without a page: {missing:#?}");
+}
+
+/// What `book/examples/nginx.conf` says on top.
+const LAB_HEADER: &str = "\
+# nginx in front of stage 4, for the book's experiments (stage 4, section 3).
+# Written by stage 5's generator (stage5-nginx/src/config.rs), the one nginx
+# configuration of the workspace, with the lab's settings: one worker, no
+# static files, everything in /tmp/nginx-lab, the app on /tmp/app.sock.
+# tests/book.rs checks it; WSGI_COURSE_WRITE_EXAMPLES=1 cargo test --test book
+# writes it again.
+";
+
+#[test]
+fn the_labs_nginx_config_is_what_stage5_writes() {
+    use stage5_nginx::config::{self, NginxSettings};
+    let lab = NginxSettings {
+        run_dir: PathBuf::from("/tmp/nginx-lab"),
+        listen: ([127, 0, 0, 1], 8080).into(),
+        worker_processes: Some(1),
+        static_dir: None,
+        upstreams: vec!["unix:/tmp/app.sock".to_string()],
+        max_body: 1 << 20,
+        read_timeout: 60,
+        access_log: Some(PathBuf::from("/dev/stdout")),
+        user: None,
+    };
+    let examples = repo_root().join("book").join("examples");
+    let files = [
+        (
+            examples.join("nginx.conf"),
+            config::nginx_conf_with(LAB_HEADER, &lab),
+        ),
+        (examples.join("uwsgi_params"), config::uwsgi_params()),
+    ];
+    let write = std::env::var_os("WSGI_COURSE_WRITE_EXAMPLES").is_some_and(|v| v == "1");
+    for (path, expected) in files {
+        if write {
+            fs::write(&path, &expected)
+                .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        }
+        let actual = fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            actual == expected,
+            "{} is not what stage 5's generator writes for the lab; \
+             WSGI_COURSE_WRITE_EXAMPLES=1 cargo test --test book writes it again. \
+             It should be:\n{expected}",
+            shown(&path)
+        );
+    }
 }

@@ -239,7 +239,7 @@ fn start(kind: Kind, extra: &[&str]) -> Option<Running> {
     let server = ServerProcess::start_with(bin, &args, &[("WSGI_HARNESS_QUIET", "1")], None)
         .unwrap_or_else(|e| panic!("{kind:?} does not start: {e}"));
     let nginx = if kind == Stage4 {
-        Some(start_uwsgi_front(&format!("unix:{socket}"), "2m")?)
+        Some(start_uwsgi_front(&format!("unix:{socket}"), 2 << 20)?)
     } else {
         None
     };

@@ -479,11 +479,11 @@ fn gthread_reloads_under_load_lose_no_request() {
     // (8 failed of 187k, new connection per request, 5 HUPs, release build).
     for keep_alive in [false, true] {
         let server = start(&["-w", "2", "-k", "gthread", "--threads", "4"]);
-        let mut cfg = wsgi_course::loadgen::LoadConfig::new(server.addr());
+        let mut cfg = loadgen::LoadConfig::new(server.addr());
         cfg.connections = 16;
         cfg.keep_alive = keep_alive;
         cfg.duration = Some(Duration::from_secs(8));
-        let load = std::thread::spawn(move || wsgi_course::loadgen::run_blocking(&cfg));
+        let load = std::thread::spawn(move || loadgen::run_blocking(&cfg));
         for _ in 0..4 {
             std::thread::sleep(Duration::from_millis(1500));
             server.signal(libc::SIGHUP);

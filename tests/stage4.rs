@@ -274,7 +274,7 @@ fn the_http_router_lets_curl_in() {
 #[test]
 fn a_real_nginx_in_front_and_the_buffer_size_502() {
     let (server, sock) = start("nginx", &[]);
-    let Some(front) = nginx::start_uwsgi_front(&format!("unix:{}", sock.display()), "1m") else {
+    let Some(front) = nginx::start_uwsgi_front(&format!("unix:{}", sock.display()), 1 << 20) else {
         return;
     };
     let r = client::get(front.addr, "/").unwrap();
@@ -313,7 +313,7 @@ fn uwsgi_dump_shows_what_nginx_sends() {
     let sock_text = sock.to_str().unwrap().to_string();
     let dump =
         ServerProcess::start("uwsgi-dump", &["--socket", &sock_text, "--count", "1"]).unwrap();
-    let Some(front) = nginx::start_uwsgi_front(&format!("unix:{sock_text}"), "1m") else {
+    let Some(front) = nginx::start_uwsgi_front(&format!("unix:{sock_text}"), 1 << 20) else {
         return;
     };
     let r = client::get(front.addr, "/from-nginx?q=2").unwrap();

@@ -1,18 +1,29 @@
 //! The files stage 5 writes for nginx: `nginx.conf` and `uwsgi_params`, in a
-//! private run directory. `--print-nginx-config` shows them.
+//! private run directory, and the command that starts nginx on them.
+//! `--print-nginx-config` shows them.
+//!
+//! This is the workspace's only nginx configuration: the test harness puts
+//! nginx in front of stage 4 (and of uWSGI in the benchmarks) with it too,
+//! so what the tests check behind nginx is what stage 5 ships, and the
+//! book's `book/examples/nginx.conf` is its output (checked by
+//! `tests/book.rs`).
 
+use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use wsgi_bridge::embed::StartError;
-
 /// What the configuration depends on.
+#[derive(Clone, Debug)]
 pub struct NginxSettings {
     pub run_dir: PathBuf,
     pub listen: SocketAddr,
-    pub static_dir: PathBuf,
+    /// `worker_processes`: `None` for `auto` (one per core).
+    pub worker_processes: Option<usize>,
+    /// The directory served at `/static/`; `None`: no `/static/` location
+    /// (everything goes to the app).
+    pub static_dir: Option<PathBuf>,
     /// Where nginx sends the app's requests, as `uwsgi_pass` names them:
     /// `unix:/path/app.sock` or `host:port`.
     pub upstreams: Vec<String>,
@@ -40,10 +51,20 @@ impl NginxSettings {
     }
 }
 
-// ANCHOR: config_template
-/// nginx.conf for this run. Every path nginx writes is in the run directory,
-/// so nginx needs no root and leaves nothing behind.
+/// The comment on top of the nginx.conf stage 5 writes.
+pub const STAGE5_HEADER: &str = "# Written by stage5-nginx for this run. Edit it and send HUP to\n\
+                                 # stage5-nginx (kill -HUP <pid>) to have nginx load it again.\n";
+
+/// nginx.conf for this run, as stage 5 writes it.
 pub fn nginx_conf(s: &NginxSettings) -> String {
+    nginx_conf_with(STAGE5_HEADER, s)
+}
+
+// ANCHOR: config_template
+/// nginx.conf for this run, under the comment `header`. Every path nginx
+/// writes is in the run directory, so nginx needs no root and leaves
+/// nothing behind.
+pub fn nginx_conf_with(header: &str, s: &NginxSettings) -> String {
     let run = s.run_dir.display();
     let user = match &s.user {
         Some((user, group)) => format!(
@@ -54,15 +75,27 @@ pub fn nginx_conf(s: &NginxSettings) -> String {
         ),
         None => String::new(),
     };
+    // The `location /static/` of the server block, when there is a
+    // directory to serve.
+    let static_files = match &s.static_dir {
+        Some(dir) => format!(
+            r#"        # Static files: nginx reads them and sends them itself.
+        location /static/ {{
+            alias {dir}/;
+        }}
+
+"#,
+            dir = quoted(&dir.display().to_string())
+        ),
+        None => String::new(),
+    };
     let servers: String = s
         .upstreams
         .iter()
         .map(|u| format!("        server {u};\n"))
         .collect();
     format!(
-        r#"# Written by stage5-nginx for this run. Edit it and send HUP to
-# stage5-nginx (kill -HUP <pid>) to have nginx load it again.
-{user}worker_processes auto;
+        r#"{header}{user}worker_processes {workers};
 pid {run}/nginx.pid;
 error_log stderr notice;
 # A graceful stop (QUIT) waits for requests in flight, but not forever.
@@ -129,12 +162,7 @@ http {{
         listen {listen};
         server_name localhost;
 
-        # Static files: nginx reads them and sends them itself.
-        location /static/ {{
-            alias {static}/;
-        }}
-
-        # Everything else goes to the app, as uwsgi packets.
+{static_files}        # Everything else goes to the app, as uwsgi packets.
         location / {{
             include {params};
             uwsgi_pass app;
@@ -146,6 +174,9 @@ http {{
     }}
 }}
 "#,
+        workers = s
+            .worker_processes
+            .map_or_else(|| "auto".to_string(), |n| n.to_string()),
         read_timeout = s.read_timeout,
         access_log = match &s.access_log {
             Some(path) => format!("access_log {} course;", quoted(&path.display().to_string())),
@@ -153,7 +184,6 @@ http {{
         },
         max_body = s.max_body,
         listen = s.listen,
-        static = quoted(&s.static_dir.display().to_string()),
         params = quoted(&s.params_path().display().to_string()),
     )
 }
@@ -208,38 +238,54 @@ fn quoted(s: &str) -> String {
 
 /// Creates the run directory with mode 0700, or checks that an existing one
 /// is private: the uwsgi socket inside lets anyone who reaches it run the app.
-pub fn make_run_dir(dir: &Path) -> Result<(), StartError> {
+pub fn make_run_dir(dir: &Path) -> Result<(), String> {
     let shown = dir.display();
     match std::fs::metadata(dir) {
         Err(_) => std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(|e| StartError::new(format!("cannot create the run directory {shown}: {e}"))),
-        Ok(meta) if !meta.is_dir() => Err(StartError::new(format!(
+            .map_err(|e| format!("cannot create the run directory {shown}: {e}")),
+        Ok(meta) if !meta.is_dir() => Err(format!(
             "the run directory {shown} exists and is not a directory: choose another --run-dir"
-        ))),
-        Ok(meta) if meta.uid() != nix::unistd::geteuid().as_raw() => Err(StartError::new(format!(
+        )),
+        Ok(meta) if meta.uid() != nix::unistd::geteuid().as_raw() => Err(format!(
             "the run directory {shown} belongs to another user: choose another --run-dir"
-        ))),
-        Ok(meta) if meta.permissions().mode() & 0o077 != 0 => Err(StartError::new(format!(
+        )),
+        Ok(meta) if meta.permissions().mode() & 0o077 != 0 => Err(format!(
             "the run directory {shown} is open to other users (mode {:o}): run chmod 700 {shown}, or choose a new --run-dir",
             meta.permissions().mode() & 0o777
-        ))),
+        )),
         Ok(_) => Ok(()),
     }
 }
 
 /// Writes nginx.conf and uwsgi_params into the run directory.
-pub fn write_files(s: &NginxSettings) -> Result<(), StartError> {
+pub fn write_files(s: &NginxSettings) -> Result<(), String> {
     for (path, text) in [
         (s.conf_path(), nginx_conf(s)),
         (s.params_path(), uwsgi_params()),
     ] {
-        std::fs::write(&path, text)
-            .map_err(|e| StartError::new(format!("cannot write {}: {e}", path.display())))?;
+        std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     Ok(())
+}
+
+/// nginx, unprivileged: its prefix and configuration in the run directory,
+/// errors on stderr from the first line, in the foreground (whoever starts
+/// it is its parent: nginx must not daemonize away from it).
+pub fn nginx_command(nginx: &Path, s: &NginxSettings) -> Vec<OsString> {
+    vec![
+        nginx.into(),
+        "-p".into(),
+        s.run_dir.clone().into(),
+        "-c".into(),
+        s.conf_path().into(),
+        "-e".into(),
+        "stderr".into(),
+        "-g".into(),
+        "daemon off;".into(),
+    ]
 }
 
 /// The `user` line nginx needs when started by root: the current user and
@@ -265,7 +311,8 @@ mod tests {
         NginxSettings {
             run_dir: PathBuf::from("/run/x"),
             listen: "127.0.0.1:8080".parse().unwrap(),
-            static_dir: PathBuf::from("/srv/my site"),
+            worker_processes: None,
+            static_dir: Some(PathBuf::from("/srv/my site")),
             upstreams: vec!["unix:/run/x/app.sock".into(), "10.0.0.2:3031".into()],
             max_body: 2 << 20,
             read_timeout: 40,
@@ -287,6 +334,19 @@ mod tests {
         assert!(conf.contains("uwsgi_read_timeout 40s;"));
         assert!(conf.contains("include /run/x/uwsgi_params;"));
         assert!(conf.contains("access_log /dev/stdout course;"));
+        assert!(conf.contains("worker_processes auto;"));
+    }
+
+    #[test]
+    fn without_a_static_dir_everything_goes_to_the_app() {
+        let conf = nginx_conf(&NginxSettings {
+            static_dir: None,
+            worker_processes: Some(1),
+            ..settings()
+        });
+        assert!(!conf.contains("/static/"));
+        assert!(conf.contains("worker_processes 1;"));
+        assert!(conf.contains("location / {"));
     }
 
     #[test]

@@ -9,8 +9,6 @@
 //! cargo run -p stage5-nginx -- --print-nginx-config  # the configuration nginx gets
 //! ```
 
-mod config;
-mod programs;
 mod relay;
 mod site;
 mod supervisor;
@@ -26,7 +24,9 @@ use wsgi_bridge::boot;
 use wsgi_bridge::embed::StartError;
 use wsgi_bridge::logging::{self, LogLevel};
 
-use crate::config::NginxSettings;
+use stage5_nginx::config::{self, NginxSettings};
+use stage5_nginx::programs;
+
 use crate::supervisor::{Failure, Plan, Role, Supervisor};
 
 /// nginx in front (static files, slow clients, HTTP), stage 4's pre-fork
@@ -142,11 +142,11 @@ fn run(args: Args) -> Result<i32, StartError> {
         return Ok(0);
     }
 
-    let nginx = programs::find_nginx(args.nginx.as_deref())?;
-    let version = programs::nginx_version(&nginx)?;
+    let nginx = programs::find_nginx(args.nginx.as_deref()).map_err(StartError::new)?;
+    let version = programs::nginx_version(&nginx).map_err(StartError::new)?;
     supervisor::check_port(site.nginx.listen)?;
     let stage4 = if args.upstream.is_empty() {
-        Some(programs::find_stage4()?)
+        Some(programs::find_stage4().map_err(StartError::new)?)
     } else {
         None
     };
@@ -158,7 +158,7 @@ fn run(args: Args) -> Result<i32, StartError> {
     );
     log::info!("Run directory: {}", site.run_dir.display());
     let plan = Plan {
-        nginx: nginx_command(&nginx, &site.nginx),
+        nginx: config::nginx_command(&nginx, &site.nginx),
         master: stage4
             .map(|bin| stage4_command(&bin, &args, &site.socket, site.nginx.read_timeout)),
         socket: args.upstream.is_empty().then(|| site.socket.clone()),
@@ -189,6 +189,8 @@ struct Site {
     /// Whether the run directory is this run's own, to remove at the end.
     temporary: bool,
     socket: PathBuf,
+    /// The static site nginx serves under /static/.
+    static_dir: PathBuf,
     nginx: NginxSettings,
 }
 
@@ -223,7 +225,8 @@ impl Site {
         let nginx = NginxSettings {
             run_dir: run_dir.clone(),
             listen,
-            static_dir,
+            worker_processes: None,
+            static_dir: Some(static_dir.clone()),
             upstreams,
             max_body: args.limit_request_body,
             read_timeout,
@@ -238,6 +241,7 @@ impl Site {
             run_dir,
             temporary,
             socket,
+            static_dir,
             nginx,
         })
     }
@@ -249,12 +253,12 @@ impl Site {
         if self.temporary {
             remove_stale_run_dirs(self.run_dir.parent().unwrap_or(Path::new("/tmp")));
         }
-        config::make_run_dir(&self.run_dir)?;
+        config::make_run_dir(&self.run_dir).map_err(StartError::new)?;
         let cleanup = RunDir {
             path: self.run_dir.clone(),
             remove: self.temporary,
         };
-        let static_dir = &self.nginx.static_dir;
+        let static_dir = &self.static_dir;
         if with_demo_site {
             site::write_into(static_dir).map_err(|e| {
                 StartError::new(format!(
@@ -263,7 +267,7 @@ impl Site {
                 ))
             })?;
         }
-        config::write_files(&self.nginx)?;
+        config::write_files(&self.nginx).map_err(StartError::new)?;
         Ok(cleanup)
     }
 }
@@ -277,10 +281,7 @@ fn announce(supervisor: &Supervisor, site: &Site, nginx: &Path, version: &str, w
         nginx.display(),
         pid(Role::Nginx)
     );
-    log::info!(
-        "Static files: /static/ -> {}",
-        site.nginx.static_dir.display()
-    );
+    log::info!("Static files: /static/ -> {}", site.static_dir.display());
     let upstreams = &site.nginx.upstreams;
     match supervisor.pid(Role::Master) {
         Some(master) => log::info!(
@@ -362,23 +363,6 @@ fn append_to_output_files() {
 
 fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
-}
-
-/// nginx, unprivileged: its prefix and configuration in the run directory,
-/// errors on stderr from the first line, in the foreground (the supervisor
-/// is its parent: nginx must not daemonize away from it).
-fn nginx_command(nginx: &Path, s: &NginxSettings) -> Vec<OsString> {
-    vec![
-        nginx.into(),
-        "-p".into(),
-        s.run_dir.clone().into(),
-        "-c".into(),
-        s.conf_path().into(),
-        "-e".into(),
-        "stderr".into(),
-        "-g".into(),
-        "daemon off;".into(),
-    ]
 }
 
 /// Stage 4, with uWSGI's flags.

@@ -3,20 +3,15 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use wsgi_bridge::embed::StartError;
-
 /// nginx: `--nginx PATH`, else the first one on PATH, else where packages
 /// put it (`/usr/sbin` is not on every user's PATH).
-pub fn find_nginx(given: Option<&Path>) -> Result<PathBuf, StartError> {
+pub fn find_nginx(given: Option<&Path>) -> Result<PathBuf, String> {
     let install = "install it (apt-get install nginx, or brew install nginx) or give its path with --nginx PATH";
     if let Some(path) = given {
         return if path.is_file() {
             Ok(path.to_path_buf())
         } else {
-            Err(StartError::new(format!(
-                "nginx is not at {}: {install}",
-                path.display()
-            )))
+            Err(format!("nginx is not at {}: {install}", path.display()))
         };
     }
     let on_path = std::env::var_os("PATH")
@@ -35,23 +30,23 @@ pub fn find_nginx(given: Option<&Path>) -> Result<PathBuf, StartError> {
         )
         .map(|dir| dir.join("nginx"))
         .find(|p| p.is_file())
-        .ok_or_else(|| StartError::new(format!("nginx is not installed: {install}")))
+        .ok_or_else(|| format!("nginx is not installed: {install}"))
 }
 
 /// `nginx/1.22.1`, from `nginx -v` (which prints to stderr).
-pub fn nginx_version(nginx: &Path) -> Result<String, StartError> {
+pub fn nginx_version(nginx: &Path) -> Result<String, String> {
     let out = Command::new(nginx)
         .arg("-v")
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| StartError::new(format!("cannot run {}: {e}", nginx.display())))?;
+        .map_err(|e| format!("cannot run {}: {e}", nginx.display()))?;
     let text = String::from_utf8_lossy(&out.stderr);
     match text.trim().strip_prefix("nginx version: ") {
         Some(version) => Ok(version.to_string()),
-        None => Err(StartError::new(format!(
+        None => Err(format!(
             "{} does not look like nginx (its -v printed no nginx version): give nginx's path with --nginx PATH",
             nginx.display()
-        ))),
+        )),
     }
 }
 
@@ -63,9 +58,8 @@ pub fn nginx_version(nginx: &Path) -> Result<String, StartError> {
 /// build its binary. So when `cargo run -p stage5-nginx` started us, we ask
 /// cargo to build stage 4 too, with the same profile, as the test harness
 /// does; otherwise (an installed binary) it must already be there.
-pub fn find_stage4() -> Result<PathBuf, StartError> {
-    let exe = std::env::current_exe()
-        .map_err(|e| StartError::new(format!("cannot locate this program: {e}")))?;
+pub fn find_stage4() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot locate this program: {e}"))?;
     let stage4 = exe.with_file_name(format!(
         "stage4-uwsgi-socket{}",
         std::env::consts::EXE_SUFFIX
@@ -76,10 +70,10 @@ pub fn find_stage4() -> Result<PathBuf, StartError> {
     if stage4.is_file() {
         Ok(stage4)
     } else {
-        Err(StartError::new(format!(
+        Err(format!(
             "stage 4 is not built ({} is missing): build it with cargo build -p stage4-uwsgi-socket",
             stage4.display()
-        )))
+        ))
     }
 }
 
@@ -91,7 +85,7 @@ fn started_by_cargo_run() -> bool {
 }
 
 /// `cargo build -p stage4-uwsgi-socket`, into the directory `exe` is in.
-fn build_stage4(exe: &Path) -> Result<(), StartError> {
+fn build_stage4(exe: &Path) -> Result<(), String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let profile_dir = exe.parent().unwrap_or(Path::new("."));
     let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
@@ -122,13 +116,13 @@ fn build_stage4(exe: &Path) -> Result<(), StartError> {
     log::info!("Building stage 4 first: cargo build -p stage4-uwsgi-socket");
     let status = cmd
         .status()
-        .map_err(|e| StartError::new(format!("cannot run {}: {e}", cargo.display())))?;
+        .map_err(|e| format!("cannot run {}: {e}", cargo.display()))?;
     if status.success() {
         Ok(())
     } else {
-        Err(StartError::new(format!(
+        Err(format!(
             "cargo build -p stage4-uwsgi-socket failed ({status}): its errors are above"
-        )))
+        ))
     }
 }
 // ANCHOR_END: find_stage4

@@ -73,7 +73,7 @@ pub fn run_suite(stage: &Stage) {
     let mut server = ServerProcess::start(stage.bin, &args).expect("the server starts");
     let nginx = match stage.front {
         Front::Nginx => {
-            match wsgi_course::nginx::start_uwsgi_front(&format!("unix:{socket_text}"), "2m") {
+            match wsgi_course::nginx::start_uwsgi_front(&format!("unix:{socket_text}"), 2 << 20) {
                 Some(nginx) => Some(nginx),
                 None => return, // nginx is not installed: said on stderr, nothing to check.
             }

@@ -17,11 +17,12 @@ use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::conn::Stream;
-use crate::http::request::{Version, is_tchar, parse_digits};
+use crate::http::request::Version;
 use crate::http::response::{
     Framing, LAST_CHUNK, error_response, is_hop_by_hop, push_chunk_size, push_decimal,
     push_status_and_common_headers, status_forbids_body,
 };
+use crate::http::token::{is_tchar, parse_digits};
 
 /// What `start_response` was given, checked and converted to bytes.
 #[derive(Debug, Clone)]

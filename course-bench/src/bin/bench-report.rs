@@ -13,8 +13,9 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use clap::Parser;
+use course_bench::measurement::NOISY_CORES;
+use course_bench::results::{by_key, criterion_estimate, results_path};
 use serde_json::Value;
-use wsgi_course::bench::{NOISY_CORES, by_key, criterion_estimate, results_path};
 use wsgi_course::server::repo_root;
 
 /// Write the book's results page from the last `cargo bench --bench stages`.
@@ -160,7 +161,7 @@ impl<'a> Report<'a> {
             md,
             "<!-- Written by `cargo run --release --bin bench-report` from the last \
              `cargo bench --bench stages` (and `--bench bridge`). Edit the generator \
-             (src/bin/bench-report.rs), not this file. -->\n"
+             (course-bench/src/bin/bench-report.rs), not this file. -->\n"
         );
         let _ = writeln!(md, "Measured {}\n", self.machine_line());
         let _ = writeln!(
@@ -184,6 +185,7 @@ impl<'a> Report<'a> {
         self.tables(&mut md);
         self.targets(&mut md);
         self.reading(&mut md);
+        self.method(&mut md);
         md
     }
 
@@ -389,6 +391,13 @@ impl<'a> Report<'a> {
                 );
             }
         }
+        self.bridge_target(md);
+    }
+
+    /// The bridge's own target (one request inside a worker), from the
+    /// bridge benchmark, with its parts below the table.
+    fn bridge_target(&self, md: &mut String) {
+        let mark = |ok: bool| if ok { "met" } else { "**missed**" };
         if let Some((inside, floor, parts)) = bridge_costs() {
             let x = inside / floor;
             let _ = writeln!(
@@ -422,6 +431,7 @@ impl<'a> Report<'a> {
         Some((cores * 1e6 / per_request_us, per_request_us / 1000.0))
     }
 
+    /// What the numbers say, and which comparisons are fair.
     fn reading(&self, md: &mut String) {
         let value = |w: &str, server: &str, key: &str| {
             self.row(w, server).and_then(|r| r.result[key].as_f64())
@@ -507,13 +517,17 @@ impl<'a> Report<'a> {
              shares with its master after fork (the interpreter, the app): adding the \
              workers' RSS overstates the total. PSS shares those pages out.\n"
         );
+    }
+
+    /// How a number of the tables is taken.
+    fn method(&self, md: &mut String) {
         let _ = writeln!(md, "## How it is measured\n");
         let _ = writeln!(
             md,
-            "`benches/stages.rs` starts every server once, with `apps/lab.py` (the workloads \
+            "`course-bench/benches/stages.rs` starts every server once, with `apps/lab.py` (the workloads \
              are its routes), and keeps it running. For each workload and server, criterion \
-             warms up, then takes 10 samples. A sample is one run of the harness' load \
-             generator (`src/loadgen.rs`) from the benchmark's thread: {connections} \
+             warms up, then takes 10 samples. A sample is one run of the course's load \
+             generator (`loadgen/`) from the benchmark's thread: {connections} \
              connections, each sending its next request as soon as the previous response has \
              arrived, for a fixed time (at least {min_run}, and at least {rounds} rounds of the \
              connections, so that queues are in their steady state). The requests completed \

@@ -24,11 +24,13 @@
 use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
-use wsgi_course::bench::{
-    Budget, Measurement, NOISY_CORES, ResultsFile, Running, Settings, Summary, WORKLOADS, measure,
-    servers, since, wait_for_quiet,
+use course_bench::measurement::{
+    Budget, Measurement, NOISY_CORES, Summary, measure, wait_for_quiet,
 };
+use course_bench::results::ResultsFile;
+use course_bench::servers::{Running, ServerSpec, servers};
+use course_bench::{Settings, WORKLOADS, Workload, since};
+use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 
 fn stages(c: &mut Criterion) {
     let settings = Settings::from_env();
@@ -76,84 +78,27 @@ fn stages(c: &mut Criterion) {
             } else {
                 Duration::from_millis(500)
             };
-            // Rounds of the connections a run lasts at least (see below).
+            // Rounds of the connections a run lasts at least (see `run`).
             // Quick mode makes do with two: the slow servers of /io
             // (100 requests a second) would otherwise take most of its time.
             let rounds = if settings.quick { 2.0 } else { 3.0 };
             let started = Instant::now();
             group.bench_function(spec.id, |b| {
-                let server = running[i].get_or_insert_with(|| {
-                    let t = Instant::now();
-                    match spec.start(&settings) {
-                        Ok(server) => {
-                            results.add_server(spec, &settings, &server);
-                            println!(
-                                "started {} at {} in {} ({})",
-                                spec.id,
-                                server.addr,
-                                since(t),
-                                if server.keeps_alive {
-                                    "keeps connections alive"
-                                } else {
-                                    "closes after each response"
-                                }
-                            );
-                            server
-                        }
-                        Err(skip) => panic!(
-                            "{} could not be started: {}\n\
-                             Fix it, or leave it out with a filter (cargo bench --bench stages -- stage).",
-                            spec.id, skip.reason
-                        ),
-                    }
-                });
+                let server = running[i].get_or_insert_with(|| start(spec, &settings, &mut results));
                 b.iter_custom(|iters| {
-                    // Criterion asks for `iters` requests. Once the time per
-                    // request is known (from the first run), a run lasts as
-                    // long as `iters` requests should take, but at least
-                    // `min_run`, and counts the requests completed in that
-                    // time. A run of N requests would end with an idle tail
-                    // (the last requests finish while the other connections
-                    // wait), and a short run would mostly measure opening
-                    // 32 connections. A run also lasts at least three
-                    // rounds (two in quick mode; every connection served
-                    // that many times): the first round's requests wait in
-                    // the server's queue less than later ones, and latency
-                    // is measured in the steady state. The first run sends
-                    // one request per connection. The time returned is the
-                    // time per request measured, times `iters`.
-                    let budget = match per_request.get() {
-                        Some(t) => Budget::Time(
-                            t.mul_f64(iters as f64)
-                                .max(min_run)
-                                .max(t.mul_f64(rounds * settings.connections as f64)),
-                        ),
-                        None => Budget::Requests(iters.max(settings.connections as u64)),
+                    let plan = Plan {
+                        iters,
+                        per_request: per_request.get(),
+                        min_run,
+                        rounds,
                     };
-                    let mut m = measure(server, workload, &settings, budget);
-                    // Disturbed by another program (a build, a test run on
-                    // the same cores)? Wait for quiet and run again. (A
-                    // shorter run is too short to tell: CPU time is counted
-                    // in 10 ms ticks.)
-                    let mut again = 0;
-                    while m.report.elapsed >= Duration::from_millis(100)
-                        && m.other_cores() > NOISY_CORES
-                        && again < 2
-                        && wait_for_quiet(&mut patience.borrow_mut())
-                    {
-                        m = measure(server, workload, &settings, budget);
-                        again += 1;
-                    }
-                    if std::env::var_os("BENCH_DEBUG").is_some() {
-                        eprintln!(
-                            "  {iters} iters, {budget:?}: {} requests in {:?}, server {:?}, loadgen {:?}, others {:.2} cores, {again} repeats",
-                            m.report.requests,
-                            m.report.elapsed,
-                            m.server_cpu,
-                            m.loadgen_cpu,
-                            m.other_cores()
-                        );
-                    }
+                    let m = run(
+                        server,
+                        workload,
+                        &settings,
+                        plan,
+                        &mut patience.borrow_mut(),
+                    );
                     let done = m.report.requests.max(1);
                     let per = m.report.elapsed.div_f64(done as f64);
                     per_request.set(Some(per));
@@ -174,6 +119,108 @@ fn stages(c: &mut Criterion) {
         "summary written to {}; the results page: cargo run --release --bin bench-report",
         results.path().display()
     );
+}
+
+/// Start `spec`'s server (once, before its first benchmark) and note it in
+/// the results file. A server that cannot start stops the run: a benchmark
+/// without one of its servers would be read as a complete one.
+fn start(spec: &ServerSpec, settings: &Settings, results: &mut ResultsFile) -> Running {
+    let t = Instant::now();
+    match spec.start(settings) {
+        Ok(server) => {
+            results.add_server(spec, settings, &server);
+            println!(
+                "started {} at {} in {} ({})",
+                spec.id,
+                server.addr,
+                since(t),
+                if server.keeps_alive {
+                    "keeps connections alive"
+                } else {
+                    "closes after each response"
+                }
+            );
+            server
+        }
+        Err(skip) => panic!(
+            "{} could not be started: {}\n\
+             Fix it, or leave it out with a filter (cargo bench --bench stages -- stage).",
+            spec.id, skip.reason
+        ),
+    }
+}
+
+/// What one of criterion's calls asks for, and what is known so far.
+struct Plan {
+    /// The requests criterion asked for.
+    iters: u64,
+    /// The time per request measured by the previous call, if any.
+    per_request: Option<Duration>,
+    /// The shortest run.
+    min_run: Duration,
+    /// The fewest rounds of the connections in a run.
+    rounds: f64,
+}
+
+/// One of criterion's calls: one run of the load generator, taken again
+/// (at most twice) if another program disturbed it.
+///
+/// Criterion asks for `iters` requests. Once the time per request is known
+/// (from the first run), a run lasts as long as `iters` requests should
+/// take, but at least `min_run`, and counts the requests completed in that
+/// time. A run of N requests would end with an idle tail (the last requests
+/// finish while the other connections wait), and a short run would mostly
+/// measure opening 32 connections. A run also lasts at least three rounds
+/// (two in quick mode; every connection served that many times): the first
+/// round's requests wait in the server's queue less than later ones, and
+/// latency is measured in the steady state. The first run sends one request
+/// per connection. The caller returns to criterion the time per request
+/// measured, times `iters`.
+fn run(
+    server: &Running,
+    workload: &Workload,
+    settings: &Settings,
+    plan: Plan,
+    patience: &mut Duration,
+) -> Measurement {
+    let Plan {
+        iters,
+        per_request,
+        min_run,
+        rounds,
+    } = plan;
+    let budget = match per_request {
+        Some(t) => Budget::Time(
+            t.mul_f64(iters as f64)
+                .max(min_run)
+                .max(t.mul_f64(rounds * settings.connections as f64)),
+        ),
+        None => Budget::Requests(iters.max(settings.connections as u64)),
+    };
+    let mut m = measure(server, workload, settings, budget);
+    // Disturbed by another program (a build, a test run on the same cores)?
+    // Wait for quiet and run again. (A shorter run is too short to tell: CPU
+    // time is counted in 10 ms ticks.)
+    let mut again = 0;
+    while m.report.elapsed >= Duration::from_millis(100)
+        && m.other_cores() > NOISY_CORES
+        && again < 2
+        && wait_for_quiet(patience)
+    {
+        m = measure(server, workload, settings, budget);
+        again += 1;
+    }
+    if std::env::var_os("BENCH_DEBUG").is_some() {
+        eprintln!(
+            "  {iters} iters, {budget:?}: {} requests in {:?}, server {:?}, loadgen {:?}, others {:.2} cores, {again} repeats",
+            m.report.requests,
+            m.report.elapsed,
+            m.server_cpu,
+            m.loadgen_cpu,
+            m.other_cores()
+        );
+    }
+    m
 }
 
 /// The calls of criterion's measurement proper, without the warm-up before

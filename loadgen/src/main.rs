@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use wsgi_course::loadgen::{self, LoadConfig};
+use loadgen::LoadConfig;
 
 /// Load an HTTP server with many concurrent clients, like wrk.
 #[derive(Parser, Debug)]

@@ -1,0 +1,146 @@
+//! The benchmarks' shared parts: which servers are compared
+//! ([`servers`]), on which workloads (here), how one measurement is taken
+//! ([`measurement`]), and the file the measurements go to ([`results`]).
+//!
+//! `benches/stages.rs` runs every workload against every server under
+//! criterion and leaves, besides criterion's own files, a summary with what
+//! criterion does not know (latency percentiles, CPU time, memory) in
+//! `target/bench-results.json`. The `bench-report` binary turns that file
+//! into the book's results page.
+//!
+//! A server is one line of [`servers::servers`]: a name, and how to start
+//! it. The course's stages are workspace binaries started with
+//! `-b 127.0.0.1:0`; the peers (gunicorn, uWSGI, granian) are found on
+//! `PATH` or as Python modules, and skipped, with a line saying how to
+//! install them, when absent.
+
+pub mod measurement;
+pub mod results;
+pub mod servers;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// The app every server serves: all workloads are routes of it.
+pub const APP: &str = "apps.lab:app";
+
+// ANCHOR: settings
+/// What every server is given, from the environment (defaults in brackets).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `BENCH_CONNECTIONS` [32]: concurrent keep-alive clients.
+    pub connections: usize,
+    /// `BENCH_WORKERS` [2]: worker processes of every prefork server (the
+    /// cores of a lab machine). Stages 1 and 2 are one process by design.
+    pub workers: usize,
+    /// `BENCH_THREADS` [4]: threads per process of the threaded servers
+    /// (stage 2, stage 3 gthread, gunicorn gthread).
+    pub threads: usize,
+    /// `BENCH_QUICK=1` (or criterion's `--quick`): short runs for class.
+    pub quick: bool,
+    /// `BENCH_PATIENCE` [30 s; quick: 2 s]: how long, per benchmark, to
+    /// wait for other programs to leave the cores alone before running
+    /// again a run they disturbed. 0: never wait.
+    pub patience: Duration,
+}
+// ANCHOR_END: settings
+
+impl Settings {
+    pub fn from_env() -> Settings {
+        let number = |name: &str, default: usize| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .filter(|n| *n > 0)
+                .unwrap_or(default)
+        };
+        let flag = |name: &str| {
+            std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+        };
+        let quick = flag("BENCH_QUICK") || std::env::args().any(|a| a == "--quick");
+        let patience = std::env::var("BENCH_PATIENCE")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(if quick { 2 } else { 30 });
+        Settings {
+            connections: number("BENCH_CONNECTIONS", 32),
+            workers: number("BENCH_WORKERS", 2),
+            threads: number("BENCH_THREADS", 4),
+            quick,
+            patience: Duration::from_secs(patience),
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "connections": self.connections,
+            "workers": self.workers,
+            "threads": self.threads,
+            "quick": self.quick,
+            "patience_s": self.patience.as_secs(),
+        })
+    }
+}
+
+// ANCHOR: workloads
+/// One kind of request, sent again and again.
+#[derive(Clone, Copy, Debug)]
+pub struct Workload {
+    /// Criterion's group name, and the key in the results.
+    pub id: &'static str,
+    pub method: &'static str,
+    /// A route of `apps/lab.py`.
+    pub path: &'static str,
+    /// Bytes of request body (sent as `x`s).
+    pub body: usize,
+    pub about: &'static str,
+}
+
+pub const WORKLOADS: &[Workload] = &[
+    Workload {
+        id: "hello",
+        method: "GET",
+        path: "/",
+        body: 0,
+        about: "`GET /`: Hello, World! (what the server itself costs)",
+    },
+    Workload {
+        id: "cpu",
+        method: "GET",
+        path: "/cpu?ms=1",
+        body: 0,
+        about: "`GET /cpu?ms=1`: 1 ms of pure-Python work (holds the GIL)",
+    },
+    Workload {
+        id: "io",
+        method: "GET",
+        path: "/io?ms=10",
+        body: 0,
+        about: "`GET /io?ms=10`: `time.sleep(0.01)`, like waiting on a database (releases the GIL)",
+    },
+    Workload {
+        id: "bytes64k",
+        method: "GET",
+        path: "/bytes?n=65536",
+        body: 0,
+        about: "`GET /bytes?n=65536`: a 64 KiB response",
+    },
+    Workload {
+        id: "echo64k",
+        method: "POST",
+        path: "/echo",
+        body: 64 * 1024,
+        about: "`POST /echo` with 64 KiB: the upload read through `wsgi.input` and sent back",
+    },
+];
+// ANCHOR_END: workloads
+
+pub fn workload(id: &str) -> Option<&'static Workload> {
+    WORKLOADS.iter().find(|w| w.id == id)
+}
+
+/// How long a benchmark has run, for progress lines.
+pub fn since(t: Instant) -> String {
+    format!("{:.1}s", t.elapsed().as_secs_f64())
+}
