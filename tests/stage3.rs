@@ -501,3 +501,123 @@ fn gthread_reloads_under_load_lose_no_request() {
         );
     }
 }
+
+#[test]
+fn usr2_upgrades_on_the_fly_without_a_failed_request() {
+    // USR2: the master starts a new master (the binary on disk, same
+    // arguments) that inherits the listening socket; both serve; TERM to
+    // the old one leaves the new one serving. Not one request may fail.
+    let pid_file = std::env::temp_dir().join(format!("stage3-usr2-{}.pid", std::process::id()));
+    let pid_arg = pid_file.to_str().unwrap().to_string();
+    let mut old = start(&["-w", "2", "--pid", &pid_arg]);
+    let addr = old.addr();
+    let mut cfg = loadgen::LoadConfig::new(addr);
+    cfg.connections = 8;
+    cfg.keep_alive = false;
+    cfg.duration = Some(Duration::from_secs(8));
+    let load = std::thread::spawn(move || loadgen::run_blocking(&cfg));
+    std::thread::sleep(Duration::from_millis(1500));
+    old.signal(libc::SIGUSR2);
+    let read_pid = || {
+        std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+    };
+    let mut new_pid = 0;
+    wait_until(
+        "the new master writes its pid file",
+        Duration::from_secs(10),
+        || {
+            new_pid = read_pid().unwrap_or(0);
+            new_pid != 0 && new_pid != old.pid()
+        },
+    );
+    wait_until(
+        "the new master's workers run",
+        Duration::from_secs(10),
+        || children(new_pid).len() == 2,
+    );
+    assert!(
+        std::path::Path::new(&format!("{pid_arg}.oldbin")).exists(),
+        "the old master's pid file is renamed .oldbin"
+    );
+    old.signal(libc::SIGTERM);
+    let status = old
+        .wait_timeout(Duration::from_secs(10))
+        .expect("the old master exits");
+    assert_eq!(status.code(), Some(0));
+    let report = load.join().unwrap();
+    // The new master serves alone now.
+    let served = client::get(addr, "/").map(|r| r.status);
+    // SAFETY: kill(2) on the new master this test caused to start.
+    unsafe { libc::kill(new_pid as i32, libc::SIGTERM) };
+    wait_until("the new master stops", Duration::from_secs(10), || {
+        !procs::alive(new_pid)
+    });
+    let _ = std::fs::remove_file(&pid_file);
+    println!(
+        "{} requests across the upgrade, {} failed",
+        report.requests, report.errors
+    );
+    assert_eq!(served.ok(), Some(200));
+    assert!(report.requests >= 5000, "{} requests", report.requests);
+    assert_eq!(report.errors, 0, "{:?}", report.error_kinds);
+}
+
+#[test]
+fn winch_stops_the_workers_and_hup_brings_them_back() {
+    let server = start(&["-w", "2"]);
+    let master = server.pid();
+    server.signal(libc::SIGWINCH);
+    wait_until("no worker left", Duration::from_secs(10), || {
+        children(master).is_empty()
+    });
+    assert!(procs::alive(master), "the master stays");
+    // A client now waits in the socket's queue: nobody accepts...
+    let addr = server.addr();
+    let waiting = std::thread::spawn(move || client::get(addr, "/"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!waiting.is_finished());
+    // ... until HUP starts the configured workers again.
+    server.signal(libc::SIGHUP);
+    assert_eq!(waiting.join().unwrap().unwrap().status, 200);
+    wait_until("two workers again", Duration::from_secs(10), || {
+        children(master).len() == 2
+    });
+}
+
+#[test]
+fn usr1_makes_workers_reopen_their_access_log() {
+    // What logrotate does: rename the file, send USR1, expect new lines in
+    // a new file of the old name.
+    let dir = std::env::temp_dir().join(format!("stage3-usr1-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("access.log");
+    let log_arg = log.to_str().unwrap().to_string();
+    let server = start(&["-w", "2", "--access-logfile", &log_arg]);
+    assert_eq!(client::get(server.addr(), "/").unwrap().status, 200);
+    // A worker writes its line once the response is out: wait for it.
+    wait_until("the first line is written", Duration::from_secs(5), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("GET / "))
+    });
+    let rotated = dir.join("access.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    server.signal(libc::SIGUSR1);
+    server
+        .wait_for_stderr("Handling signal: usr1", Duration::from_secs(5))
+        .expect("the master handles USR1");
+    std::thread::sleep(Duration::from_millis(200));
+    // Enough requests that both workers write a line.
+    for _ in 0..20 {
+        assert_eq!(client::get(server.addr(), "/after").unwrap().status, 404);
+    }
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    let new = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(old.contains("\"GET / HTTP/1.1\" 200"), "{old}");
+    assert!(
+        !old.contains("/after"),
+        "a line went to the rotated file:\n{old}"
+    );
+    assert_eq!(new.matches("GET /after").count(), 20, "{new}");
+}

@@ -150,6 +150,8 @@ pub(crate) fn run(spec: WorkerSpec<'_>) -> i32 {
     };
     // SIGQUIT (the master's fast stop): exit at once, mid-request or not.
     let _ = supervise::signals::exit_at_once_on(&[libc::SIGQUIT]);
+    // SIGUSR1 (passed on by the master): reopen the access log file.
+    let _ = wsgi_bridge::logging::reopen_on_signal(libc::SIGUSR1);
     // Signals that arrived since the fork are delivered now, to these handlers.
     supervise::signals::restore(&spec.signal_mask);
     // ANCHOR_END: worker_boot
