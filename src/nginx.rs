@@ -59,6 +59,7 @@ pub fn front_settings(dir: &Path, port: u16, upstream: &str, max_body: u64) -> N
         read_timeout: 60,
         access_log: None,
         user: config::user_when_root(),
+        max_temp_file: config::DEFAULT_MAX_TEMP_FILE,
     }
 }
 
@@ -83,7 +84,7 @@ pub fn try_uwsgi_front(upstream: &str, max_body: u64) -> Result<Nginx, String> {
     ));
     let port = free_port();
     let settings = front_settings(&dir, port, upstream, max_body);
-    let started = config::make_run_dir(&dir)
+    let started = config::make_run_dir(&dir, None)
         .and_then(|()| config::write_files(&settings))
         .and_then(|()| {
             let argv = config::nginx_command(&binary, &settings);

@@ -197,7 +197,13 @@ fn no_arguments_serve_the_shipped_site_and_the_hello_app() {
 
     let dir = run_dir(&server);
     let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o700, "the run directory must be private");
+    // Private; started by root, nginx's workers' group may go through it.
+    let expected = if nix::unistd::geteuid().is_root() {
+        0o710
+    } else {
+        0o700
+    };
+    assert_eq!(mode, expected, "the run directory must be private");
     assert!(dir.join("app.sock").exists());
 
     let status = server
@@ -316,7 +322,13 @@ fn print_nginx_config_shows_what_nginx_gets() {
     }
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    assert_eq!(conf.contains("\nuser root "), root, "{conf}");
+    // Started by root, nginx's workers run as an unprivileged user.
+    assert_eq!(
+        conf.contains("\nuser www-data ") || conf.contains("\nuser nobody "),
+        root,
+        "{conf}"
+    );
+    assert!(!conf.contains("\nuser root "), "{conf}");
     assert!(
         !std::path::Path::new("/srv/run").exists(),
         "printing must create nothing"
@@ -532,6 +544,10 @@ fn upstream_balances_over_stage4_servers_it_does_not_start() {
                     "apps.lab:app",
                     "--processes",
                     "1",
+                    // Started by root, stage 5's nginx workers are
+                    // www-data: sockets it did not make must let them in.
+                    "--chmod-socket",
+                    "666",
                 ],
             )
             .unwrap()
@@ -748,5 +764,108 @@ fn a_killed_supervisors_run_directory_is_removed_by_the_next_start() {
             .contains("Removed the run directory of a supervisor that died"),
         "{}",
         server.stderr_text()
+    );
+}
+
+#[test]
+fn started_by_root_nginx_workers_run_unprivileged() {
+    if !have_nginx() {
+        return;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        println!("skipped: only a stage 5 started by root changes its nginx workers' user");
+        return;
+    }
+    let server = start(&[]);
+    let addr = server.addr();
+    // The app (through the socket) and the static files (through the run
+    // directory) both reach nginx's unprivileged workers.
+    assert_eq!(client::get(addr, "/").unwrap().status, 200);
+    assert_eq!(client::get(addr, "/static/index.html").unwrap().status, 200);
+    let uid_of = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("Uid:"))
+                    .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+            })
+            .and_then(|u| u.parse::<u32>().ok())
+    };
+    let nginx_workers: Vec<u32> = descendants(server.pid())
+        .into_iter()
+        .filter(|&p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.starts_with("nginx: worker process"))
+        })
+        .collect();
+    assert!(!nginx_workers.is_empty(), "nginx's workers are found");
+    for pid in nginx_workers {
+        assert_ne!(uid_of(pid), Some(0), "nginx worker {pid} runs as root");
+    }
+    let dir = run_dir(&server);
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode, 0o710,
+        "the run directory: its group may only go through"
+    );
+    let socket_mode = std::fs::metadata(dir.join("app.sock"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(socket_mode, 0o660);
+}
+
+#[test]
+fn slow_readers_of_big_responses_do_not_fill_the_disk() {
+    // Clients that ask for 20 MB and read nothing: nginx takes the app's
+    // answer and keeps it for them on disk, but at most
+    // --max-temp-file-size (4 MiB by default) per response, not nginx's
+    // default 1 GiB.
+    if !have_nginx() {
+        return;
+    }
+    let server = start(&["apps.lab:app"]);
+    let dir = run_dir(&server);
+    let clients: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut c = TcpStream::connect(server.addr()).unwrap();
+            c.write_all(b"GET /bytes?n=20000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            c
+        })
+        .collect();
+    // nginx unlinks a temp file as soon as it creates it: what it holds is
+    // seen through its workers' open files.
+    let temp = dir.join("uwsgi_temp");
+    let size = || -> u64 {
+        descendants(server.pid())
+            .into_iter()
+            .flat_map(|pid| {
+                std::fs::read_dir(format!("/proc/{pid}/fd"))
+                    .into_iter()
+                    .flatten()
+            })
+            .flatten()
+            .filter(|fd| {
+                std::fs::read_link(fd.path()).is_ok_and(|target| target.starts_with(&temp))
+            })
+            .filter_map(|fd| std::fs::metadata(fd.path()).ok())
+            .map(|m| m.len())
+            .sum()
+    };
+    // Long enough for nginx to have taken all it will take.
+    let mut most = 0;
+    for _ in 0..30 {
+        std::thread::sleep(Duration::from_millis(100));
+        most = most.max(size());
+    }
+    drop(clients);
+    println!("nginx kept {most} bytes on disk for 4 slow clients of 20 MB each");
+    assert!(most > 0, "nginx buffered part of the responses on disk");
+    assert!(
+        most <= 4 * (4 << 20) + (1 << 20),
+        "{most} bytes on disk: more than 4 MiB per response"
     );
 }

@@ -43,6 +43,12 @@ struct Args {
     #[arg(long, value_name = "MODE", default_value = "600", value_parser = parse_mode)]
     chmod_socket: u32,
 
+    /// Owner of the unix socket file, as USER or USER:GROUP (uWSGI's
+    /// --chown-socket): with --chmod-socket 660, only that group (nginx's
+    /// workers, say) may connect. Needs root unless it is you.
+    #[arg(long, value_name = "USER[:GROUP]")]
+    chown_socket: Option<String>,
+
     /// How many worker processes.
     #[arg(short, long, alias = "workers", value_name = "N", default_value_t = 1)]
     processes: usize,
@@ -199,13 +205,18 @@ fn run(args: Args) -> Result<i32, StartError> {
         extra_children,
     };
     let (mode, backlog) = (args.chmod_socket, args.listen);
+    let owner = args
+        .chown_socket
+        .as_deref()
+        .map(socket::owner)
+        .transpose()?;
     match socket {
         SocketSpec::Tcp(addr) => master.run(|| {
             let listener = boot::bind_tcp_as(addr, "--socket")?;
             Ok(Listeners::Shared(WorkerListener::Tcp(listener)))
         }),
         SocketSpec::Unix(path) => {
-            let status = master.run(|| socket::bind_unix(&path, mode, backlog));
+            let status = master.run(|| socket::bind_unix(&path, mode, owner, backlog));
             socket::remove(&path);
             status
         }

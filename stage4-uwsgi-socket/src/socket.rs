@@ -19,7 +19,12 @@ use wsgi_bridge::embed::StartError;
 /// Binds a unix socket at `path` with permissions `mode`. A socket file
 /// left by a server that died is replaced; one a live server listens on
 /// is not.
-pub fn bind_unix(path: &Path, mode: u32, backlog: i32) -> Result<Listeners, StartError> {
+pub fn bind_unix(
+    path: &Path,
+    mode: u32,
+    owner: Option<Owner>,
+    backlog: i32,
+) -> Result<Listeners, StartError> {
     let shown = path.display();
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
@@ -62,6 +67,10 @@ pub fn bind_unix(path: &Path, mode: u32, backlog: i32) -> Result<Listeners, Star
     // a shared group (0660) — the 502 "Permission denied" of the book.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| StartError::new(format!("cannot chmod {shown}: {e}")))?;
+    if let Some(owner) = owner {
+        std::os::unix::fs::chown(path, Some(owner.uid), owner.gid)
+            .map_err(|e| StartError::new(format!("cannot chown {shown}: {e}")))?;
+    }
     Ok(Listeners::Shared(WorkerListener::Unix(UnixListener::from(
         fd,
     ))))
@@ -72,4 +81,41 @@ pub fn bind_unix(path: &Path, mode: u32, backlog: i32) -> Result<Listeners, Star
 /// the next start finds no stale file.
 pub fn remove(path: &Path) {
     let _ = std::fs::remove_file(path);
+}
+
+/// Who owns the socket file (`--chown-socket USER[:GROUP]`).
+#[derive(Clone, Copy, Debug)]
+pub struct Owner {
+    uid: u32,
+    gid: Option<u32>,
+}
+
+/// Reads `USER` or `USER:GROUP` (names or numbers).
+pub fn owner(spec: &str) -> Result<Owner, StartError> {
+    let (user, group) = match spec.split_once(':') {
+        Some((user, group)) => (user, Some(group).filter(|g| !g.is_empty())),
+        None => (spec, None),
+    };
+    let uid = match user.parse::<u32>() {
+        Ok(uid) => uid,
+        Err(_) => nix::unistd::User::from_name(user)
+            .ok()
+            .flatten()
+            .map(|u| u.uid.as_raw())
+            .ok_or_else(|| StartError::new(format!("--chown-socket: there is no user '{user}'")))?,
+    };
+    let gid = match group {
+        None => None,
+        Some(group) => Some(match group.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => nix::unistd::Group::from_name(group)
+                .ok()
+                .flatten()
+                .map(|g| g.gid.as_raw())
+                .ok_or_else(|| {
+                    StartError::new(format!("--chown-socket: there is no group '{group}'"))
+                })?,
+        }),
+    };
+    Ok(Owner { uid, gid })
 }

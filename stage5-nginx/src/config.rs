@@ -35,6 +35,9 @@ pub struct NginxSettings {
     pub access_log: Option<PathBuf>,
     /// `user USER GROUP`, when nginx is started by root.
     pub user: Option<(String, String)>,
+    /// `uwsgi_max_temp_file_size`, in bytes: how much of one response
+    /// nginx may keep on disk for a client slower than the app.
+    pub max_temp_file: u64,
 }
 
 impl NginxSettings {
@@ -50,6 +53,10 @@ impl NginxSettings {
         self.run_dir.join("uwsgi_params")
     }
 }
+
+/// `uwsgi_max_temp_file_size` unless told otherwise: 4 MiB of one response
+/// on disk per slow client (nginx's own default is 1 GiB).
+pub const DEFAULT_MAX_TEMP_FILE: u64 = 4 << 20;
 
 /// The comment on top of the nginx.conf stage 5 writes.
 pub const STAGE5_HEADER: &str = "# Written by stage5-nginx for this run. Edit it and send HUP to\n\
@@ -68,9 +75,10 @@ pub fn nginx_conf_with(header: &str, s: &NginxSettings) -> String {
     let run = s.run_dir.display();
     let user = match &s.user {
         Some((user, group)) => format!(
-            "# Started by root: without this line nginx would run its workers as\n\
-             # `nobody`, who may not enter the private run directory where the\n\
-             # socket is (502, \"connect() ... failed (13: Permission denied)\").\n\
+            "# Started by root, nginx runs its workers as this user: they face the\n\
+             # network, and should not have root's rights. The run directory and\n\
+             # the socket are open to this group, and to no one else (502,\n\
+             # \"connect() ... failed (13: Permission denied)\" otherwise).\n\
              user {user} {group};\n"
         ),
         None => String::new(),
@@ -166,6 +174,14 @@ http {{
         location / {{
             include {params};
             uwsgi_pass app;
+            # nginx reads the app's answer as fast as the app writes it, and
+            # keeps what a slow client has not taken yet: 256 KiB in memory,
+            # then up to uwsgi_max_temp_file_size more in a file (nginx's
+            # own default, 1 GiB per response, lets a few slow readers of
+            # big responses fill the disk). Past it, nginx reads from the
+            # app only as fast as the client takes, and the worker waits.
+            uwsgi_buffers 16 16k;
+            uwsgi_max_temp_file_size {max_temp_file};
             # Longer than --harakiri: a stuck worker is killed first, and
             # nginx answers 502. Shorter, nginx would give up first (504)
             # while the worker works on for nobody.
@@ -183,6 +199,7 @@ http {{
             None => "access_log off;".to_string(),
         },
         max_body = s.max_body,
+        max_temp_file = s.max_temp_file,
         listen = s.listen,
         params = quoted(&s.params_path().display().to_string()),
     )
@@ -238,9 +255,13 @@ fn quoted(s: &str) -> String {
 
 /// Creates the run directory with mode 0700, or checks that an existing one
 /// is private: the uwsgi socket inside lets anyone who reaches it run the app.
-pub fn make_run_dir(dir: &Path) -> Result<(), String> {
+/// With `group` (nginx's workers' group, when they run as another user) the
+/// directory is 0710 and belongs to that group: its members may go through
+/// it to the socket and the static files, but not list it.
+pub fn make_run_dir(dir: &Path, group: Option<u32>) -> Result<(), String> {
     let shown = dir.display();
-    match std::fs::metadata(dir) {
+    let mode = if group.is_some() { 0o710 } else { 0o700 };
+    let created = match std::fs::metadata(dir) {
         Err(_) => std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -252,12 +273,19 @@ pub fn make_run_dir(dir: &Path) -> Result<(), String> {
         Ok(meta) if meta.uid() != nix::unistd::geteuid().as_raw() => Err(format!(
             "the run directory {shown} belongs to another user: choose another --run-dir"
         )),
-        Ok(meta) if meta.permissions().mode() & 0o077 != 0 => Err(format!(
+        Ok(meta) if meta.permissions().mode() & 0o077 & !(mode & 0o070) != 0 => Err(format!(
             "the run directory {shown} is open to other users (mode {:o}): run chmod 700 {shown}, or choose a new --run-dir",
             meta.permissions().mode() & 0o777
         )),
         Ok(_) => Ok(()),
+    };
+    created?;
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(dir, None, Some(gid))
+            .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)))
+            .map_err(|e| format!("cannot give the run directory {shown} to group {gid}: {e}"))?;
     }
+    Ok(())
 }
 
 /// Writes nginx.conf and uwsgi_params into the run directory.
@@ -288,8 +316,56 @@ pub fn nginx_command(nginx: &Path, s: &NginxSettings) -> Vec<OsString> {
     ]
 }
 
-/// The `user` line nginx needs when started by root: the current user and
-/// its group, by name.
+/// Who nginx's workers run as, when nginx is started by root.
+#[derive(Clone, Debug)]
+pub struct WorkerUser {
+    pub user: String,
+    pub group: String,
+    pub gid: u32,
+}
+
+/// The unprivileged user stage 5 runs nginx's workers as when started by
+/// root: `requested` (`USER` or `USER:GROUP`), else `www-data` (Debian's
+/// nginx user), else `nobody`. `None` when not root: nginx's workers then
+/// run as whoever started it, and need no `user` line.
+pub fn unprivileged_user(requested: Option<&str>) -> Result<Option<WorkerUser>, String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    let (name, group) = match requested.map(|r| r.split_once(':').unwrap_or((r, ""))) {
+        Some((name, group)) => (Some(name), (!group.is_empty()).then_some(group)),
+        None => (None, None),
+    };
+    let find = |name: &str| nix::unistd::User::from_name(name).ok().flatten();
+    let user = match name {
+        Some(name) => find(name).ok_or_else(|| {
+            format!("there is no user '{name}' on this machine: give --user an existing one")
+        })?,
+        None => find("www-data").or_else(|| find("nobody")).ok_or_else(|| {
+            "neither www-data nor nobody exists: give --user the user nginx's workers should run as"
+                .to_string()
+        })?,
+    };
+    let group = match group {
+        Some(name) => nix::unistd::Group::from_name(name)
+            .ok()
+            .flatten()
+            .ok_or_else(|| format!("there is no group '{name}' on this machine"))?,
+        None => nix::unistd::Group::from_gid(user.gid)
+            .ok()
+            .flatten()
+            .ok_or_else(|| format!("the group of user {} has no name", user.name))?,
+    };
+    Ok(Some(WorkerUser {
+        user: user.name,
+        group: group.name,
+        gid: group.gid.as_raw(),
+    }))
+}
+
+/// The `user` line the test harness's nginx needs when started by root:
+/// the current user and its group, by name (its sockets live in private
+/// test directories that only this user may enter).
 pub fn user_when_root() -> Option<(String, String)> {
     let uid = nix::unistd::geteuid();
     if !uid.is_root() {
@@ -318,6 +394,7 @@ mod tests {
             read_timeout: 40,
             access_log: Some(PathBuf::from("/dev/stdout")),
             user: Some(("root".into(), "root".into())),
+            max_temp_file: 4 << 20,
         }
     }
 

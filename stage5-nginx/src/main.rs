@@ -115,6 +115,19 @@ struct Args {
     #[arg(long, value_name = "FILE", default_value = "-")]
     access_log: String,
 
+    /// Started by root: the user (USER or USER:GROUP) nginx's workers run
+    /// as [default: www-data, else nobody]. Stage 4's socket is given to
+    /// its group.
+    #[arg(long, value_name = "USER[:GROUP]")]
+    user: Option<String>,
+
+    /// How much of one response nginx may keep on disk for a client that
+    /// reads slower than the app writes (uwsgi_max_temp_file_size), in
+    /// bytes. Past it, the app's worker waits for the client. 0: no file,
+    /// only the 256 KiB of memory buffers.
+    #[arg(long, value_name = "BYTES", default_value_t = config::DEFAULT_MAX_TEMP_FILE)]
+    max_temp_file_size: u64,
+
     /// Print the nginx configuration this would run with, and exit.
     #[arg(long)]
     print_nginx_config: bool,
@@ -159,8 +172,7 @@ fn run(args: Args) -> Result<i32, StartError> {
     log::info!("Run directory: {}", site.run_dir.display());
     let plan = Plan {
         nginx: config::nginx_command(&nginx, &site.nginx),
-        master: stage4
-            .map(|bin| stage4_command(&bin, &args, &site.socket, site.nginx.read_timeout)),
+        master: stage4.map(|bin| stage4_command(&bin, &args, &site)),
         socket: args.upstream.is_empty().then(|| site.socket.clone()),
         listen: site.nginx.listen,
         nginx_pid_file: site.nginx.pid_path(),
@@ -189,6 +201,8 @@ struct Site {
     /// Whether the run directory is this run's own, to remove at the end.
     temporary: bool,
     socket: PathBuf,
+    /// Who nginx's workers run as, when started by root.
+    worker_user: Option<config::WorkerUser>,
     /// The static site nginx serves under /static/.
     static_dir: PathBuf,
     nginx: NginxSettings,
@@ -216,6 +230,8 @@ impl Site {
                 .map_err(|e| StartError::new(format!("--static {}: {e}", dir.display())))?,
             None => run_dir.join("static"),
         };
+        let worker_user =
+            config::unprivileged_user(args.user.as_deref()).map_err(StartError::new)?;
         // nginx waits for an answer longer than the master lets a worker work.
         let read_timeout = if args.harakiri > 0 {
             args.harakiri + 10
@@ -235,12 +251,16 @@ impl Site {
                 "off" => None,
                 path => Some(absolute(Path::new(path))),
             },
-            user: config::user_when_root(),
+            user: worker_user
+                .as_ref()
+                .map(|u| (u.user.clone(), u.group.clone())),
+            max_temp_file: args.max_temp_file_size,
         };
         Ok(Site {
             run_dir,
             temporary,
             socket,
+            worker_user,
             static_dir,
             nginx,
         })
@@ -253,7 +273,8 @@ impl Site {
         if self.temporary {
             remove_stale_run_dirs(self.run_dir.parent().unwrap_or(Path::new("/tmp")));
         }
-        config::make_run_dir(&self.run_dir).map_err(StartError::new)?;
+        let group = self.worker_user.as_ref().map(|u| u.gid);
+        config::make_run_dir(&self.run_dir, group).map_err(StartError::new)?;
         let cleanup = RunDir {
             path: self.run_dir.clone(),
             remove: self.temporary,
@@ -366,12 +387,23 @@ fn absolute(path: &Path) -> PathBuf {
 }
 
 /// Stage 4, with uWSGI's flags.
-fn stage4_command(bin: &Path, args: &Args, socket: &Path, read_timeout: u64) -> Vec<OsString> {
-    let mut cmd: Vec<OsString> = vec![bin.into(), "--socket".into(), socket.into()];
+fn stage4_command(bin: &Path, args: &Args, site: &Site) -> Vec<OsString> {
+    let read_timeout = site.nginx.read_timeout;
+    let mut cmd: Vec<OsString> = vec![bin.into(), "--socket".into(), site.socket.clone().into()];
     let mut flag = |name: &str, value: OsString| {
         cmd.push(name.into());
         cmd.push(value);
     };
+    if let Some(user) = &site.worker_user {
+        // nginx's workers connect as another user: the socket is for this
+        // user and their group (uWSGI's chown-socket and chmod-socket).
+        let me = nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .ok()
+            .flatten()
+            .map_or_else(|| "root".to_string(), |u| u.name);
+        flag("--chown-socket", format!("{me}:{}", user.group).into());
+        flag("--chmod-socket", "660".into());
+    }
     flag("--processes", args.workers.to_string().into());
     flag("--harakiri", args.harakiri.to_string().into());
     flag("--buffer-size", args.buffer_size.to_string().into());
@@ -402,7 +434,6 @@ fn stage4_command(bin: &Path, args: &Args, socket: &Path, read_timeout: u64) -> 
     cmd
 }
 
-/// The run directory stage 5 made for itself, removed when it exits.
 /// Removes the run directories of supervisors that died without cleaning
 /// up (`kill -9`: nginx and stage 4 follow it, but nobody removes its
 /// directory). A directory is named after its supervisor's pid; it is stale
@@ -442,6 +473,7 @@ fn process_exists(pid: i32) -> bool {
     )
 }
 
+/// The run directory stage 5 made for itself, removed when it exits.
 struct RunDir {
     path: PathBuf,
     remove: bool,
