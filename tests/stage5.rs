@@ -869,3 +869,25 @@ fn slow_readers_of_big_responses_do_not_fill_the_disk() {
         "{most} bytes on disk: more than 4 MiB per response"
     );
 }
+
+#[test]
+fn more_waiting_requests_than_a_default_listen_queue_get_no_502() {
+    // 120 requests at once on 2 workers: most wait in stage 4's socket
+    // queue. uWSGI's default queue (100) would overflow, and nginx would
+    // answer 502 to the rest ("connect() failed (11: Resource temporarily
+    // unavailable)"); stage 5 sizes stage 4's queue for what nginx sends.
+    if !have_nginx() {
+        return;
+    }
+    let server = start(&["apps.lab:app"]);
+    let addr = server.addr();
+    let requests: Vec<_> = (0..120)
+        .map(|_| std::thread::spawn(move || client::get(addr, "/io?ms=100").map(|r| r.status)))
+        .collect();
+    let statuses: Vec<u16> = requests
+        .into_iter()
+        .map(|r| r.join().unwrap().unwrap_or(0))
+        .collect();
+    let bad: Vec<&u16> = statuses.iter().filter(|&&s| s != 200).collect();
+    assert!(bad.is_empty(), "{} of 120 were not 200: {bad:?}", bad.len());
+}

@@ -60,6 +60,7 @@ pub fn bind_unix(
     .map_err(fail)?;
     let addr = UnixAddr::new(path).map_err(fail)?;
     bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr).map_err(fail)?;
+    warn_if_the_kernel_caps(backlog);
     let backlog = Backlog::new(backlog).unwrap_or(Backlog::MAXCONN);
     listen(&fd, backlog).map_err(fail)?;
     // Who may connect: by default only this user (0600). nginx's workers
@@ -118,4 +119,18 @@ pub fn owner(spec: &str) -> Result<Owner, StartError> {
         }),
     };
     Ok(Owner { uid, gid })
+}
+
+/// Linux silently shortens a listen queue to `net.core.somaxconn`: say so,
+/// since a short queue turns load into nginx's 502s.
+fn warn_if_the_kernel_caps(backlog: i32) {
+    let cap = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok());
+    if let Some(cap) = cap.filter(|&cap| cap < backlog) {
+        log::warn!(
+            "--listen {backlog}: the kernel allows at most {cap} (net.core.somaxconn); \
+             raise it with: sysctl -w net.core.somaxconn={backlog}"
+        );
+    }
 }

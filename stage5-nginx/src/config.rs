@@ -58,6 +58,11 @@ impl NginxSettings {
 /// on disk per slow client (nginx's own default is 1 GiB).
 pub const DEFAULT_MAX_TEMP_FILE: u64 = 4 << 20;
 
+/// `worker_connections` in nginx.conf, and the listen queue stage 5 asks of
+/// stage 4's socket: as many requests as one nginx worker can have waiting
+/// on the app.
+pub const UPSTREAM_BACKLOG: u32 = 1024;
+
 /// The comment on top of the nginx.conf stage 5 writes.
 pub const STAGE5_HEADER: &str = "# Written by stage5-nginx for this run. Edit it and send HUP to\n\
                                  # stage5-nginx (kill -HUP <pid>) to have nginx load it again.\n";
@@ -110,7 +115,7 @@ error_log stderr notice;
 worker_shutdown_timeout {read_timeout}s;
 
 events {{
-    worker_connections 1024;
+    worker_connections {worker_connections};
 }}
 
 http {{
@@ -200,6 +205,7 @@ http {{
         },
         max_body = s.max_body,
         max_temp_file = s.max_temp_file,
+        worker_connections = UPSTREAM_BACKLOG,
         listen = s.listen,
         params = quoted(&s.params_path().display().to_string()),
     )

@@ -405,6 +405,11 @@ fn stage4_command(bin: &Path, args: &Args, site: &Site) -> Vec<OsString> {
         flag("--chmod-socket", "660".into());
     }
     flag("--processes", args.workers.to_string().into());
+    // Requests wait in the socket's queue while every worker is busy.
+    // uWSGI's default queue (100) is soon full under load, and nginx then
+    // answers 502 at once; nginx can have as many requests in flight as
+    // its worker_connections (1024 per worker) allow.
+    flag("--listen", config::UPSTREAM_BACKLOG.to_string().into());
     flag("--harakiri", args.harakiri.to_string().into());
     flag("--buffer-size", args.buffer_size.to_string().into());
     flag(
