@@ -410,6 +410,18 @@ impl ChunkedDecoder {
                     return Err(HttpError::new(431, "too many trailer fields"));
                 }
                 let field = parse_field_line(&self.line)?;
+                // Fields that frame or route the request have no place
+                // after the body: a server that merged them into the
+                // headers (or a proxy that did) would read another request
+                // than this one. gunicorn refuses them; so does this.
+                if ["content-length", "transfer-encoding", "host"]
+                    .iter()
+                    .any(|n| field.0.eq_ignore_ascii_case(n))
+                {
+                    return Err(bad(
+                        "a framing field (Content-Length, Transfer-Encoding, Host) in the trailers",
+                    ));
+                }
                 self.trailers.push(field);
                 self.line.clear();
                 TrailerStart

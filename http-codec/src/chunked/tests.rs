@@ -388,6 +388,18 @@ fn malformed_trailers_are_400() {
         (b"0\r\nX(: a\r\n\r\n", "invalid trailer field name"),
         (b"0\r\nX: a\0b\r\n\r\n", "invalid trailer field value"),
         (b"0\r\nX: a\x7fb\r\n\r\n", "invalid trailer field value"),
+        (
+            b"0\r\nContent-Length: 5\r\n\r\n",
+            "a framing field (Content-Length, Transfer-Encoding, Host) in the trailers",
+        ),
+        (
+            b"0\r\nhost: evil\r\n\r\n",
+            "a framing field (Content-Length, Transfer-Encoding, Host) in the trailers",
+        ),
+        (
+            b"0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "a framing field (Content-Length, Transfer-Encoding, Host) in the trailers",
+        ),
     ];
     for (input, reason) in cases {
         assert_eq!(

@@ -13,6 +13,15 @@ pub(super) fn interpret(
     let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
         return Err(bad_request("malformed request line"));
     };
+    // gunicorn's rule: a method is an upper-case token of 3 to 20
+    // characters (`get` and `-bl` are tokens, and refused all the same: a
+    // server that upper-cased them would serve what a proxy passed as
+    // something else).
+    if method.bytes().any(|b| b.is_ascii_lowercase() || b == b'#')
+        || !(3..=20).contains(&method.len())
+    {
+        return Err(bad_request("invalid request method"));
+    }
     let version = match minor {
         0 => Version::Http10,
         1 => Version::Http11,
@@ -33,6 +42,16 @@ pub(super) fn interpret(
 
     let framing = Framing::collect(&headers);
     let body = framing.body_kind(version, limits)?;
+    // Two Content-Types: the app would see both, joined ("a,b"), and pick
+    // one, maybe not the one a proxy checked.
+    if let Seen::Many = framing.content_types {
+        return Err(bad_request("duplicate Content-Type"));
+    }
+    // The only expectation HTTP/1.1 defines is 100-continue; a server MUST
+    // answer any other with 417 (RFC 9110 10.1.1).
+    if framing.unknown_expectation {
+        return Err(HttpError::new(417, "unsupported expectation"));
+    }
 
     // RFC 9112 3.2: a server MUST answer 400 to an HTTP/1.1 request without
     // Host and to any request with more than one Host or an invalid one.
@@ -86,11 +105,13 @@ pub(super) fn interpret(
 #[derive(Default)]
 struct Framing<'a> {
     content_lengths: Seen<'a>,
+    content_types: Seen<'a>,
     transfer_encodings: Vec<&'a [u8]>,
     hosts: Seen<'a>,
     connection_close: bool,
     connection_keep_alive: bool,
     expect_continue: bool,
+    unknown_expectation: bool,
 }
 
 /// The values of a header that may appear only once: a second one is an
@@ -120,6 +141,8 @@ impl<'a> Framing<'a> {
             let value = value.as_slice();
             if name.eq_ignore_ascii_case("content-length") {
                 f.content_lengths.add(value);
+            } else if name.eq_ignore_ascii_case("content-type") {
+                f.content_types.add(value);
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
                 f.transfer_encodings.push(value);
             } else if name.eq_ignore_ascii_case("host") {
@@ -133,10 +156,12 @@ impl<'a> Framing<'a> {
                         f.connection_keep_alive = true;
                     }
                 }
-            } else if name.eq_ignore_ascii_case("expect")
-                && value.eq_ignore_ascii_case(b"100-continue")
-            {
-                f.expect_continue = true;
+            } else if name.eq_ignore_ascii_case("expect") {
+                if trim_ows(value).eq_ignore_ascii_case(b"100-continue") {
+                    f.expect_continue = true;
+                } else {
+                    f.unknown_expectation = true;
+                }
             }
         }
         f
@@ -197,14 +222,19 @@ fn parse_content_length(value: &[u8]) -> Result<u64, HttpError> {
 /// Only plain `chunked` is supported. RFC 9112 6.3: if `chunked` is not the
 /// final coding the body length cannot be determined, so 400; `chunked`
 /// twice would mean decoding twice, which no client does and which parsers
-/// disagree about, so 400. A coding we do not implement (gzip, identity,
-/// an empty element, anything unknown) is 501 Not Implemented (RFC 9112 6.1).
+/// disagree about, so 400; so is a list with an empty element (`,chunked`,
+/// an empty value), which is not a list of codings at all. A coding we do
+/// not implement (gzip, identity, anything unknown) is 501 Not Implemented
+/// (RFC 9112 6.1).
 fn transfer_coding(values: &[&[u8]]) -> Result<BodyKind, HttpError> {
     let mut chunked = 0;
     let mut last_is_chunked = false;
     let mut other = false;
     for value in values {
         for coding in value.split(|&b| b == b',').map(trim_ows) {
+            if coding.is_empty() {
+                return Err(bad_request("malformed Transfer-Encoding"));
+            }
             last_is_chunked = coding.eq_ignore_ascii_case(b"chunked");
             if last_is_chunked {
                 chunked += 1;

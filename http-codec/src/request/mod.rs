@@ -75,8 +75,9 @@ pub struct Limits {
     pub max_request_line: usize,
     /// Most header fields in one request. Default 100. Over it: 431.
     pub max_header_count: usize,
-    /// Longest single header line (`Name: value`), without its CRLF.
-    /// Default 8190 bytes. Over it: 431.
+    /// Longest single header line (`Name: value`) *with* its CRLF, as
+    /// gunicorn counts it: 8188 bytes of content at most by default (8190
+    /// with the CRLF). Over it: 431.
     pub max_header_size: usize,
     /// Largest `Content-Length` accepted. Default 1 GiB; 0 means unlimited.
     /// Over it: 413. (A chunked body has no announced length: the server
@@ -106,10 +107,7 @@ impl Limits {
     /// nothing but CRLFs.
     pub(super) fn max_head_bytes(&self) -> usize {
         self.max_request_line
-            .saturating_add(
-                self.max_header_count
-                    .saturating_mul(self.max_header_size.saturating_add(2)),
-            )
+            .saturating_add(self.max_header_count.saturating_mul(self.max_header_size))
             .saturating_add(4)
     }
 }

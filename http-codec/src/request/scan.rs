@@ -119,7 +119,8 @@ fn scan_lines(buf: &[u8], limits: &Limits) -> Scanned {
         if header_lines > limits.max_header_count {
             return violation(pos + 1, too_large("too many header fields"), header_lines);
         }
-        match measure_line(buf, pos, limits.max_header_size) {
+        // gunicorn counts a field line with its CRLF against the limit.
+        match measure_line(buf, pos, limits.max_header_size.saturating_sub(2)) {
             Line::Incomplete => return incomplete(header_lines),
             Line::TooLong { at } => {
                 return violation(at, too_large("header field line too long"), header_lines);
