@@ -16,6 +16,7 @@ use pyo3::types::string::PyStringData;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
+use super::request::ResponseRules;
 use crate::conn::Stream;
 use crate::http::request::{Version, is_tchar, parse_digits};
 use crate::http::response::{
@@ -52,19 +53,6 @@ impl ResponseHead {
     }
 }
 
-/// Which protocol the response goes out in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
-    /// HTTP/1.1 straight to the client: `Server` and `Date` headers,
-    /// keep-alive, chunked bodies.
-    Http,
-    /// The answer to a uwsgi packet: a plain HTTP status line and headers,
-    /// Content-Length when known, otherwise the body until the connection
-    /// closes; never chunked, always closed. nginx adds `Server`, `Date` and
-    /// the framing its own client needs.
-    Uwsgi,
-}
-
 /// Buffered bytes are written out once they pass this size, so a large list
 /// body is not held whole in memory.
 const FLUSH_THRESHOLD: usize = 64 * 1024;
@@ -83,19 +71,34 @@ pub struct ResponseWriter {
     /// The client allows reusing the connection and the server wants to.
     keep_alive_allowed: bool,
     /// Set by `start_response`; replaced by a later call with `exc_info`.
-    pub head: Option<ResponseHead>,
-    pub headers_sent: bool,
+    head: Option<ResponseHead>,
+    headers_sent: bool,
     framing: Framing,
     /// Body bytes still allowed by the Content-Length sent.
     remaining: u64,
     /// Body bytes the app produced (for the access log).
+    body_bytes: u64,
+    /// The connection must be closed after this response.
+    must_close: bool,
+    /// The client went away: later writes are skipped.
+    client_gone: Option<io::Error>,
+    response_started: Arc<AtomicBool>,
+    rules: ResponseRules,
+}
+
+/// What is left of a response once the app is done: the bytes still to
+/// write, and what the connection and the access log need to know.
+pub struct ResponseRest {
+    /// Buffered and not written yet (nothing if the client is gone).
+    pub unsent: Vec<u8>,
+    /// The status sent (500 if the app never gave one).
+    pub status: u16,
+    /// Body bytes the app produced.
     pub body_bytes: u64,
     /// The connection must be closed after this response.
     pub must_close: bool,
-    /// The client went away: later writes are skipped.
+    /// Why the client is gone, if it went away.
     pub client_gone: Option<io::Error>,
-    response_started: Arc<AtomicBool>,
-    protocol: Protocol,
 }
 
 impl ResponseWriter {
@@ -106,7 +109,7 @@ impl ResponseWriter {
         head_request: bool,
         keep_alive_allowed: bool,
         response_started: Arc<AtomicBool>,
-        protocol: Protocol,
+        rules: ResponseRules,
     ) -> ResponseWriter {
         ResponseWriter {
             stream: Some(stream),
@@ -123,13 +126,18 @@ impl ResponseWriter {
             must_close: false,
             client_gone: None,
             response_started,
-            protocol,
+            rules,
         }
     }
 
-    /// The status code that was (or will be) sent.
-    pub fn status_code(&self) -> Option<u16> {
-        self.head.as_ref().map(|h| h.code)
+    /// The head has gone into the buffer (or out): too late for another.
+    pub fn headers_sent(&self) -> bool {
+        self.headers_sent
+    }
+
+    /// The client went away: nothing more is written.
+    pub fn client_gone(&self) -> bool {
+        self.client_gone.is_some()
     }
 
     /// Writes the response head into the buffer, choosing the framing.
@@ -159,7 +167,7 @@ impl ResponseWriter {
             // A HEAD response has no body whatever its headers say; with an
             // unknown length there is nothing true to announce.
             Framing::NoBody
-        } else if self.request_version == Version::Http11 && self.protocol == Protocol::Http {
+        } else if self.request_version == Version::Http11 && self.rules.chunked {
             framing_header = FramingHeader::Chunked;
             Framing::Chunked
         } else {
@@ -172,41 +180,46 @@ impl ResponseWriter {
             self.keep_alive_allowed && !head.close && self.framing != Framing::UntilClose;
         self.must_close |= !keep_alive;
         // ANCHOR_END: choose_framing
-
-        if self.protocol == Protocol::Uwsgi {
-            self.out.extend_from_slice(b"HTTP/1.1 ");
-            self.out.extend_from_slice(head.status_line());
-            self.out.extend_from_slice(b"\r\n");
-        } else {
-            push_status_and_common_headers(&mut self.out, head.status_line(), &self.server);
-        }
-        if self.protocol == Protocol::Uwsgi {
-            // The connection is closed after every response; nginx knows.
-        } else if !keep_alive {
-            self.out.extend_from_slice(b"Connection: close\r\n");
-        } else if self.request_version == Version::Http10 {
-            // HTTP/1.0 closes by default; say that this one stays open.
-            self.out.extend_from_slice(b"Connection: keep-alive\r\n");
-        }
-        self.out.extend_from_slice(head.header_lines());
-        match framing_header {
-            FramingHeader::None => {}
-            FramingHeader::Length(n) => {
-                self.out.extend_from_slice(b"Content-Length: ");
-                push_decimal(&mut self.out, n);
-                self.out.extend_from_slice(b"\r\n");
-            }
-            FramingHeader::Chunked => self
-                .out
-                .extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
-        }
-        self.out.extend_from_slice(b"\r\n");
+        self.push_head(keep_alive, framing_header);
         if self.head_request {
             self.framing = Framing::NoBody;
         }
         self.headers_sent = true;
         self.response_started.store(true, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The head's bytes: status line, the server's headers, the app's, the
+    /// framing header, the blank line.
+    fn push_head(&mut self, keep_alive: bool, framing_header: FramingHeader) {
+        let head = self.head.as_ref().expect("send_head checked the head");
+        let out = &mut self.out;
+        if self.rules.server_and_date {
+            push_status_and_common_headers(out, head.status_line(), &self.server);
+        } else {
+            out.extend_from_slice(b"HTTP/1.1 ");
+            out.extend_from_slice(head.status_line());
+            out.extend_from_slice(b"\r\n");
+        }
+        if !self.rules.connection_header {
+            // The connection is closed after every response; the peer knows.
+        } else if !keep_alive {
+            out.extend_from_slice(b"Connection: close\r\n");
+        } else if self.request_version == Version::Http10 {
+            // HTTP/1.0 closes by default; say that this one stays open.
+            out.extend_from_slice(b"Connection: keep-alive\r\n");
+        }
+        out.extend_from_slice(head.header_lines());
+        match framing_header {
+            FramingHeader::None => {}
+            FramingHeader::Length(n) => {
+                out.extend_from_slice(b"Content-Length: ");
+                push_decimal(out, n);
+                out.extend_from_slice(b"\r\n");
+            }
+            FramingHeader::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        }
+        out.extend_from_slice(b"\r\n");
     }
 
     /// Adds a piece of the body. Sends the head first if it has not gone yet.
@@ -262,17 +275,9 @@ impl ResponseWriter {
         Ok(())
     }
 
-    /// Ends the response: the head if the body was empty, the last chunk,
-    /// and everything still buffered.
-    pub fn finish(&mut self, py: Python<'_>) -> PyResult<()> {
-        self.end_body()?;
-        self.write_out(py, &[], &[]);
-        Ok(())
-    }
-
-    /// [`finish`](Self::finish) without the write: completes the response in
-    /// the buffer, for [`take_unsent`](Self::take_unsent) to hand to whoever
-    /// writes it after the GIL is released.
+    /// Ends the response in the buffer: the head if the body was empty, the
+    /// last chunk. [`take_rest`](Self::take_rest) hands it to whoever writes
+    /// it after the GIL is released.
     pub fn end_body(&mut self) -> PyResult<()> {
         if !self.headers_sent {
             self.send_head(Some(0))?;
@@ -293,12 +298,19 @@ impl ResponseWriter {
         Ok(())
     }
 
-    /// The bytes buffered and not written yet (nothing if the client is gone).
-    pub fn take_unsent(&mut self) -> Vec<u8> {
+    /// What is left to do once the app is done: the bytes buffered and not
+    /// written yet (nothing if the client is gone), and how it went.
+    pub fn take_rest(&mut self) -> ResponseRest {
         if self.client_gone.is_some() {
             self.out.clear();
         }
-        std::mem::take(&mut self.out)
+        ResponseRest {
+            unsent: std::mem::take(&mut self.out),
+            status: self.head.as_ref().map_or(500, |h| h.code),
+            body_bytes: self.body_bytes,
+            must_close: self.must_close,
+            client_gone: self.client_gone.take(),
+        }
     }
 
     /// Lets go of the connection: the request is over, and the object that
@@ -314,7 +326,7 @@ impl ResponseWriter {
     pub fn abort(&mut self, py: Python<'_>) {
         self.must_close = true;
         self.write_out(py, &[], &[]);
-        if self.protocol == Protocol::Uwsgi {
+        if self.rules.reset_on_abort {
             // A uwsgi response without Content-Length ends when the
             // connection closes, so a plain close would make a cut-short body
             // look complete to nginx. A reset (SO_LINGER 0) cannot be
@@ -434,7 +446,7 @@ mod log {
 /// The `start_response` callable given to the app.
 #[pyclass(module = "wsgi_bridge", name = "StartResponse")]
 pub struct StartResponse {
-    pub writer: ResponseWriter,
+    writer: ResponseWriter,
     /// The `write` callable it returns, kept: a bound method is a new object
     /// at every lookup, and this object serves many requests (see
     /// `RequestObjects` in call.rs). The method refers back to this object,
@@ -452,6 +464,16 @@ impl StartResponse {
             write: None,
             keep_write: true,
         }
+    }
+
+    /// The writer of the request in progress.
+    pub fn writer_mut(&mut self) -> &mut ResponseWriter {
+        &mut self.writer
+    }
+
+    /// Gets the object ready for another request, written by `writer`.
+    pub fn reset(&mut self, writer: ResponseWriter) {
+        self.writer = writer;
     }
 
     /// The `write` callable kept by an earlier call, if any.
@@ -591,7 +613,23 @@ fn check_response_head(
     // where they lie.
     let mut wire = Vec::with_capacity(256);
     push_latin1(&mut wire, status, "the status")?;
-    let status_line = wire.as_slice();
+    let code = status_code(&wire)?;
+    let mut head = ResponseHead {
+        code,
+        status_len: wire.len(),
+        wire,
+        content_length: None,
+        close: false,
+    };
+    for item in header_items(headers)? {
+        head.push_header(&item?)?;
+    }
+    Ok(head)
+}
+
+/// The code of a status such as `200 OK`: three digits, a space, a reason,
+/// no control character.
+fn status_code(status_line: &[u8]) -> PyResult<u16> {
     let code = (status_line.len() >= 5
         && status_line[..3].iter().all(u8::is_ascii_digit)
         && status_line[3] == b' ')
@@ -612,12 +650,15 @@ fn check_response_head(
             "the status contains a control character",
         ));
     }
-    let status_len = wire.len();
+    Ok(code)
+}
 
-    let mut content_length = None;
-    let mut close = false;
-    // A plain list, as PEP 3333 asks, is read in place; any other iterable is
-    // accepted too, through an iterator (one more object per response).
+/// The items of the headers argument. A plain list, as PEP 3333 asks, is
+/// read in place; any other iterable is accepted too, through an iterator
+/// (one more object per response).
+fn header_items<'py>(
+    headers: &Bound<'py, PyAny>,
+) -> PyResult<impl Iterator<Item = PyResult<Bound<'py, PyAny>>>> {
     let (list, other) = match headers.cast_exact::<PyList>() {
         Ok(list) => (Some(list.iter()), None),
         Err(_) => {
@@ -627,13 +668,17 @@ fn check_response_head(
             (None, Some(items))
         }
     };
-    let items = list
+    Ok(list
         .into_iter()
         .flatten()
         .map(Ok)
-        .chain(other.into_iter().flatten());
-    for item in items {
-        let item = item?;
+        .chain(other.into_iter().flatten()))
+}
+
+impl ResponseHead {
+    /// Adds one `(name, value)` header: checked, then kept as a line of
+    /// `wire`, unless it is hop-by-hop (the server's business).
+    fn push_header(&mut self, item: &Bound<'_, PyAny>) -> PyResult<()> {
         let Some([name, value]) = item.cast::<PyTuple>().ok().map(|t| t.as_slice()) else {
             return Err(PyTypeError::new_err(format!(
                 "each response header must be a (name, value) tuple, not {}",
@@ -642,25 +687,15 @@ fn check_response_head(
         };
         // The line `name: value\r\n` is written, then checked; a line that
         // is dropped is cut off again.
+        let wire = &mut self.wire;
         let line_start = wire.len();
-        push_latin1(&mut wire, name, "a header name")?;
+        push_latin1(wire, name, "a header name")?;
         let name_end = wire.len();
         wire.extend_from_slice(b": ");
-        push_latin1(&mut wire, value, "a header value")?;
+        push_latin1(wire, value, "a header value")?;
         let name = &wire[line_start..name_end];
         let value = &wire[name_end + 2..];
-        if name.is_empty() || !name.iter().copied().all(is_tchar) {
-            return Err(PyValueError::new_err(format!(
-                "the header name {:?} is not a valid HTTP token",
-                String::from_utf8_lossy(name)
-            )));
-        }
-        if value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
-            return Err(PyValueError::new_err(format!(
-                "the value of header {:?} contains a newline or NUL (that would split the response)",
-                String::from_utf8_lossy(name)
-            )));
-        }
+        check_header(name, value)?;
         if is_hop_by_hop(name) {
             // Framing and persistence belong to the server; remember only
             // whether the app wants the connection closed.
@@ -669,10 +704,10 @@ fn check_response_head(
                     .split(|&b| b == b',')
                     .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
             {
-                close = true;
+                self.close = true;
             }
             wire.truncate(line_start);
-            continue;
+            return Ok(());
         }
         if name.eq_ignore_ascii_case(b"content-length") {
             let n = parse_digits(value).ok_or_else(|| {
@@ -681,15 +716,26 @@ fn check_response_head(
                     String::from_utf8_lossy(value)
                 ))
             })?;
-            content_length = Some(n);
+            self.content_length = Some(n);
         }
         wire.extend_from_slice(b"\r\n");
+        Ok(())
     }
-    Ok(ResponseHead {
-        code,
-        wire,
-        status_len,
-        content_length,
-        close,
-    })
+}
+
+/// A header name must be a token, and a value must not end the line early.
+fn check_header(name: &[u8], value: &[u8]) -> PyResult<()> {
+    if name.is_empty() || !name.iter().copied().all(is_tchar) {
+        return Err(PyValueError::new_err(format!(
+            "the header name {:?} is not a valid HTTP token",
+            String::from_utf8_lossy(name)
+        )));
+    }
+    if value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
+        return Err(PyValueError::new_err(format!(
+            "the value of header {:?} contains a newline or NUL (that would split the response)",
+            String::from_utf8_lossy(name)
+        )));
+    }
+    Ok(())
 }
