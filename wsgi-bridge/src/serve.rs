@@ -14,7 +14,7 @@ use crate::http::request::{HttpError, Limits, RequestHead, parse_head};
 use crate::http::response::error_response;
 use crate::logging::{AccessEntry, access_log};
 use crate::worker::WorkerHooks;
-use crate::wsgi::call::{Exchange, WsgiApp, call_app};
+use crate::wsgi::call::{Exchange, Outcome, WsgiApp, call_app};
 use crate::wsgi::environ::{Peer, PeerStrings};
 use crate::wsgi::request::HttpRequest;
 
@@ -150,21 +150,8 @@ impl HttpConnection {
             max_body: limits.max_body,
         };
         let outcome = call_app(app, exchange);
+        self.log_access(head, &outcome);
         self.rbuf = outcome.rbuf;
-        if let Some(log) = access_log() {
-            log.write(&AccessEntry {
-                remote_addr: &self.peer.addr,
-                request_line: &format!("{} {} {}", head.method, head.target, head.version.as_str()),
-                status: outcome.status,
-                body_bytes: outcome.body_bytes,
-                referer: head
-                    .header("referer")
-                    .and_then(|v| std::str::from_utf8(v).ok()),
-                user_agent: head
-                    .header("user-agent")
-                    .and_then(|v| std::str::from_utf8(v).ok()),
-            });
-        }
         if outcome.keep_alive {
             Next::KeepAlive
         } else {
@@ -175,6 +162,22 @@ impl HttpConnection {
         }
     }
     // ANCHOR_END: serve_one
+
+    /// The access log line, if one is kept.
+    fn log_access(&self, head: &RequestHead, outcome: &Outcome) {
+        let Some(log) = access_log() else {
+            return;
+        };
+        let header = |name| head.header(name).and_then(|v| std::str::from_utf8(v).ok());
+        log.write(&AccessEntry {
+            remote_addr: &self.peer.addr,
+            request_line: &format!("{} {} {}", head.method, head.target, head.version.as_str()),
+            status: outcome.status,
+            body_bytes: outcome.body_bytes,
+            referer: header("referer"),
+            user_agent: header("user-agent"),
+        });
+    }
 
     /// Answers a request that never reached the app, then closes.
     pub fn reject(&mut self, e: &HttpError, server: &str) {
