@@ -7,4 +7,5 @@ pub mod environ;
 pub mod file_wrapper;
 pub mod input;
 pub mod request;
+pub mod response_head;
 pub mod start_response;
