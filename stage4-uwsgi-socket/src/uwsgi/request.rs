@@ -210,3 +210,87 @@ fn host_from_server_vars(request: &UwsgiRequest) -> Option<String> {
         Some(port) => format!("{name}:{port}"),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::uwsgi::{encode_packet, parse_packet};
+    use wsgi_bridge::wsgi::environ::{ServerInfo, template};
+
+    fn request(vars: &[(&str, &[u8])]) -> UwsgiRequest {
+        let packet = encode_packet(vars).unwrap();
+        parse_packet(&packet, 4096).unwrap().unwrap().0
+    }
+
+    #[test]
+    fn the_answers_come_from_the_variables() {
+        let r = request(&[
+            ("REQUEST_METHOD", b"HEAD"),
+            ("REQUEST_URI", b"/a?b=1"),
+            ("SERVER_PROTOCOL", b"HTTP/1.0"),
+            ("REMOTE_ADDR", b"10.0.0.7"),
+        ]);
+        assert_eq!(Request::method(&r), "HEAD");
+        assert_eq!(r.target(), "/a?b=1");
+        assert_eq!(r.version(), Version::Http10);
+        assert_eq!(r.client(), "10.0.0.7 (through the uwsgi socket)");
+        assert!(!r.expect_continue() && !r.keep_alive());
+        assert_eq!(<UwsgiRequest as Request>::RESPONSE, RESPONSE);
+        assert!(!RESPONSE.chunked && RESPONSE.reset_on_abort);
+    }
+
+    #[test]
+    fn repeated_headers_are_joined_and_http_content_type_dropped() {
+        let r = request(&[
+            ("HTTP_ACCEPT", b"a"),
+            ("HTTP_COOKIE", b"x=1"),
+            ("HTTP_ACCEPT", b"b"),
+            ("HTTP_COOKIE", b"y=2"),
+            ("HTTP_CONTENT_TYPE", b"text/plain"),
+            ("CONTENT_TYPE", b"text/plain"),
+        ]);
+        let joined = joined_vars(&r);
+        let find = |k: &str| joined.iter().find(|(n, _)| *n == k).map(|(_, v)| &v[..]);
+        assert_eq!(find("HTTP_ACCEPT"), Some(&b"a,b"[..]));
+        assert_eq!(find("HTTP_COOKIE"), Some(&b"x=1; y=2"[..]));
+        assert_eq!(find("HTTP_CONTENT_TYPE"), None);
+        assert_eq!(find("CONTENT_TYPE"), Some(&b"text/plain"[..]));
+    }
+
+    #[test]
+    fn what_nginx_leaves_out_is_filled_in() {
+        Python::initialize();
+        Python::attach(|py| {
+            let info = ServerInfo {
+                server_name: "127.0.0.1".into(),
+                server_port: "8000".into(),
+                script_name: String::new(),
+                url_scheme: "http",
+                multithread: false,
+                multiprocess: true,
+            };
+            let none = py.None().into_bound(py);
+            let template = template(py, &info, &none).unwrap();
+            let r = request(&[
+                ("REQUEST_URI", b"/caf%C3%A9?q=1"),
+                ("SERVER_NAME", b"example.test"),
+                ("SERVER_PORT", b"8080"),
+                ("HTTPS", b"on"),
+            ]);
+            let env = build_environ(py, &template, &r, &none).unwrap();
+            let get = |k: &str| {
+                env.get_item(k)
+                    .unwrap()
+                    .unwrap()
+                    .extract::<String>()
+                    .unwrap()
+            };
+            assert_eq!(get("REQUEST_METHOD"), "GET");
+            assert_eq!(get("RAW_URI"), "/caf%C3%A9?q=1");
+            assert_eq!(get("PATH_INFO"), "/caf\u{c3}\u{a9}");
+            assert_eq!(get("HTTP_HOST"), "example.test:8080");
+            assert_eq!(get("wsgi.url_scheme"), "https");
+            assert_eq!(get("SERVER_PROTOCOL"), "HTTP/1.1");
+        });
+    }
+}

@@ -213,7 +213,7 @@ fn call_app_with_gil<'a, R: Request>(
     let response = {
         let mut sr = start_response.borrow_mut();
         let writer = sr.writer_mut();
-        answer_errors(py, request, result, &reader, writer);
+        complete_response(py, request, result, &reader, writer);
         writer.take_rest()
     };
     app.recycle(input, start_response);
@@ -258,7 +258,7 @@ fn reader_and_writer<R: Request>(
 /// Completes the response after the app returned or raised: the app's
 /// response if it finished, an error response if nothing was sent yet, a
 /// cut connection if something was.
-fn answer_errors<R: Request>(
+fn complete_response<R: Request>(
     py: Python<'_>,
     request: &R,
     result: PyResult<()>,
