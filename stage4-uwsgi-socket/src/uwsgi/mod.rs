@@ -15,6 +15,12 @@
 //! modifier1 0 means "a WSGI/Python request". The app server answers in
 //! plain HTTP (a status line, headers, the body) and closes the connection:
 //! nginx keeps no connection open to a uwsgi upstream.
+//!
+//! `packet.rs` reads and writes packets and `describe.rs` prints them: plain
+//! Rust, no Python. `request.rs` is where the protocol meets the bridge: it
+//! answers the bridge's `Request` questions (the response rules, `environ`
+//! from the variables), so a packet goes through the same request path as
+//! an HTTP request.
 
 mod describe;
 mod packet;

@@ -433,12 +433,12 @@ impl StartResponse {
     }
 
     /// The writer of the request in progress.
-    pub fn writer_mut(&mut self) -> &mut ResponseWriter {
+    pub(crate) fn writer_mut(&mut self) -> &mut ResponseWriter {
         &mut self.writer
     }
 
     /// Gets the object ready for another request, written by `writer`.
-    pub fn reset(&mut self, writer: ResponseWriter) {
+    pub(crate) fn reset(&mut self, writer: ResponseWriter) {
         self.writer = writer;
     }
 
