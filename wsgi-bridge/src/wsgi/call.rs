@@ -11,6 +11,10 @@
 //! once per request, for environ, the app and its body, and released
 //! whenever the socket is read or written (`py.detach`), so in a threaded
 //! server other requests' Python runs while this one waits on the network.
+//!
+//! (The generic path is compiled where it is used, in stage 4's crate for
+//! uwsgi; the small helpers it calls are `#[inline]` so that the compiler
+//! may inline them there too, as it did when the path was not generic.)
 
 use std::io::Write;
 use std::sync::atomic::AtomicBool;
@@ -68,11 +72,13 @@ impl WsgiApp {
 
     /// The environ template: the keys every request shares, whatever its
     /// protocol ([`environ::template`]).
+    #[inline]
     pub fn template<'a, 'py>(&'a self, py: Python<'py>) -> &'a Bound<'py, PyDict> {
         self.template.bind(py)
     }
 
     /// The template of HTTP requests ([`environ::http_template`]).
+    #[inline]
     pub(crate) fn http_template<'a, 'py>(&'a self, py: Python<'py>) -> &'a Bound<'py, PyDict> {
         self.http_template.bind(py)
     }
@@ -98,6 +104,7 @@ const MAX_SPARE: usize = 64;
 
 impl WsgiApp {
     /// The objects for one request: spare ones if there are any.
+    #[inline]
     fn request_objects<'py>(
         &self,
         py: Python<'py>,
@@ -126,6 +133,7 @@ impl WsgiApp {
 
     /// Keeps a request's objects for the next request, if nothing but the
     /// server refers to them any more (the body reader was taken already).
+    #[inline]
     fn recycle(&self, input: Bound<'_, WsgiInput>, start_response: Bound<'_, StartResponse>) {
         // SAFETY: reading the reference count of live objects, with the GIL.
         let refs = |obj: *mut pyo3::ffi::PyObject| unsafe { pyo3::ffi::Py_REFCNT(obj) };
@@ -196,8 +204,7 @@ fn call_app_with_gil<'a, R: Request>(
     ex: Exchange<'a, R>,
 ) -> AfterApp<'a, R> {
     let (request, stream) = (ex.request, ex.stream.clone());
-    let (reader, writer) = reader_and_writer(app, ex);
-    let (input, start_response) = match app.request_objects(py, reader, writer) {
+    let (input, start_response) = match wsgi_objects(py, app, ex) {
         Ok(objects) => objects,
         Err(e) => {
             // Only an out-of-memory interpreter fails here.
@@ -226,13 +233,14 @@ fn call_app_with_gil<'a, R: Request>(
 }
 // ANCHOR_END: call_app_with_gil
 
-/// The body reader and the response writer of a request, sharing its
-/// socket, and a flag: once the response has started, an `Expect:
-/// 100-continue` must not be answered any more.
-fn reader_and_writer<R: Request>(
+/// `wsgi.input` and `start_response` for a request: its body reader and its
+/// response writer, sharing its socket and a flag (once the response has
+/// started, an `Expect: 100-continue` must not be answered any more).
+fn wsgi_objects<'py, R: Request>(
+    py: Python<'py>,
     app: &WsgiApp,
     ex: Exchange<'_, R>,
-) -> (BodyReader, ResponseWriter) {
+) -> PyResult<(Bound<'py, WsgiInput>, Bound<'py, StartResponse>)> {
     let request = ex.request;
     let response_started = Arc::new(AtomicBool::new(false));
     let reader = BodyReader::new(
@@ -252,7 +260,7 @@ fn reader_and_writer<R: Request>(
         response_started,
         R::RESPONSE,
     );
-    (reader, writer)
+    app.request_objects(py, reader, writer)
 }
 
 /// Completes the response after the app returned or raised: the app's
@@ -424,6 +432,7 @@ fn run_app(
 /// Sends the body. A list or tuple of bytes has a known total length, so the
 /// response gets a Content-Length and stays cheap to reuse; anything else is
 /// streamed, each chunk written as soon as the app yields it.
+#[inline]
 fn send_body(
     py: Python<'_>,
     iterable: &Bound<'_, PyAny>,

@@ -103,11 +103,13 @@ impl ResponseWriter {
     }
 
     /// The head has gone into the buffer (or out): too late for another.
+    #[inline]
     pub fn headers_sent(&self) -> bool {
         self.headers_sent
     }
 
     /// The client went away: nothing more is written.
+    #[inline]
     pub fn client_gone(&self) -> bool {
         self.client_gone.is_some()
     }
@@ -272,6 +274,7 @@ impl ResponseWriter {
 
     /// What is left to do once the app is done: the bytes buffered and not
     /// written yet (nothing if the client is gone), and how it went.
+    #[inline]
     pub fn take_rest(&mut self) -> ResponseRest {
         if self.client_gone.is_some() {
             self.out.clear();
@@ -433,11 +436,13 @@ impl StartResponse {
     }
 
     /// The writer of the request in progress.
+    #[inline]
     pub(crate) fn writer_mut(&mut self) -> &mut ResponseWriter {
         &mut self.writer
     }
 
     /// Gets the object ready for another request, written by `writer`.
+    #[inline]
     pub(crate) fn reset(&mut self, writer: ResponseWriter) {
         self.writer = writer;
     }
