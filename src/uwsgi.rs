@@ -1,8 +1,9 @@
 //! A uwsgi client: what nginx's `uwsgi_pass` does, for tests and benchmarks.
 //!
 //! Its packet encoder is written here, independently of the server's codec
-//! in `wsgi-bridge`: if both shared one, a mistake in it (say, a big-endian
-//! length) would go unnoticed by every test.
+//! (`stage4_uwsgi_socket::uwsgi`): if both shared one, a mistake in it (say,
+//! a big-endian length) would go unnoticed by every test. (It also keeps
+//! the harness free of a dependency on stage 4, and so on pyo3.)
 
 use std::io::{self, Write};
 use std::path::Path;

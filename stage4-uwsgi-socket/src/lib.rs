@@ -5,8 +5,15 @@
 //! nginx has already parsed the HTTP request (and dealt with slow clients,
 //! chunked uploads, keep-alive); the worker gets the CGI variables in binary
 //! form, calls the app, answers in plain HTTP and closes.
+//!
+//! - [`uwsgi`]: the protocol: packets, their variables, `environ` from them,
+//!   and how the response is framed for nginx;
+//! - [`connection`]: one connection, one packet, one response;
+//! - [`router`]: the `--http` router, to try the workers without nginx.
 
+pub mod connection;
 pub mod router;
+pub mod uwsgi;
 
 use std::io;
 use std::os::fd::BorrowedFd;
@@ -14,9 +21,10 @@ use std::time::Duration;
 
 use stage3_prefork::listen::WorkerListener;
 use wsgi_bridge::conn::Stream;
-use wsgi_bridge::serve_uwsgi::UwsgiConnection;
 use wsgi_bridge::worker::WorkerHooks;
 use wsgi_bridge::wsgi::call::WsgiApp;
+
+use crate::connection::UwsgiConnection;
 
 /// How a worker treats its connections.
 #[derive(Clone, Debug)]

@@ -17,7 +17,8 @@ use tokio::net::{TcpListener, TcpStream, UnixStream};
 use wsgi_bridge::http::chunked::ChunkedDecoder;
 use wsgi_bridge::http::request::{BodyKind, HttpError, Limits, RequestHead, parse_head};
 use wsgi_bridge::http::response::{CONTINUE, error_response};
-use wsgi_bridge::uwsgi::encode_packet;
+
+use crate::uwsgi::encode_packet;
 
 /// Where the workers listen.
 #[derive(Clone, Debug)]

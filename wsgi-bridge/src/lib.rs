@@ -6,8 +6,10 @@
 //!
 //! - [`http`]: the HTTP/1.1 codec (request heads, chunked bodies, response
 //!   heads), the `http-codec` crate re-exported: it knows nothing of WSGI;
-//! - [`wsgi`]: PEP 3333: `environ`, `start_response`, `wsgi.input`, calling the app;
-//! - [`serve`]: one connection, request after request;
+//! - [`wsgi`]: PEP 3333: `environ`, `start_response`, `wsgi.input`, calling
+//!   the app: one request path, for any protocol that implements
+//!   [`wsgi::request::Request`] (HTTP here; uwsgi in stage 4);
+//! - [`serve`]: one HTTP connection, request after request;
 //! - [`embed`]: starting CPython inside the server and importing the app;
 //! - [`cli`] and [`logging`]: the flags and log lines every stage shares.
 
@@ -17,8 +19,6 @@ pub mod conn;
 pub mod embed;
 pub mod logging;
 pub mod serve;
-pub mod serve_uwsgi;
-pub mod uwsgi;
 pub mod worker;
 pub mod wsgi;
 

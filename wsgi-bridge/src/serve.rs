@@ -7,7 +7,6 @@ use std::net::Shutdown;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pyo3::Python;
 use pyo3::sync::PyOnceLock;
 
 use crate::conn::{ReadBuf, Stream};
@@ -15,8 +14,9 @@ use crate::http::request::{HttpError, Limits, RequestHead, parse_head};
 use crate::http::response::error_response;
 use crate::logging::{AccessEntry, access_log};
 use crate::worker::WorkerHooks;
-use crate::wsgi::call::{Exchange, Request, WsgiApp, call_app_with_gil};
+use crate::wsgi::call::{Exchange, Outcome, WsgiApp, call_app};
 use crate::wsgi::environ::{Peer, PeerStrings};
+use crate::wsgi::request::HttpRequest;
 
 /// What happens to the connection after a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,36 +137,21 @@ impl HttpConnection {
         limits: &Limits,
         keep_alive: bool,
     ) -> Next {
+        let request = HttpRequest {
+            head,
+            peer: &self.peer,
+            peer_strings: &self.peer_strings,
+        };
         let exchange = Exchange {
-            request: Request::Http {
-                head,
-                peer: &self.peer,
-                peer_strings: &self.peer_strings,
-            },
+            request: &request,
             stream: &self.stream,
             rbuf: std::mem::take(&mut self.rbuf),
-            keep_alive_allowed: keep_alive && head.keep_alive,
+            keep_alive_allowed: keep_alive,
             max_body: limits.max_body,
         };
-        // The GIL is held for the app only: the last bytes of the response
-        // are written (and an unread body dropped) after it is released.
-        let rest = Python::attach(|py| call_app_with_gil(py, app, exchange));
-        let outcome = rest.finish();
+        let outcome = call_app(app, exchange);
+        self.log_access(head, &outcome);
         self.rbuf = outcome.rbuf;
-        if let Some(log) = access_log() {
-            log.write(&AccessEntry {
-                remote_addr: &self.peer.addr,
-                request_line: &format!("{} {} {}", head.method, head.target, head.version.as_str()),
-                status: outcome.status,
-                body_bytes: outcome.body_bytes,
-                referer: head
-                    .header("referer")
-                    .and_then(|v| std::str::from_utf8(v).ok()),
-                user_agent: head
-                    .header("user-agent")
-                    .and_then(|v| std::str::from_utf8(v).ok()),
-            });
-        }
         if outcome.keep_alive {
             Next::KeepAlive
         } else {
@@ -177,6 +162,22 @@ impl HttpConnection {
         }
     }
     // ANCHOR_END: serve_one
+
+    /// The access log line, if one is kept.
+    fn log_access(&self, head: &RequestHead, outcome: &Outcome) {
+        let Some(log) = access_log() else {
+            return;
+        };
+        let header = |name| head.header(name).and_then(|v| std::str::from_utf8(v).ok());
+        log.write(&AccessEntry {
+            remote_addr: &self.peer.addr,
+            request_line: &format!("{} {} {}", head.method, head.target, head.version.as_str()),
+            status: outcome.status,
+            body_bytes: outcome.body_bytes,
+            referer: header("referer"),
+            user_agent: header("user-agent"),
+        });
+    }
 
     /// Answers a request that never reached the app, then closes.
     pub fn reject(&mut self, e: &HttpError, server: &str) {

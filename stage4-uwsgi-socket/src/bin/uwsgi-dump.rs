@@ -14,7 +14,7 @@ use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 
 use clap::Parser;
-use wsgi_bridge::uwsgi::{describe_packet, encode_packet, parse_packet};
+use stage4_uwsgi_socket::uwsgi::{describe_packet, encode_packet, parse_packet};
 
 /// Print uwsgi packets as a hexdump with their fields named.
 #[derive(Parser, Debug)]

@@ -6,27 +6,30 @@
 //!                         socket ◄── head + first chunk, then more ◄┘
 //! ```
 //!
-//! The GIL is held for this whole function except while the socket is
-//! read or written (`py.detach`), so in a threaded server other requests'
-//! Python runs while this one waits on the network.
+//! [`call_app`] is the request path of every stage and both protocols: the
+//! protocol only answers the questions of [`Request`]. The GIL is taken
+//! once per request, for environ, the app and its body, and released
+//! whenever the socket is read or written (`py.detach`), so in a threaded
+//! server other requests' Python runs while this one waits on the network.
+//!
+//! (The generic path is compiled where it is used, in stage 4's crate for
+//! uwsgi; the small helpers it calls are `#[inline]` so that the compiler
+//! may inline them there too, as it did when the path was not generic.)
 
 use std::io::Write;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
-use super::environ::{self, Peer, PeerStrings, ServerInfo};
+use super::environ::{self, ServerInfo};
 use super::file_wrapper::FileWrapper;
 use super::input::{BodyReader, WsgiInput};
-use super::start_response::Protocol;
-use super::start_response::{ResponseWriter, StartResponse, body_bytes};
+use super::request::Request;
+use super::start_response::{ResponseRest, ResponseWriter, StartResponse, body_bytes};
 use crate::conn::{ReadBuf, Stream};
 use crate::embed::format_exception;
-use crate::http::request::{BodyKind, RequestHead, Version};
-use crate::uwsgi::UwsgiRequest;
 
 /// An unread body up to this size is read and thrown away so the connection
 /// can be reused; past it, closing is cheaper.
@@ -38,8 +41,7 @@ pub struct WsgiApp {
     /// ready for the next ones (see [`RequestObjects`]).
     spare: Mutex<Vec<RequestObjects>>,
     app: Py<PyAny>,
-    /// The environ template of uwsgi requests (nginx sends the CGI
-    /// variables: any of them may be missing)...
+    /// The environ template: the keys every request shares...
     template: Py<PyDict>,
     /// ... and the one of HTTP requests, with room for the variables every
     /// request sets.
@@ -67,6 +69,19 @@ impl WsgiApp {
             server_software: server_software.into(),
         })
     }
+
+    /// The environ template: the keys every request shares, whatever its
+    /// protocol ([`environ::template`]).
+    #[inline]
+    pub fn template<'a, 'py>(&'a self, py: Python<'py>) -> &'a Bound<'py, PyDict> {
+        self.template.bind(py)
+    }
+
+    /// The template of HTTP requests ([`environ::http_template`]).
+    #[inline]
+    pub(crate) fn http_template<'a, 'py>(&'a self, py: Python<'py>) -> &'a Bound<'py, PyDict> {
+        self.http_template.bind(py)
+    }
 }
 
 /// The two objects a request hands the app: `environ["wsgi.input"]` and
@@ -89,6 +104,7 @@ const MAX_SPARE: usize = 64;
 
 impl WsgiApp {
     /// The objects for one request: spare ones if there are any.
+    #[inline]
     fn request_objects<'py>(
         &self,
         py: Python<'py>,
@@ -103,7 +119,7 @@ impl WsgiApp {
         {
             let (input, start_response) = (input.into_bound(py), start_response.into_bound(py));
             input.borrow_mut().reader = Some(reader);
-            start_response.borrow_mut().writer = writer;
+            start_response.borrow_mut().reset(writer);
             return Ok((input, start_response));
         }
         let input = Bound::new(
@@ -117,6 +133,7 @@ impl WsgiApp {
 
     /// Keeps a request's objects for the next request, if nothing but the
     /// server refers to them any more (the body reader was taken already).
+    #[inline]
     fn recycle(&self, input: Bound<'_, WsgiInput>, start_response: Bound<'_, StartResponse>) {
         // SAFETY: reading the reference count of live objects, with the GIL.
         let refs = |obj: *mut pyo3::ffi::PyObject| unsafe { pyo3::ffi::Py_REFCNT(obj) };
@@ -134,7 +151,7 @@ impl WsgiApp {
             sr.hand_over();
             return;
         };
-        sr.writer.release();
+        sr.writer_mut().release();
         drop(sr);
         spare.push(RequestObjects {
             input: input.unbind(),
@@ -143,85 +160,14 @@ impl WsgiApp {
     }
 }
 
-/// A request, as one of the two protocols delivered it.
-#[derive(Clone, Copy)]
-pub enum Request<'a> {
-    /// Parsed from HTTP/1.1 by this server (stages 1 to 3).
-    Http {
-        head: &'a RequestHead,
-        peer: &'a Peer,
-        /// The same address as Python strings: the connection makes them
-        /// at its first request and keeps them for the others.
-        peer_strings: &'a PyOnceLock<PeerStrings>,
-    },
-    /// Already parsed by nginx, received as uwsgi variables (stage 4).
-    Uwsgi(&'a UwsgiRequest),
-}
-
-impl Request<'_> {
-    pub fn method(&self) -> &str {
-        match self {
-            Request::Http { head, .. } => &head.method,
-            Request::Uwsgi(r) => r.method(),
-        }
-    }
-
-    /// The target as the client sent it, for logs.
-    pub fn target(&self) -> String {
-        match self {
-            Request::Http { head, .. } => head.target.clone(),
-            Request::Uwsgi(r) => r.uri(),
-        }
-    }
-
-    /// Who sent it, for logs.
-    pub fn client(&self) -> String {
-        match self {
-            Request::Http { peer, .. } => format!("{}:{}", peer.addr, peer.port),
-            Request::Uwsgi(r) => {
-                let addr = r.var("REMOTE_ADDR").map(String::from_utf8_lossy);
-                format!("{} (through the uwsgi socket)", addr.unwrap_or_default())
-            }
-        }
-    }
-
-    fn body(&self) -> BodyKind {
-        match self {
-            Request::Http { head, .. } => head.body,
-            Request::Uwsgi(r) => r.body,
-        }
-    }
-
-    fn expect_continue(&self) -> bool {
-        // nginx answers `Expect: 100-continue` itself, before it forwards.
-        matches!(self, Request::Http { head, .. } if head.expect_continue)
-    }
-
-    fn version(&self) -> Version {
-        match self {
-            Request::Http { head, .. } => head.version,
-            Request::Uwsgi(r) => match r.var("SERVER_PROTOCOL") {
-                Some(b"HTTP/1.0") => Version::Http10,
-                _ => Version::Http11,
-            },
-        }
-    }
-
-    fn protocol(&self) -> Protocol {
-        match self {
-            Request::Http { .. } => Protocol::Http,
-            Request::Uwsgi(_) => Protocol::Uwsgi,
-        }
-    }
-}
-
 /// What one request brings to the app.
-pub struct Exchange<'a> {
-    pub request: Request<'a>,
+pub struct Exchange<'a, R> {
+    pub request: &'a R,
     pub stream: &'a Arc<Stream>,
     /// The bytes read after the request head (the body starts here).
     pub rbuf: ReadBuf,
-    /// Whether the connection may stay open after this response.
+    /// The server is willing to reuse the connection (the request and the
+    /// response have their say too).
     pub keep_alive_allowed: bool,
     pub max_body: u64,
 }
@@ -238,69 +184,95 @@ pub struct Outcome {
     pub rbuf: ReadBuf,
 }
 
-/// Calls the app for one request and writes its response.
-pub fn call_app(py: Python<'_>, app: &WsgiApp, ex: Exchange<'_>) -> Outcome {
-    let rest = call_app_with_gil(py, app, ex);
-    py.detach(|| rest.finish())
+// ANCHOR: call_app
+/// Calls the app for one request and writes its response: the request path
+/// of every stage, whatever the protocol. The GIL is taken once, for the
+/// app; the last bytes of the response are written, and an unread body
+/// dropped, after it is released.
+pub fn call_app<R: Request>(app: &WsgiApp, ex: Exchange<'_, R>) -> Outcome {
+    let rest = Python::attach(|py| call_app_with_gil(py, app, ex));
+    rest.finish()
 }
+// ANCHOR_END: call_app
 
 // ANCHOR: call_app_with_gil
 /// The part of [`call_app`] that needs Python: environ, the app, its body.
-/// What is left (see [`AfterApp`]) is for the caller to finish once it has
-/// released the GIL, as `HttpConnection::serve_one` does.
-pub fn call_app_with_gil<'a>(py: Python<'_>, app: &WsgiApp, ex: Exchange<'a>) -> AfterApp<'a> {
-    let Exchange {
-        request,
-        stream,
-        rbuf,
-        keep_alive_allowed,
-        max_body,
-    } = ex;
-    let response_started = Arc::new(AtomicBool::new(false));
-    let reader = BodyReader::new(
-        stream.clone(),
-        rbuf,
-        request.body(),
-        request.expect_continue(),
-        max_body,
-        response_started.clone(),
-    );
-    let writer = ResponseWriter::new(
-        stream.clone(),
-        app.server_software.clone(),
-        request.version(),
-        request.method() == "HEAD",
-        keep_alive_allowed,
-        response_started,
-        request.protocol(),
-    );
-    let (input, start_response) = match app.request_objects(py, reader, writer) {
+/// What is left (see [`AfterApp`]) is finished once the GIL is released.
+fn call_app_with_gil<'a, R: Request>(
+    py: Python<'_>,
+    app: &WsgiApp,
+    ex: Exchange<'a, R>,
+) -> AfterApp<'a, R> {
+    let (request, stream) = (ex.request, ex.stream.clone());
+    let (input, start_response) = match wsgi_objects(py, app, ex) {
         Ok(objects) => objects,
         Err(e) => {
             // Only an out-of-memory interpreter fails here.
             log::error!("cannot create the WSGI objects: {e}");
-            return AfterApp {
-                request,
-                stream: stream.clone(),
-                unsent: Vec::new(),
-                reader: None,
-                status: 500,
-                body_bytes: 0,
-                must_close: true,
-                client_gone: None,
-            };
+            return AfterApp::failed(request, stream);
         }
     };
 
-    let result = run_app(py, app, &request, &input, &start_response);
+    let result = run_app(py, app, request, &input, &start_response);
 
-    let reader = input
-        .borrow_mut()
-        .reader
-        .take()
-        .expect("the body reader is only taken here");
-    let mut sr = start_response.borrow_mut();
-    let writer = &mut sr.writer;
+    let reader = input.borrow_mut().reader.take();
+    let reader = reader.expect("the body reader is only taken here");
+    let response = {
+        let mut sr = start_response.borrow_mut();
+        let writer = sr.writer_mut();
+        complete_response(py, request, result, &reader, writer);
+        writer.take_rest()
+    };
+    app.recycle(input, start_response);
+    AfterApp {
+        request,
+        stream,
+        response,
+        reader: Some(reader),
+    }
+}
+// ANCHOR_END: call_app_with_gil
+
+/// `wsgi.input` and `start_response` for a request: its body reader and its
+/// response writer, sharing its socket and a flag (once the response has
+/// started, an `Expect: 100-continue` must not be answered any more).
+fn wsgi_objects<'py, R: Request>(
+    py: Python<'py>,
+    app: &WsgiApp,
+    ex: Exchange<'_, R>,
+) -> PyResult<(Bound<'py, WsgiInput>, Bound<'py, StartResponse>)> {
+    let request = ex.request;
+    let response_started = Arc::new(AtomicBool::new(false));
+    let reader = BodyReader::new(
+        ex.stream.clone(),
+        ex.rbuf,
+        request.body(),
+        request.expect_continue(),
+        ex.max_body,
+        response_started.clone(),
+    );
+    let writer = ResponseWriter::new(
+        ex.stream.clone(),
+        app.server_software.clone(),
+        request.version(),
+        request.method() == "HEAD",
+        ex.keep_alive_allowed && request.keep_alive(),
+        response_started,
+        R::RESPONSE,
+    );
+    app.request_objects(py, reader, writer)
+}
+
+/// Completes the response after the app returned or raised: the app's
+/// response if it finished, an error response if nothing was sent yet, a
+/// cut connection if something was.
+fn complete_response<R: Request>(
+    py: Python<'_>,
+    request: &R,
+    result: PyResult<()>,
+    reader: &BodyReader,
+    writer: &mut ResponseWriter,
+) {
     // ANCHOR: app_errors
     match result {
         Ok(()) => {
@@ -308,7 +280,7 @@ pub fn call_app_with_gil<'a>(py: Python<'_>, app: &WsgiApp, ex: Exchange<'a>) ->
             // writes it.
             if let Err(e) = writer.end_body() {
                 // end_body() fails only when no start_response was ever called.
-                report_app_error(py, &request, &e);
+                report_app_error(py, request, &e);
                 writer.send_error(py, 500, "Internal Server Error");
             }
         }
@@ -324,14 +296,14 @@ pub fn call_app_with_gil<'a>(py: Python<'_>, app: &WsgiApp, ex: Exchange<'a>) ->
                     failure.reason,
                     failure.status
                 );
-                if writer.headers_sent {
+                if writer.headers_sent() {
                     writer.abort(py);
                 } else {
                     writer.send_error(py, failure.status, failure.reason);
                 }
-            } else if writer.client_gone.is_none() {
-                report_app_error(py, &request, &e);
-                if writer.headers_sent {
+            } else if !writer.client_gone() {
+                report_app_error(py, request, &e);
+                if writer.headers_sent() {
                     // The client has the head and part of the body: the
                     // only honest signal left is to cut the connection.
                     writer.abort(py);
@@ -342,21 +314,7 @@ pub fn call_app_with_gil<'a>(py: Python<'_>, app: &WsgiApp, ex: Exchange<'a>) ->
         }
     }
     // ANCHOR_END: app_errors
-    let rest = AfterApp {
-        request,
-        stream: stream.clone(),
-        unsent: writer.take_unsent(),
-        reader: Some(reader),
-        status: writer.status_code().unwrap_or(500),
-        body_bytes: writer.body_bytes,
-        must_close: writer.must_close,
-        client_gone: writer.client_gone.take(),
-    };
-    drop(sr);
-    app.recycle(input, start_response);
-    rest
 }
-// ANCHOR_END: call_app_with_gil
 
 // ANCHOR: after_app
 /// What is left of an exchange once the app is done: the last buffered
@@ -365,30 +323,27 @@ pub fn call_app_with_gil<'a>(py: Python<'_>, app: &WsgiApp, ex: Exchange<'a>) ->
 /// response this is the only write: the GIL is taken once per request
 /// instead of three times (call, write, discard), and in a threaded server
 /// the next request's Python runs while this one's bytes go out.
-pub struct AfterApp<'a> {
-    request: Request<'a>,
+struct AfterApp<'a, R> {
+    request: &'a R,
     stream: Arc<Stream>,
-    unsent: Vec<u8>,
+    response: ResponseRest,
     /// `None` when the request never got a body reader (out of memory).
     reader: Option<BodyReader>,
-    status: u16,
-    body_bytes: u64,
-    must_close: bool,
-    client_gone: Option<std::io::Error>,
 }
 
-impl AfterApp<'_> {
+impl<R: Request> AfterApp<'_, R> {
     /// Writes what is left of the response, then reads and drops what is
     /// left of the request body. Call it without the GIL.
-    pub fn finish(mut self) -> Outcome {
-        if !self.unsent.is_empty()
-            && self.client_gone.is_none()
-            && let Err(e) = (&*self.stream).write_all(&self.unsent)
+    fn finish(self) -> Outcome {
+        let mut response = self.response;
+        if !response.unsent.is_empty()
+            && response.client_gone.is_none()
+            && let Err(e) = (&*self.stream).write_all(&response.unsent)
         {
-            self.must_close = true;
-            self.client_gone = Some(e);
+            response.must_close = true;
+            response.client_gone = Some(e);
         }
-        if let Some(e) = &self.client_gone {
+        if let Some(e) = &response.client_gone {
             log::info!(
                 "client {} went away during the response to {} {} ({e})",
                 self.request.client(),
@@ -396,31 +351,50 @@ impl AfterApp<'_> {
                 self.request.target()
             );
         }
-        let Some(mut reader) = self.reader else {
-            return Outcome {
-                status: self.status,
-                body_bytes: self.body_bytes,
-                keep_alive: false,
-                client_gone: self.client_gone.is_some(),
-                rbuf: ReadBuf::new(),
-            };
-        };
+        let client_gone = response.client_gone.is_some();
         // ANCHOR: discard_rest
         // The next request on this connection starts after this one's body.
-        let body_done = !self.must_close && reader.discard_rest(MAX_DISCARD);
+        let must_close = response.must_close;
+        let (body_done, rbuf) = match self.reader {
+            Some(mut reader) => {
+                let done = !must_close && reader.discard_rest(MAX_DISCARD);
+                (done, reader.into_buffer())
+            }
+            None => (false, ReadBuf::new()),
+        };
         Outcome {
-            status: self.status,
-            body_bytes: self.body_bytes,
-            keep_alive: body_done && !self.must_close && self.client_gone.is_none(),
-            client_gone: self.client_gone.is_some(),
-            rbuf: reader.into_buffer(),
+            status: response.status,
+            body_bytes: response.body_bytes,
+            keep_alive: body_done && !must_close && !client_gone,
+            client_gone,
+            rbuf,
         }
         // ANCHOR_END: discard_rest
     }
 }
 // ANCHOR_END: after_app
 
-fn report_app_error(py: Python<'_>, request: &Request<'_>, err: &PyErr) {
+impl<'a, R> AfterApp<'a, R> {
+    /// The request never reached the app: a 500 in the log, nothing sent,
+    /// the connection closed.
+    fn failed(request: &'a R, stream: Arc<Stream>) -> AfterApp<'a, R> {
+        let response = ResponseRest {
+            unsent: Vec::new(),
+            status: 500,
+            body_bytes: 0,
+            must_close: true,
+            client_gone: None,
+        };
+        AfterApp {
+            request,
+            stream,
+            response,
+            reader: None,
+        }
+    }
+}
+
+fn report_app_error(py: Python<'_>, request: &impl Request, err: &PyErr) {
     log::error!(
         "Error handling request {}\n{}",
         request.target(),
@@ -435,27 +409,11 @@ fn report_app_error(py: Python<'_>, request: &Request<'_>, err: &PyErr) {
 fn run_app(
     py: Python<'_>,
     app: &WsgiApp,
-    request: &Request<'_>,
+    request: &impl Request,
     input: &Bound<'_, WsgiInput>,
     start_response: &Bound<'_, StartResponse>,
 ) -> PyResult<()> {
-    let environ = match request {
-        Request::Http {
-            head,
-            peer,
-            peer_strings,
-        } => environ::build_for(
-            py,
-            app.http_template.bind(py),
-            head,
-            peer_strings.get_or_init(py, || PeerStrings::new(py, peer)),
-            &app.info.script_name,
-            input.as_any(),
-        )?,
-        Request::Uwsgi(packet) => {
-            environ::build_from_vars(py, app.template.bind(py), packet, input.as_any())?
-        }
-    };
+    let environ = request.environ(py, app, input.as_any())?;
     let iterable = app.app.bind(py).call1((environ, start_response))?;
     let sent = send_body(py, &iterable, start_response);
     // A plain list or tuple has no close(); asking would raise (and catch)
@@ -474,6 +432,7 @@ fn run_app(
 /// Sends the body. A list or tuple of bytes has a known total length, so the
 /// response gets a Content-Length and stays cheap to reuse; anything else is
 /// streamed, each chunk written as soon as the app yields it.
+#[inline]
 fn send_body(
     py: Python<'_>,
     iterable: &Bound<'_, PyAny>,
@@ -498,11 +457,12 @@ fn send_body(
         // Empty chunks before the head do not send it: the app may still call
         // start_response again (with exc_info) until real data goes out.
         let mut sr = start_response.borrow_mut();
-        if bytes.as_bytes().is_empty() && !sr.writer.headers_sent {
+        let writer = sr.writer_mut();
+        if bytes.as_bytes().is_empty() && !writer.headers_sent() {
             continue;
         }
-        sr.writer.write_body(py, bytes.as_bytes(), None, true)?;
-        if sr.writer.client_gone.is_some() {
+        writer.write_body(py, bytes.as_bytes(), None, true)?;
+        if writer.client_gone() {
             break;
         }
     }
@@ -522,9 +482,9 @@ fn send_items(
     for item in items {
         let bytes = body_bytes(item)?;
         let mut sr = start_response.borrow_mut();
-        sr.writer
-            .write_body(py, bytes.as_bytes(), Some(total), false)?;
-        if sr.writer.client_gone.is_some() {
+        let writer = sr.writer_mut();
+        writer.write_body(py, bytes.as_bytes(), Some(total), false)?;
+        if writer.client_gone() {
             break;
         }
     }

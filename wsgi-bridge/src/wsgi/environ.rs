@@ -4,15 +4,12 @@
 //! ...) are put once in a template; each request starts from a copy of it,
 //! which is much cheaper than setting a dozen keys again.
 
-use std::borrow::Cow;
-
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 
 use crate::http::request::RequestHead;
-use crate::uwsgi::UwsgiRequest;
 
 /// What the server knows about itself, constant for its lifetime.
 #[derive(Clone, Debug)]
@@ -164,7 +161,7 @@ fn header_key<'py>(py: Python<'py>, name: &str) -> Bound<'py, PyString> {
 /// A `str` for a value most requests share (`GET`, `HTTP/1.1`, an empty
 /// query string): interned, so it is made and hashed once per process, not
 /// once per request.
-fn common_str<'py>(py: Python<'py>, s: &str) -> Bound<'py, PyString> {
+pub fn common_str<'py>(py: Python<'py>, s: &str) -> Bound<'py, PyString> {
     let interned = match s {
         "" => intern!(py, ""),
         "GET" => intern!(py, "GET"),
@@ -283,121 +280,6 @@ pub fn build_for<'py>(
     Ok(env)
 }
 // ANCHOR_END: environ_headers
-
-/// The environ key for a uwsgi variable: the names nginx's stock
-/// `uwsgi_params` sends with every request, and the headers most requests
-/// carry, are interned (made and hashed once per process, as
-/// [`header_key`] does for HTTP).
-fn var_key<'py>(py: Python<'py>, name: &str) -> Bound<'py, PyString> {
-    macro_rules! interned {
-        ($($key:literal),* $(,)?) => {
-            match name {
-                $($key => intern!(py, $key).clone(),)*
-                _ => PyString::new(py, name),
-            }
-        };
-    }
-    interned! {
-        "QUERY_STRING", "REQUEST_METHOD", "CONTENT_TYPE", "CONTENT_LENGTH",
-        "REQUEST_URI", "PATH_INFO", "DOCUMENT_ROOT", "SERVER_PROTOCOL",
-        "REQUEST_SCHEME", "HTTPS", "REMOTE_ADDR", "REMOTE_PORT", "SERVER_PORT",
-        "SERVER_NAME", "HTTP_HOST", "HTTP_USER_AGENT", "HTTP_ACCEPT",
-        "HTTP_ACCEPT_ENCODING", "HTTP_ACCEPT_LANGUAGE", "HTTP_CONNECTION",
-        "HTTP_COOKIE", "HTTP_REFERER", "HTTP_AUTHORIZATION", "HTTP_CACHE_CONTROL",
-        "HTTP_ORIGIN", "HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_PROTO",
-        "HTTP_X_REAL_IP",
-    }
-}
-
-/// The environ of a uwsgi request: nginx sent the CGI variables ready-made
-/// (its `uwsgi_params` file names them), so they are copied as they are, and
-/// what the stock file leaves out is filled in.
-pub fn build_from_vars<'py>(
-    py: Python<'py>,
-    template: &Bound<'py, PyDict>,
-    request: &UwsgiRequest,
-    input: &Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyDict>> {
-    let env = template.copy()?;
-    // nginx sends a header that came twice as two variables of the same
-    // name: join them as the HTTP path does ("," and "; " for cookies).
-    // Values are borrowed from the packet; only a joined one is copied.
-    let mut joined: Vec<(&str, Cow<'_, [u8]>)> = Vec::with_capacity(request.vars.len());
-    for (key, value) in &request.vars {
-        if key == "HTTP_CONTENT_TYPE" || key == "HTTP_CONTENT_LENGTH" {
-            // nginx passes every header as HTTP_*, these two included; CGI
-            // (and PEP 3333) has them only as CONTENT_TYPE and CONTENT_LENGTH.
-            continue;
-        }
-        match joined.iter_mut().find(|(k, _)| *k == key.as_str()) {
-            Some((k, v)) if k.starts_with("HTTP_") => {
-                let v = v.to_mut();
-                v.extend_from_slice(if *k == "HTTP_COOKIE" { b"; " } else { b"," });
-                v.extend_from_slice(value);
-            }
-            Some((_, v)) => *v = Cow::Borrowed(value),
-            None => joined.push((key, Cow::Borrowed(value))),
-        }
-    }
-    for (key, value) in &joined {
-        // A short ASCII value may be one most requests share ("GET", "").
-        // (Only ASCII: other bytes are latin-1, whatever UTF-8 would say.)
-        let value = match std::str::from_utf8(value) {
-            Ok(ascii) if ascii.len() <= 8 && ascii.is_ascii() => common_str(py, ascii),
-            _ => latin1_str(py, value),
-        };
-        env.set_item(var_key(py, key), value)?;
-    }
-    let missing = |key: &Bound<'py, PyString>| !env.contains(key).unwrap_or(true);
-    for (key, default) in [
-        (intern!(py, "REQUEST_METHOD"), "GET"),
-        (intern!(py, "QUERY_STRING"), ""),
-        (intern!(py, "SERVER_PROTOCOL"), "HTTP/1.1"),
-        (intern!(py, "REMOTE_ADDR"), ""),
-    ] {
-        if missing(key) {
-            env.set_item(key, common_str(py, default))?;
-        }
-    }
-    if missing(intern!(py, "RAW_URI")) {
-        // gunicorn's name for the target as sent; nginx calls it REQUEST_URI.
-        if let Some(uri) = request.var("REQUEST_URI") {
-            env.set_item("RAW_URI", latin1_str(py, uri))?;
-        }
-    }
-    if missing(intern!(py, "PATH_INFO")) {
-        // PATH_INFO is the decoded path of REQUEST_URI.
-        let uri = request.var("REQUEST_URI").unwrap_or(b"/");
-        let path = uri.split(|&b| b == b'?').next().unwrap_or(b"/");
-        let decoded = crate::http::request::percent_decode(path).unwrap_or_else(|_| path.to_vec());
-        env.set_item("PATH_INFO", latin1_str(py, &decoded))?;
-    }
-    if missing(intern!(py, "HTTP_HOST")) {
-        // HTTP/1.0 clients may send no Host; URL reconstruction (PEP 3333)
-        // then uses SERVER_NAME and SERVER_PORT.
-        let name = request
-            .var("SERVER_NAME")
-            .map(|v| String::from_utf8_lossy(v).to_string());
-        let port = request
-            .var("SERVER_PORT")
-            .map(|v| String::from_utf8_lossy(v).to_string());
-        if let Some(name) = name {
-            let host = match port.as_deref() {
-                None | Some("80") | Some("443") | Some("") => name,
-                Some(port) => format!("{name}:{port}"),
-            };
-            env.set_item("HTTP_HOST", host)?;
-        }
-    }
-    let https = request
-        .var("HTTPS")
-        .is_some_and(|v| v.eq_ignore_ascii_case(b"on"));
-    if https || request.var("REQUEST_SCHEME") == Some(b"https") {
-        env.set_item("wsgi.url_scheme", "https")?;
-    }
-    env.set_item(intern!(py, "wsgi.input"), input)?;
-    Ok(env)
-}
 
 #[cfg(test)]
 mod tests {

@@ -4,67 +4,26 @@
 //! body. Nothing is sent at that call: PEP 3333 has the server send the
 //! headers together with the first non-empty piece of the body, so an app
 //! can still change its mind (an error page via `exc_info`) until then.
+//! (What `start_response` is given is checked in `response_head.rs`.)
 
 use std::io::{self, IoSlice, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use pyo3::exceptions::{PyAssertionError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyAssertionError, PyTypeError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::string::PyStringData;
-use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
+use super::request::ResponseRules;
+use super::response_head::ResponseHead;
 use crate::conn::Stream;
 use crate::http::request::Version;
 use crate::http::response::{
-    Framing, LAST_CHUNK, error_response, is_hop_by_hop, push_chunk_size, push_decimal,
+    Framing, LAST_CHUNK, error_response, push_chunk_size, push_decimal,
     push_status_and_common_headers, status_forbids_body,
 };
-use crate::http::token::{is_tchar, parse_digits};
-
-/// What `start_response` was given, checked and converted to bytes.
-#[derive(Debug, Clone)]
-pub struct ResponseHead {
-    pub code: u16,
-    /// The status as given, e.g. `200 OK`, then the app's headers minus
-    /// hop-by-hop ones, each as the line `Name: value\r\n`: latin-1 bytes
-    /// ready for the wire, in one buffer (one allocation per response, not
-    /// two per header).
-    wire: Vec<u8>,
-    /// Where the status ends in `wire`.
-    status_len: usize,
-    /// The app's own `Content-Length`, if it set one.
-    pub content_length: Option<u64>,
-    /// The app said `Connection: close`.
-    pub close: bool,
-}
-
-impl ResponseHead {
-    /// The status as given, e.g. `200 OK`.
-    pub fn status_line(&self) -> &[u8] {
-        &self.wire[..self.status_len]
-    }
-
-    /// The app's header lines, each ending with CRLF.
-    pub fn header_lines(&self) -> &[u8] {
-        &self.wire[self.status_len..]
-    }
-}
-
-/// Which protocol the response goes out in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
-    /// HTTP/1.1 straight to the client: `Server` and `Date` headers,
-    /// keep-alive, chunked bodies.
-    Http,
-    /// The answer to a uwsgi packet: a plain HTTP status line and headers,
-    /// Content-Length when known, otherwise the body until the connection
-    /// closes; never chunked, always closed. nginx adds `Server`, `Date` and
-    /// the framing its own client needs.
-    Uwsgi,
-}
 
 /// Buffered bytes are written out once they pass this size, so a large list
 /// body is not held whole in memory.
@@ -84,19 +43,34 @@ pub struct ResponseWriter {
     /// The client allows reusing the connection and the server wants to.
     keep_alive_allowed: bool,
     /// Set by `start_response`; replaced by a later call with `exc_info`.
-    pub head: Option<ResponseHead>,
-    pub headers_sent: bool,
+    head: Option<ResponseHead>,
+    headers_sent: bool,
     framing: Framing,
     /// Body bytes still allowed by the Content-Length sent.
     remaining: u64,
     /// Body bytes the app produced (for the access log).
+    body_bytes: u64,
+    /// The connection must be closed after this response.
+    must_close: bool,
+    /// The client went away: later writes are skipped.
+    client_gone: Option<io::Error>,
+    response_started: Arc<AtomicBool>,
+    rules: ResponseRules,
+}
+
+/// What is left of a response once the app is done: the bytes still to
+/// write, and what the connection and the access log need to know.
+pub struct ResponseRest {
+    /// Buffered and not written yet (nothing if the client is gone).
+    pub unsent: Vec<u8>,
+    /// The status sent (500 if the app never gave one).
+    pub status: u16,
+    /// Body bytes the app produced.
     pub body_bytes: u64,
     /// The connection must be closed after this response.
     pub must_close: bool,
-    /// The client went away: later writes are skipped.
+    /// Why the client is gone, if it went away.
     pub client_gone: Option<io::Error>,
-    response_started: Arc<AtomicBool>,
-    protocol: Protocol,
 }
 
 impl ResponseWriter {
@@ -107,7 +81,7 @@ impl ResponseWriter {
         head_request: bool,
         keep_alive_allowed: bool,
         response_started: Arc<AtomicBool>,
-        protocol: Protocol,
+        rules: ResponseRules,
     ) -> ResponseWriter {
         ResponseWriter {
             stream: Some(stream),
@@ -124,13 +98,20 @@ impl ResponseWriter {
             must_close: false,
             client_gone: None,
             response_started,
-            protocol,
+            rules,
         }
     }
 
-    /// The status code that was (or will be) sent.
-    pub fn status_code(&self) -> Option<u16> {
-        self.head.as_ref().map(|h| h.code)
+    /// The head has gone into the buffer (or out): too late for another.
+    #[inline]
+    pub fn headers_sent(&self) -> bool {
+        self.headers_sent
+    }
+
+    /// The client went away: nothing more is written.
+    #[inline]
+    pub fn client_gone(&self) -> bool {
+        self.client_gone.is_some()
     }
 
     /// Writes the response head into the buffer, choosing the framing.
@@ -160,7 +141,7 @@ impl ResponseWriter {
             // A HEAD response has no body whatever its headers say; with an
             // unknown length there is nothing true to announce.
             Framing::NoBody
-        } else if self.request_version == Version::Http11 && self.protocol == Protocol::Http {
+        } else if self.request_version == Version::Http11 && self.rules.chunked {
             framing_header = FramingHeader::Chunked;
             Framing::Chunked
         } else {
@@ -173,41 +154,46 @@ impl ResponseWriter {
             self.keep_alive_allowed && !head.close && self.framing != Framing::UntilClose;
         self.must_close |= !keep_alive;
         // ANCHOR_END: choose_framing
-
-        if self.protocol == Protocol::Uwsgi {
-            self.out.extend_from_slice(b"HTTP/1.1 ");
-            self.out.extend_from_slice(head.status_line());
-            self.out.extend_from_slice(b"\r\n");
-        } else {
-            push_status_and_common_headers(&mut self.out, head.status_line(), &self.server);
-        }
-        if self.protocol == Protocol::Uwsgi {
-            // The connection is closed after every response; nginx knows.
-        } else if !keep_alive {
-            self.out.extend_from_slice(b"Connection: close\r\n");
-        } else if self.request_version == Version::Http10 {
-            // HTTP/1.0 closes by default; say that this one stays open.
-            self.out.extend_from_slice(b"Connection: keep-alive\r\n");
-        }
-        self.out.extend_from_slice(head.header_lines());
-        match framing_header {
-            FramingHeader::None => {}
-            FramingHeader::Length(n) => {
-                self.out.extend_from_slice(b"Content-Length: ");
-                push_decimal(&mut self.out, n);
-                self.out.extend_from_slice(b"\r\n");
-            }
-            FramingHeader::Chunked => self
-                .out
-                .extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
-        }
-        self.out.extend_from_slice(b"\r\n");
+        self.push_head(keep_alive, framing_header);
         if self.head_request {
             self.framing = Framing::NoBody;
         }
         self.headers_sent = true;
         self.response_started.store(true, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The head's bytes: status line, the server's headers, the app's, the
+    /// framing header, the blank line.
+    fn push_head(&mut self, keep_alive: bool, framing_header: FramingHeader) {
+        let head = self.head.as_ref().expect("send_head checked the head");
+        let out = &mut self.out;
+        if self.rules.server_and_date {
+            push_status_and_common_headers(out, head.status_line(), &self.server);
+        } else {
+            out.extend_from_slice(b"HTTP/1.1 ");
+            out.extend_from_slice(head.status_line());
+            out.extend_from_slice(b"\r\n");
+        }
+        if !self.rules.connection_header {
+            // The connection is closed after every response; the peer knows.
+        } else if !keep_alive {
+            out.extend_from_slice(b"Connection: close\r\n");
+        } else if self.request_version == Version::Http10 {
+            // HTTP/1.0 closes by default; say that this one stays open.
+            out.extend_from_slice(b"Connection: keep-alive\r\n");
+        }
+        out.extend_from_slice(head.header_lines());
+        match framing_header {
+            FramingHeader::None => {}
+            FramingHeader::Length(n) => {
+                out.extend_from_slice(b"Content-Length: ");
+                push_decimal(out, n);
+                out.extend_from_slice(b"\r\n");
+            }
+            FramingHeader::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        }
+        out.extend_from_slice(b"\r\n");
     }
 
     /// Adds a piece of the body. Sends the head first if it has not gone yet.
@@ -263,17 +249,9 @@ impl ResponseWriter {
         Ok(())
     }
 
-    /// Ends the response: the head if the body was empty, the last chunk,
-    /// and everything still buffered.
-    pub fn finish(&mut self, py: Python<'_>) -> PyResult<()> {
-        self.end_body()?;
-        self.write_out(py, &[], &[]);
-        Ok(())
-    }
-
-    /// [`finish`](Self::finish) without the write: completes the response in
-    /// the buffer, for [`take_unsent`](Self::take_unsent) to hand to whoever
-    /// writes it after the GIL is released.
+    /// Ends the response in the buffer: the head if the body was empty, the
+    /// last chunk. [`take_rest`](Self::take_rest) hands it to whoever writes
+    /// it after the GIL is released.
     pub fn end_body(&mut self) -> PyResult<()> {
         if !self.headers_sent {
             self.send_head(Some(0))?;
@@ -294,12 +272,20 @@ impl ResponseWriter {
         Ok(())
     }
 
-    /// The bytes buffered and not written yet (nothing if the client is gone).
-    pub fn take_unsent(&mut self) -> Vec<u8> {
+    /// What is left to do once the app is done: the bytes buffered and not
+    /// written yet (nothing if the client is gone), and how it went.
+    #[inline]
+    pub fn take_rest(&mut self) -> ResponseRest {
         if self.client_gone.is_some() {
             self.out.clear();
         }
-        std::mem::take(&mut self.out)
+        ResponseRest {
+            unsent: std::mem::take(&mut self.out),
+            status: self.head.as_ref().map_or(500, |h| h.code),
+            body_bytes: self.body_bytes,
+            must_close: self.must_close,
+            client_gone: self.client_gone.take(),
+        }
     }
 
     /// Lets go of the connection: the request is over, and the object that
@@ -315,7 +301,7 @@ impl ResponseWriter {
     pub fn abort(&mut self, py: Python<'_>) {
         self.must_close = true;
         self.write_out(py, &[], &[]);
-        if self.protocol == Protocol::Uwsgi {
+        if self.rules.reset_on_abort {
             // A uwsgi response without Content-Length ends when the
             // connection closes, so a plain close would make a cut-short body
             // look complete to nginx. A reset (SO_LINGER 0) cannot be
@@ -332,13 +318,7 @@ impl ResponseWriter {
     pub fn send_error(&mut self, py: Python<'_>, status: u16, message: &str) {
         debug_assert!(!self.headers_sent);
         self.out = error_response(status, message, &self.server);
-        self.head = Some(ResponseHead {
-            code: status,
-            wire: Vec::new(),
-            status_len: 0,
-            content_length: None,
-            close: true,
-        });
+        self.head = Some(ResponseHead::of_error(status));
         self.headers_sent = true;
         self.must_close = true;
         self.response_started.store(true, Ordering::Relaxed);
@@ -435,7 +415,7 @@ mod log {
 /// The `start_response` callable given to the app.
 #[pyclass(module = "wsgi_bridge", name = "StartResponse")]
 pub struct StartResponse {
-    pub writer: ResponseWriter,
+    writer: ResponseWriter,
     /// The `write` callable it returns, kept: a bound method is a new object
     /// at every lookup, and this object serves many requests (see
     /// `RequestObjects` in call.rs). The method refers back to this object,
@@ -453,6 +433,18 @@ impl StartResponse {
             write: None,
             keep_write: true,
         }
+    }
+
+    /// The writer of the request in progress.
+    #[inline]
+    pub(crate) fn writer_mut(&mut self) -> &mut ResponseWriter {
+        &mut self.writer
+    }
+
+    /// Gets the object ready for another request, written by `writer`.
+    #[inline]
+    pub(crate) fn reset(&mut self, writer: ResponseWriter) {
+        self.writer = writer;
     }
 
     /// The `write` callable kept by an earlier call, if any.
@@ -498,7 +490,7 @@ impl StartResponse {
                 }
                 None => {}
             }
-            this.writer.head = Some(check_response_head(status, headers)?);
+            this.writer.head = Some(ResponseHead::check(status, headers)?);
             // The same `write` for every call: looked up once, then kept.
             if let Some(write) = &this.write {
                 return Ok(write.bind(slf.py()).clone());
@@ -551,146 +543,5 @@ pub fn body_bytes<'a, 'py>(item: &'a Bound<'py, PyAny>) -> PyResult<&'a Bound<'p
                 "the app's body must be an iterable of bytes, but it contains a {type_name}"
             ))
         }
-    })
-}
-
-/// Appends a native string (PEP 3333: a `str` whose characters all fit in
-/// latin-1) to `out`, one byte per character.
-fn push_latin1(out: &mut Vec<u8>, obj: &Bound<'_, PyAny>, what: &str) -> PyResult<()> {
-    let s = obj.cast::<PyString>().map_err(|_| {
-        PyTypeError::new_err(format!(
-            "{what} must be a str, not {}",
-            obj.get_type()
-                .name()
-                .map(|n| n.to_string())
-                .unwrap_or_default()
-        ))
-    })?;
-    // CPython stores a str whose characters are all below 256 as one byte
-    // per character: exactly its latin-1 bytes, copied with no conversion.
-    // Any other storage means a character outside latin-1.
-    // SAFETY: the data is only read while `s` is borrowed, and not kept.
-    if let PyStringData::Ucs1(bytes) = unsafe { s.data() }? {
-        out.extend_from_slice(bytes);
-        return Ok(());
-    }
-    // `to_str` refuses a lone surrogate with its own error first.
-    let s = s.to_str()?;
-    Err(PyValueError::new_err(format!(
-        "{what} {s:?} has a character outside latin-1 (encode it, e.g. RFC 8187 for filenames)"
-    )))
-}
-
-/// Checks `start_response`'s arguments the way `wsgiref.validate` does, and
-/// refuses what would break the HTTP framing (a newline in a header value is
-/// a response-splitting attack).
-fn check_response_head(
-    status: &Bound<'_, PyAny>,
-    headers: &Bound<'_, PyAny>,
-) -> PyResult<ResponseHead> {
-    // The status and every header line go straight into one buffer, checked
-    // where they lie.
-    let mut wire = Vec::with_capacity(256);
-    push_latin1(&mut wire, status, "the status")?;
-    let status_line = wire.as_slice();
-    let code = (status_line.len() >= 5
-        && status_line[..3].iter().all(u8::is_ascii_digit)
-        && status_line[3] == b' ')
-        .then(|| {
-            status_line[..3]
-                .iter()
-                .fold(0u16, |n, d| n * 10 + u16::from(d - b'0'))
-        })
-        .filter(|c| (100..1000).contains(c))
-        .ok_or_else(|| {
-            PyValueError::new_err(format!(
-                "the status {:?} is not of the form '200 OK' (three digits, a space, a reason)",
-                String::from_utf8_lossy(status_line)
-            ))
-        })?;
-    if status_line.iter().any(|&b| b < 0x20 || b == 0x7f) {
-        return Err(PyValueError::new_err(
-            "the status contains a control character",
-        ));
-    }
-    let status_len = wire.len();
-
-    let mut content_length = None;
-    let mut close = false;
-    // A plain list, as PEP 3333 asks, is read in place; any other iterable is
-    // accepted too, through an iterator (one more object per response).
-    let (list, other) = match headers.cast_exact::<PyList>() {
-        Ok(list) => (Some(list.iter()), None),
-        Err(_) => {
-            let items = headers.try_iter().map_err(|_| {
-                PyTypeError::new_err("the response headers must be a list of (name, value) tuples")
-            })?;
-            (None, Some(items))
-        }
-    };
-    let items = list
-        .into_iter()
-        .flatten()
-        .map(Ok)
-        .chain(other.into_iter().flatten());
-    for item in items {
-        let item = item?;
-        let Some([name, value]) = item.cast::<PyTuple>().ok().map(|t| t.as_slice()) else {
-            return Err(PyTypeError::new_err(format!(
-                "each response header must be a (name, value) tuple, not {}",
-                item.repr().map(|r| r.to_string()).unwrap_or_default()
-            )));
-        };
-        // The line `name: value\r\n` is written, then checked; a line that
-        // is dropped is cut off again.
-        let line_start = wire.len();
-        push_latin1(&mut wire, name, "a header name")?;
-        let name_end = wire.len();
-        wire.extend_from_slice(b": ");
-        push_latin1(&mut wire, value, "a header value")?;
-        let name = &wire[line_start..name_end];
-        let value = &wire[name_end + 2..];
-        if name.is_empty() || !name.iter().copied().all(is_tchar) {
-            return Err(PyValueError::new_err(format!(
-                "the header name {:?} is not a valid HTTP token",
-                String::from_utf8_lossy(name)
-            )));
-        }
-        if value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
-            return Err(PyValueError::new_err(format!(
-                "the value of header {:?} contains a newline or NUL (that would split the response)",
-                String::from_utf8_lossy(name)
-            )));
-        }
-        if is_hop_by_hop(name) {
-            // Framing and persistence belong to the server; remember only
-            // whether the app wants the connection closed.
-            if name.eq_ignore_ascii_case(b"connection")
-                && value
-                    .split(|&b| b == b',')
-                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-            {
-                close = true;
-            }
-            wire.truncate(line_start);
-            continue;
-        }
-        if name.eq_ignore_ascii_case(b"content-length") {
-            let n = parse_digits(value).ok_or_else(|| {
-                PyValueError::new_err(format!(
-                    "the Content-Length header {:?} is not a number",
-                    String::from_utf8_lossy(value)
-                ))
-            })?;
-            content_length = Some(n);
-        }
-        wire.extend_from_slice(b"\r\n");
-    }
-    Ok(ResponseHead {
-        code,
-        wire,
-        status_len,
-        content_length,
-        close,
     })
 }

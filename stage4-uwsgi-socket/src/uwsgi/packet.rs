@@ -1,24 +1,9 @@
-//! The uwsgi protocol: what nginx's `uwsgi_pass` sends to an app server.
-//!
-//! Not HTTP: nginx has already parsed the HTTP request, and sends its result
-//! as a binary packet of CGI variables, then the body:
-//!
-//! ```text
-//!  0          1          2          3          4
-//! +----------+----------+----------+----------+------------------------------+
-//! | modifier1| datasize (u16, little-endian)  | modifier2| vars (datasize bytes) ...
-//! +----------+----------+----------+----------+------------------------------+
-//! vars = repeated: key length (u16 LE), key, value length (u16 LE), value
-//! then the request body: CONTENT_LENGTH bytes (nginx has de-chunked it)
-//! ```
-//!
-//! modifier1 0 means "a WSGI/Python request". The app server answers in
-//! plain HTTP (a status line, headers, the body) and closes the connection:
-//! nginx keeps no connection open to a uwsgi upstream.
+//! The packet: its 4-byte header, its block of variables, and the encoder
+//! the `--http` router and `uwsgi-dump` use to play nginx.
 
 use std::fmt;
 
-use crate::http::request::BodyKind;
+use wsgi_bridge::http::request::BodyKind;
 
 /// The 4-byte packet header.
 pub const HEADER_LEN: usize = 4;
@@ -223,63 +208,6 @@ pub fn encode_packet(vars: &[(&str, &[u8])]) -> Result<Vec<u8>, PacketError> {
     Ok(packet)
 }
 
-/// A hexdump of a packet with its fields named, for the lab that shows what
-/// nginx sends.
-pub fn describe_packet(packet: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    if packet.len() < HEADER_LEN {
-        let _ = writeln!(out, "(only {} bytes: no complete header)", packet.len());
-        return out;
-    }
-    let size = u16::from_le_bytes([packet[1], packet[2]]) as usize;
-    let _ = writeln!(
-        out,
-        "{:02x} {:02x} {:02x} {:02x}      header: modifier1={} datasize={} (0x{:02x}{:02x} little-endian) modifier2={}",
-        packet[0],
-        packet[1],
-        packet[2],
-        packet[3],
-        packet[0],
-        size,
-        packet[2],
-        packet[1],
-        packet[3]
-    );
-    let end = (HEADER_LEN + size).min(packet.len());
-    let mut pos = HEADER_LEN;
-    while pos + 2 <= end {
-        let key_len = u16::from_le_bytes([packet[pos], packet[pos + 1]]) as usize;
-        let key_end = (pos + 2 + key_len).min(end);
-        let key = String::from_utf8_lossy(&packet[pos + 2..key_end]).to_string();
-        if key_end + 2 > end {
-            let _ = writeln!(out, "(truncated after key {key:?})");
-            break;
-        }
-        let val_len = u16::from_le_bytes([packet[key_end], packet[key_end + 1]]) as usize;
-        let val_end = (key_end + 2 + val_len).min(end);
-        let value = String::from_utf8_lossy(&packet[key_end + 2..val_end]).to_string();
-        let raw: Vec<String> = packet[pos..val_end.min(pos + 12)]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let _ = writeln!(
-            out,
-            "{:<36} {key_len:>3} {key} = {val_len:>3} {value:?}",
-            format!(
-                "{}{}",
-                raw.join(" "),
-                if val_end > pos + 12 { " …" } else { "" }
-            )
-        );
-        pos = val_end;
-    }
-    if packet.len() > end {
-        let _ = writeln!(out, "… then {} bytes of body", packet.len() - end);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,13 +299,5 @@ mod tests {
         let packet = encode_packet(&[("CONTENT_LENGTH", b""), ("REQUEST_METHOD", b"GET")]).unwrap();
         let (req, _) = parse_packet(&packet, 4096).unwrap().unwrap();
         assert_eq!(req.body, BodyKind::Empty);
-    }
-
-    #[test]
-    fn the_dump_names_the_fields() {
-        let text = describe_packet(&sample());
-        assert!(text.contains("modifier1=0"), "{text}");
-        assert!(text.contains("REQUEST_METHOD = "), "{text}");
-        assert!(text.contains("\"/echo\""), "{text}");
     }
 }

@@ -1,17 +1,18 @@
 //! Serving one uwsgi connection: read a packet, call the app, answer, close.
-//! Stage 4's workers run this where stages 1 to 3 run `serve::HttpConnection`.
+//! Stage 4's workers run this where stages 1 to 3 run the bridge's
+//! `serve::HttpConnection`; both hand the request to the same `call_app`.
 
 use std::io::{self, Write};
 use std::net::Shutdown;
 use std::sync::Arc;
 
-use pyo3::Python;
+use wsgi_bridge::conn::{ReadBuf, Stream};
+use wsgi_bridge::http::response::error_response;
+use wsgi_bridge::logging::{AccessEntry, access_log};
+use wsgi_bridge::worker::WorkerHooks;
+use wsgi_bridge::wsgi::call::{Exchange, Outcome, WsgiApp, call_app};
 
-use crate::conn::{ReadBuf, Stream};
-use crate::http::response::error_response;
 use crate::uwsgi::{PacketError, UwsgiRequest, parse_packet};
-use crate::worker::WorkerHooks;
-use crate::wsgi::call::{Exchange, Request, WsgiApp, call_app};
 
 /// What went wrong before the app could be called.
 #[derive(Debug)]
@@ -69,53 +70,59 @@ impl UwsgiConnection {
     ) {
         let request = match self.read_packet(buffer_size) {
             Ok(request) => request,
-            Err(ReadError::Closed) => return,
-            Err(ReadError::Io(e)) => {
-                log::info!("reading a uwsgi packet failed: {e}");
-                return;
-            }
-            Err(ReadError::Packet(e)) => {
-                log::error!("{e}");
-                if e == PacketError::PlainHttp {
-                    let message = "This is a uwsgi socket, not an HTTP server: nginx talks to it with uwsgi_pass. \
-                                   Use nginx (stage 5), the --http router, or the harness' uwsgi client.";
-                    let _ = (&*self.stream).write_all(&error_response(
-                        400,
-                        message,
-                        &app.server_software,
-                    ));
-                    let _ = self.stream.shutdown(Shutdown::Write);
-                }
-                return;
-            }
+            Err(e) => return self.refuse(e, &app.server_software),
         };
         hooks.request_started();
         let exchange = Exchange {
-            request: Request::Uwsgi(&request),
+            request: &request,
             stream: &self.stream,
             rbuf: std::mem::take(&mut self.rbuf),
             keep_alive_allowed: false,
             max_body,
         };
-        let outcome = Python::attach(|py| call_app(py, app, exchange));
+        let outcome = call_app(app, exchange);
         hooks.request_finished();
-        // ANCHOR_END: serve_packet
-        if let Some(log) = crate::logging::access_log() {
-            let request_line = format!(
-                "{} {} {}",
-                request.method(),
-                request.uri(),
-                String::from_utf8_lossy(request.var("SERVER_PROTOCOL").unwrap_or(b"HTTP/1.1"))
-            );
-            let var = |name: &str| request.var(name).and_then(|v| std::str::from_utf8(v).ok());
-            log.write(&crate::logging::AccessEntry {
-                remote_addr: var("REMOTE_ADDR").unwrap_or("-"),
-                request_line: &request_line,
-                status: outcome.status,
-                body_bytes: outcome.body_bytes,
-                referer: var("HTTP_REFERER"),
-                user_agent: var("HTTP_USER_AGENT"),
-            });
+        log_access(&request, &outcome);
+    }
+    // ANCHOR_END: serve_packet
+
+    /// Says why a packet could not be served: in the log, and to a browser
+    /// that sent HTTP to the socket, in an HTTP response it can show.
+    fn refuse(self, e: ReadError, server: &str) {
+        match e {
+            ReadError::Closed => {}
+            ReadError::Io(e) => log::info!("reading a uwsgi packet failed: {e}"),
+            ReadError::Packet(e) => {
+                log::error!("{e}");
+                if e == PacketError::PlainHttp {
+                    let message = "This is a uwsgi socket, not an HTTP server: nginx talks to it with uwsgi_pass. \
+                                   Use nginx (stage 5), the --http router, or the harness' uwsgi client.";
+                    let _ = (&*self.stream).write_all(&error_response(400, message, server));
+                    let _ = self.stream.shutdown(Shutdown::Write);
+                }
+            }
         }
     }
+}
+
+/// The access log line, from the variables nginx sent.
+fn log_access(request: &UwsgiRequest, outcome: &Outcome) {
+    let Some(log) = access_log() else {
+        return;
+    };
+    let request_line = format!(
+        "{} {} {}",
+        request.method(),
+        request.uri(),
+        String::from_utf8_lossy(request.var("SERVER_PROTOCOL").unwrap_or(b"HTTP/1.1"))
+    );
+    let var = |name: &str| request.var(name).and_then(|v| std::str::from_utf8(v).ok());
+    log.write(&AccessEntry {
+        remote_addr: var("REMOTE_ADDR").unwrap_or("-"),
+        request_line: &request_line,
+        status: outcome.status,
+        body_bytes: outcome.body_bytes,
+        referer: var("HTTP_REFERER"),
+        user_agent: var("HTTP_USER_AGENT"),
+    });
 }
