@@ -226,8 +226,15 @@ pub fn build_for<'py>(
     };
     let path = below_mount.unwrap_or(&head.path);
     env.set_item(intern!(py, "PATH_INFO"), latin1_str(py, path))?;
-    env.set_item(intern!(py, "QUERY_STRING"), common_str(py, &head.query))?;
-    let target = PyString::new(py, &head.target);
+    // PEP 3333's one rule for every string: the raw bytes, as latin-1
+    // (a query or target with raw UTF-8 bytes is not decoded as UTF-8).
+    let query = if head.query.is_ascii() {
+        common_str(py, &head.query)
+    } else {
+        latin1_str(py, head.query.as_bytes())
+    };
+    env.set_item(intern!(py, "QUERY_STRING"), query)?;
+    let target = latin1_str(py, head.target.as_bytes());
     env.set_item(intern!(py, "RAW_URI"), &target)?;
     env.set_item(intern!(py, "REQUEST_URI"), target)?;
     env.set_item(
