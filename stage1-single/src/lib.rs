@@ -151,6 +151,9 @@ pub fn serve_connection(
         port: addr.port().to_string(),
     };
     let mut conn = HttpConnection::new(Stream::Tcp(stream), peer);
+    // A request head gets --timeout in all, not per read: a client that
+    // sends a byte now and then would otherwise hold the only thread.
+    conn.limit_head_time(config.timeout);
     let keep_alive = config.keep_alive.is_some();
     loop {
         let next = conn.serve_one(app, &config.limits, keep_alive, hooks);

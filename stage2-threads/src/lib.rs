@@ -50,7 +50,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use wsgi_bridge::conn::Stream;
 use wsgi_bridge::http::request::Limits;
-use wsgi_bridge::serve::HttpConnection;
+use wsgi_bridge::serve::{Arrived, HttpConnection};
 use wsgi_bridge::worker::WorkerHooks;
 use wsgi_bridge::wsgi::call::WsgiApp;
 use wsgi_bridge::wsgi::environ::Peer;
@@ -425,7 +425,10 @@ impl<'a> MainLoop<'a> {
             addr: addr.ip().to_string(),
             port: addr.port().to_string(),
         };
-        let conn = HttpConnection::new(Stream::Tcp(stream), peer);
+        let mut conn = HttpConnection::new(Stream::Tcp(stream), peer);
+        // A pool thread that reads a head (one that arrived while it served
+        // the previous request) gives it --timeout in all, not per read.
+        conn.limit_head_time(self.shared.config.timeout);
         let slot = self.free.pop().unwrap_or_else(|| {
             self.slots.push(ConnEntry::Free);
             self.slots.len() - 1
@@ -470,11 +473,39 @@ impl<'a> MainLoop<'a> {
     /// way back from the pool (see `take_back_finished`): noted, it goes
     /// to the pool as soon as it is back.
     fn readable(&mut self, slot: usize) {
-        match &mut self.slots[slot] {
-            ConnEntry::Idle { .. } => self.hand_to_pool(slot),
-            ConnEntry::Busy { readable } => *readable = true,
+        let limits = &self.shared.config.limits;
+        let arrived = match &mut self.slots[slot] {
+            // The poller reads the head itself, and a thread gets the
+            // connection only once the head is complete: a client that
+            // sends it one byte at a time holds no thread, only a slot in
+            // this table, until its deadline.
+            ConnEntry::Idle { conn, .. } => {
+                let began = conn.has_buffered_bytes();
+                (conn.read_without_waiting(limits), began)
+            }
+            ConnEntry::Busy { readable } => {
+                *readable = true;
+                return;
+            }
             // An event about a connection closed since: nothing to do.
-            ConnEntry::Free => {}
+            ConnEntry::Free => return,
+        };
+        match arrived {
+            (Arrived::Head, _) => self.hand_to_pool(slot),
+            (Arrived::Closed, _) => self.close_idle(slot),
+            // The first bytes of a head: from now on the whole head has
+            // --timeout to arrive, however slowly its bytes trickle in.
+            (Arrived::Part, false) => {
+                let head_deadline = Instant::now() + self.shared.config.timeout;
+                if let ConnEntry::Idle { deadline, .. } = &mut self.slots[slot] {
+                    *deadline = head_deadline;
+                }
+                self.next_expiry = Some(
+                    self.next_expiry
+                        .map_or(head_deadline, |t| t.min(head_deadline)),
+                );
+            }
+            (Arrived::Part, true) => {}
         }
     }
 

@@ -27,6 +27,13 @@ impl Stream {
         }
     }
 
+    pub fn read_timeout(&self) -> io::Result<Option<Duration>> {
+        match self {
+            Stream::Tcp(s) => s.read_timeout(),
+            Stream::Unix(s) => s.read_timeout(),
+        }
+    }
+
     pub fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.set_write_timeout(t),
@@ -45,6 +52,30 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.shutdown(how),
             Stream::Unix(s) => s.shutdown(how),
+        }
+    }
+}
+
+/// Reads from a blocking socket without waiting: `recv(2)` with
+/// `MSG_DONTWAIT`, which returns `WouldBlock` when nothing is there. How an
+/// event loop reads a socket that threads read with blocking calls.
+pub struct WithoutWaiting<'a>(pub &'a Stream);
+
+impl Read for WithoutWaiting<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: recv(2) into a valid, writable buffer of `buf.len()` bytes.
+        let n = unsafe {
+            libc::recv(
+                self.0.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
         }
     }
 }

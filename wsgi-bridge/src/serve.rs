@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use pyo3::sync::PyOnceLock;
 
-use crate::conn::{ReadBuf, Stream};
+use crate::conn::{ReadBuf, Stream, WithoutWaiting};
 use crate::http::request::{HttpError, Limits, RequestHead, parse_head};
 use crate::http::response::error_response;
 use crate::logging::{AccessEntry, access_log};
@@ -43,6 +43,20 @@ pub struct HttpConnection {
     peer: Peer,
     /// `peer` as Python strings, made at the first request.
     peer_strings: PyOnceLock<PeerStrings>,
+    /// How long a whole request head may take to arrive, once it has begun.
+    head_time: Option<Duration>,
+}
+
+/// What a read without waiting found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arrived {
+    /// A whole request head is buffered (or bytes that can never become
+    /// one: the reader will answer them with an error).
+    Head,
+    /// Part of a head: more must come.
+    Part,
+    /// The client closed the connection (or it failed).
+    Closed,
 }
 
 impl HttpConnection {
@@ -52,8 +66,40 @@ impl HttpConnection {
             rbuf: ReadBuf::new(),
             peer,
             peer_strings: PyOnceLock::new(),
+            head_time: None,
         }
     }
+
+    /// Gives every request head on this connection at most `limit` to
+    /// arrive whole, once its first bytes are in. Without it the socket's
+    /// read timeout applies to each read, and a client that sends one byte
+    /// just before each timeout holds the connection (and in a one-thread
+    /// server, the server) for ever: the slow-client attack.
+    pub fn limit_head_time(&mut self, limit: Duration) {
+        self.head_time = Some(limit);
+    }
+
+    // ANCHOR: read_without_waiting
+    /// Reads what the client has sent so far, without waiting for more, and
+    /// says whether a whole request head is there. An event loop (stage 2's
+    /// poller) calls this when the socket is readable, and hands the
+    /// connection to a thread only once the head is complete: a client that
+    /// sends its head one byte at a time then holds no thread.
+    pub fn read_without_waiting(&mut self, limits: &Limits) -> Arrived {
+        loop {
+            match self.rbuf.fill_from(WithoutWaiting(&self.stream)) {
+                Ok(0) => return Arrived::Closed,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => return Arrived::Closed,
+            }
+        }
+        match parse_head(self.rbuf.data(), limits) {
+            Ok(None) => Arrived::Part,
+            Ok(Some(_)) | Err(_) => Arrived::Head,
+        }
+    }
+    // ANCHOR_END: read_without_waiting
 
     pub fn stream(&self) -> &Stream {
         &self.stream
@@ -72,6 +118,13 @@ impl HttpConnection {
     // ANCHOR: read_head
     /// Reads until a complete request head is buffered.
     pub fn read_head(&mut self, limits: &Limits) -> HeadRead {
+        let mut deadline = HeadDeadline::new(self.head_time);
+        let read = self.read_head_until(limits, &mut deadline);
+        deadline.restore(&self.stream);
+        read
+    }
+
+    fn read_head_until(&mut self, limits: &Limits, deadline: &mut HeadDeadline) -> HeadRead {
         loop {
             if !self.rbuf.is_empty() {
                 match parse_head(self.rbuf.data(), limits) {
@@ -81,6 +134,15 @@ impl HttpConnection {
                     }
                     Ok(None) => {}
                     Err(e) => return HeadRead::Invalid(e),
+                }
+                // Part of a head: the rest has what is left of the time.
+                if !deadline.shorten(&self.stream) {
+                    log::info!(
+                        "client {}:{} took too long to send its request head: closing",
+                        self.peer.addr,
+                        self.peer.port
+                    );
+                    return HeadRead::Closed;
                 }
             }
             match self.rbuf.fill_from(&*self.stream) {
@@ -224,4 +286,46 @@ impl HttpConnection {
         }
     }
     // ANCHOR_END: linger
+}
+
+/// The time a request head has left to arrive whole: each read gets what
+/// remains of it as its timeout, and the socket's own timeout is put back
+/// afterwards.
+struct HeadDeadline {
+    limit: Option<(Instant, Duration)>,
+    /// The socket's read timeout before it was shortened, to restore.
+    saved: Option<Option<Duration>>,
+}
+
+impl HeadDeadline {
+    fn new(limit: Option<Duration>) -> HeadDeadline {
+        HeadDeadline {
+            limit: limit.map(|l| (Instant::now(), l)),
+            saved: None,
+        }
+    }
+
+    /// Sets the socket's read timeout to the time left; `false` when none is.
+    fn shorten(&mut self, stream: &Stream) -> bool {
+        let Some((started, limit)) = self.limit else {
+            return true;
+        };
+        let Some(left) = limit
+            .checked_sub(started.elapsed())
+            .filter(|l| !l.is_zero())
+        else {
+            return false;
+        };
+        if self.saved.is_none() {
+            self.saved = Some(stream.read_timeout().ok().flatten());
+        }
+        let _ = stream.set_read_timeout(Some(left));
+        true
+    }
+
+    fn restore(self, stream: &Stream) {
+        if let Some(saved) = self.saved {
+            let _ = stream.set_read_timeout(saved);
+        }
+    }
 }
