@@ -1,6 +1,7 @@
 //! Stage 4: workers fed uwsgi packets on a unix socket, by the harness'
 //! client (what nginx does) and by a real nginx.
 
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Command;
@@ -321,4 +322,55 @@ fn uwsgi_dump_shows_what_nginx_sends() {
     assert!(body.contains("PATH_INFO =  11 \"/from-nginx\""), "{body}");
     assert!(body.contains("HTTP_HOST"), "{body}");
     drop(dump);
+}
+
+#[test]
+fn a_request_nginx_gave_up_on_is_not_run() {
+    // nginx answers 504 and closes its connection when the app takes too
+    // long, even while the request still waits in the socket's queue. The
+    // worker that takes it later must not run the app for nobody.
+    let sock = socket_path("gave-up");
+    let server = ServerProcess::start(
+        BIN,
+        &[
+            "--socket",
+            sock.to_str().unwrap(),
+            "--module",
+            "apps.lab:app",
+            "--processes",
+            "1",
+        ],
+    )
+    .expect("stage 4 starts");
+    let reset = uwsgi::request(&sock, "GET", "/counter/reset", &[("Host", "t")], b"").unwrap();
+    assert_eq!(reset.status, 200);
+    // The one worker is busy for a second...
+    let busy_sock = sock.clone();
+    let busy = std::thread::spawn(move || {
+        uwsgi::request(&busy_sock, "GET", "/io?ms=1000", &[("Host", "t")], b"")
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    // ... while a request for /counter is sent, and abandoned.
+    let vars = uwsgi::nginx_vars("GET", "/counter", &[("Host", "t")], 0);
+    let refs: Vec<(&str, &[u8])> = vars
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_slice()))
+        .collect();
+    let mut abandoned = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    abandoned.write_all(&uwsgi::packet(&refs)).unwrap();
+    drop(abandoned);
+    assert_eq!(busy.join().unwrap().unwrap().status, 200);
+    server
+        .wait_for_stderr(
+            "nginx gave up before a worker took it",
+            Duration::from_secs(5),
+        )
+        .expect("the worker says it skipped the request");
+    // The counter was never incremented by the abandoned request.
+    let counter = uwsgi::request(&sock, "GET", "/counter", &[("Host", "t")], b"").unwrap();
+    assert_eq!(
+        counter.text().trim(),
+        "1",
+        "the abandoned request ran the app"
+    );
 }

@@ -11,8 +11,10 @@ use wsgi_bridge::http::response::error_response;
 use wsgi_bridge::logging::{AccessEntry, access_log};
 use wsgi_bridge::worker::WorkerHooks;
 use wsgi_bridge::wsgi::call::{Exchange, Outcome, WsgiApp, call_app};
+use wsgi_bridge::wsgi::request::Request;
 
-use crate::uwsgi::{PacketError, UwsgiRequest, parse_packet};
+use crate::UwsgiConfig;
+use crate::uwsgi::{self, PacketError, UwsgiRequest, parse_packet};
 
 /// What went wrong before the app could be called.
 #[derive(Debug)]
@@ -61,30 +63,68 @@ impl UwsgiConnection {
     /// Serves the one request of this connection. A bad packet is logged
     /// (and, for a browser talking to the socket, answered in HTTP with the
     /// reason), never raised: the worker goes on with the next connection.
-    pub fn serve(
-        mut self,
-        app: &WsgiApp,
-        buffer_size: usize,
-        max_body: u64,
-        hooks: &dyn WorkerHooks,
-    ) {
-        let request = match self.read_packet(buffer_size) {
+    pub fn serve(mut self, app: &WsgiApp, config: &UwsgiConfig, hooks: &dyn WorkerHooks) {
+        let request = match self.read_packet(config.buffer_size) {
             Ok(request) => request,
             Err(e) => return self.refuse(e, &app.server_software),
         };
+        if let Err(e) = uwsgi::check(&request, &config.limits) {
+            log::info!(
+                "request {} {} from {}: {} ({})",
+                request.method(),
+                request.uri(),
+                request.client(),
+                e.reason,
+                e.status
+            );
+            let _ = (&*self.stream).write_all(&error_response(
+                e.status,
+                e.reason,
+                &app.server_software,
+            ));
+            return;
+        }
+        if self.peer_gave_up() {
+            // nginx gave up waiting (a 504 for its client, or the client
+            // left) while the request sat in the socket's queue: running
+            // the app now would compute an answer nobody reads.
+            log::info!(
+                "request {} {} from {}: nginx gave up before a worker took it; not calling the app",
+                request.method(),
+                request.uri(),
+                request.client()
+            );
+            return;
+        }
         hooks.request_started();
         let exchange = Exchange {
             request: &request,
             stream: &self.stream,
             rbuf: std::mem::take(&mut self.rbuf),
             keep_alive_allowed: false,
-            max_body,
+            max_body: config.limits.max_body,
         };
         let outcome = call_app(app, exchange);
         hooks.request_finished();
         log_access(&request, &outcome);
     }
     // ANCHOR_END: serve_packet
+
+    /// Whether the peer has closed its side already: POLLRDHUP is set once
+    /// its FIN arrived, even with unread bytes (the body) still buffered.
+    /// nginx never half-closes a uwsgi connection while it waits for the
+    /// answer, so this means it is gone.
+    fn peer_gave_up(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut fd = libc::pollfd {
+            fd: self.stream.as_raw_fd(),
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: poll(2) on one valid pollfd, without waiting.
+        let ready = unsafe { libc::poll(&mut fd, 1, 0) };
+        ready == 1 && fd.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0
+    }
 
     /// Says why a packet could not be served: in the log, and to a browser
     /// that sent HTTP to the socket, in an HTTP response it can show.

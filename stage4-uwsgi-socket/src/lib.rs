@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use stage3_prefork::listen::WorkerListener;
 use wsgi_bridge::conn::Stream;
+use wsgi_bridge::http::request::Limits;
 use wsgi_bridge::worker::WorkerHooks;
 use wsgi_bridge::wsgi::call::WsgiApp;
 
@@ -31,8 +32,10 @@ use crate::connection::UwsgiConnection;
 pub struct UwsgiConfig {
     /// The largest vars block accepted (uWSGI's `--buffer-size`).
     pub buffer_size: usize,
-    /// The largest body accepted.
-    pub max_body: u64,
+    /// The HTTP parser's limits, applied to what nginx forwards (the body
+    /// limit, and the request line and header field limits: see
+    /// `uwsgi::check`).
+    pub limits: Limits,
     /// How long the peer may take to send its packet or take the answer.
     pub timeout: Duration,
 }
@@ -62,7 +65,7 @@ pub fn serve_forever(
         let _ = stream.set_read_timeout(Some(config.timeout));
         let _ = stream.set_write_timeout(Some(config.timeout));
         // One packet, one response, close: nginx opens a connection per request.
-        UwsgiConnection::new(stream).serve(app, config.buffer_size, config.max_body, hooks);
+        UwsgiConnection::new(stream).serve(app, config, hooks);
         !hooks.should_stop()
     })
 }

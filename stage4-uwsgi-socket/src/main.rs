@@ -192,7 +192,7 @@ fn run(args: Args) -> Result<i32, StartError> {
     let limits = args.limits.limits();
     let uwsgi = UwsgiConfig {
         buffer_size: usize::from(args.buffer_size),
-        max_body: limits.max_body,
+        limits: limits.clone(),
         timeout: Duration::from_secs(30),
     };
     let extra_children = match args.http.as_deref() {

@@ -22,10 +22,12 @@
 //! from the variables), so a packet goes through the same request path as
 //! an HTTP request.
 
+mod checks;
 mod describe;
 mod packet;
 mod request;
 
+pub use checks::check;
 pub use describe::describe_packet;
 pub use packet::{
     DEFAULT_BUFFER_SIZE, HEADER_LEN, PacketError, UwsgiRequest, encode_packet, parse_packet,

@@ -6,6 +6,8 @@
 
 use std::borrow::Cow;
 
+use wsgi_bridge::http::token::trim_ows;
+
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
@@ -129,11 +131,19 @@ pub fn build_environ<'py>(
 
 /// The variables, each name once. nginx sends a header that came twice as
 /// two variables of the same name: they are joined as the HTTP path does
-/// ("," and "; " for cookies). Values are borrowed from the packet; only a
-/// joined one is copied.
+/// ("," and "; " for cookies), and header values are trimmed as the HTTP
+/// parser trims them. Values are borrowed from the packet; only a joined
+/// one is copied.
 fn joined_vars(request: &UwsgiRequest) -> Vec<(&str, Cow<'_, [u8]>)> {
     let mut joined: Vec<(&str, Cow<'_, [u8]>)> = Vec::with_capacity(request.vars.len());
     for (key, value) in &request.vars {
+        // A header's value without the spaces and tabs around it (RFC 9110
+        // 5.5), as the HTTP path gives it: nginx 1.22 trims spaces only.
+        let value = if key.starts_with("HTTP_") {
+            trim_ows(value)
+        } else {
+            value.as_slice()
+        };
         if key == "HTTP_CONTENT_TYPE" || key == "HTTP_CONTENT_LENGTH" {
             // nginx passes every header as HTTP_*, these two included; CGI
             // (and PEP 3333) has them only as CONTENT_TYPE and CONTENT_LENGTH.
