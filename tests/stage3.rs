@@ -621,3 +621,75 @@ fn usr1_makes_workers_reopen_their_access_log() {
     );
     assert_eq!(new.matches("GET /after").count(), 20, "{new}");
 }
+
+#[test]
+fn the_address_forms_students_type() {
+    // `PORT` alone is a port on loopback (gunicorn would read it as a host
+    // name: 0.0.31.64); `:PORT` is every interface, as gunicorn means it.
+    let port = wsgi_course::nginx::free_port();
+    let server = ServerProcess::start(BIN, &["-b", &port.to_string(), "-w", "1"]).unwrap();
+    assert_eq!(server.addr(), format!("127.0.0.1:{port}").parse().unwrap());
+    assert_eq!(client::get(server.addr(), "/").unwrap().status, 200);
+    drop(server);
+    let port = wsgi_course::nginx::free_port();
+    let server = ServerProcess::start(BIN, &["-b", &format!(":{port}"), "-w", "1"]).unwrap();
+    assert!(
+        server.listen_text().contains(&format!("0.0.0.0:{port}")),
+        "{}",
+        server.listen_text()
+    );
+    let loopback = format!("127.0.0.1:{port}").parse().unwrap();
+    assert_eq!(client::get(loopback, "/").unwrap().status, 200);
+}
+
+#[test]
+fn an_inherited_socket_is_served_with_fd_n() {
+    // What systemd's socket activation does: the socket is bound and
+    // listening before the server starts, passed as fd 3.
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fd = listener.as_raw_fd();
+    let mut cmd = std::process::Command::new(workspace_bin(BIN));
+    cmd.args(["-b", "fd://3", "-w", "1"])
+        .current_dir(repo_root());
+    // SAFETY: dup2 and fcntl are async-signal-safe, as pre_exec requires.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::fcntl(3, libc::F_SETFD, 0);
+            Ok(())
+        });
+    }
+    let server = ServerProcess::start_command("stage3-prefork fd://3", cmd).unwrap();
+    drop(listener);
+    assert_eq!(server.addr(), addr);
+    assert_eq!(client::get(addr, "/").unwrap().status, 200);
+}
+
+#[test]
+fn gunicorn_flags_the_course_has_not_are_one_sentence() {
+    for (flag, says) in [
+        ("--daemon", "foreground"),
+        ("--certfile=cert.pem", "TLS"),
+        ("--statsd-host=localhost:8125", "--stats"),
+        ("--reload", "HUP"),
+    ] {
+        let out = Command::new(workspace_bin(BIN)).arg(flag).assert().code(2);
+        let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("is gunicorn's, not this course's") && stderr.contains(says),
+            "{stderr}"
+        );
+    }
+    let out = Command::new(workspace_bin(BIN))
+        .args(["-b", "127.0.0.1:1", "-b", "127.0.0.1:2"])
+        .assert()
+        .code(1);
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(stderr.contains("--bind given 2 times"), "{stderr}");
+}

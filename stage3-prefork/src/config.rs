@@ -27,9 +27,11 @@ pub enum WorkerKind {
 #[derive(Parser, Debug)]
 #[command(name = "stage3-prefork", version)]
 pub struct Args {
-    /// The address to listen on (HOST:PORT).
+    /// The address to listen on: HOST:PORT, [::1]:PORT, :PORT (every
+    /// interface), PORT (on 127.0.0.1), or fd://N (a socket this process
+    /// inherited, as systemd's socket activation passes it).
     #[arg(short, long, value_name = "ADDRESS", default_value = "127.0.0.1:8000")]
-    pub bind: String,
+    pub bind: Vec<String>,
 
     /// How many worker processes [default: 2 x CPU cores + 1].
     #[arg(short, long, value_name = "N")]
@@ -124,8 +126,29 @@ pub struct Config {
 pub struct Setup {
     pub config: Config,
     pub worker_class: Box<dyn crate::WorkerClass>,
-    pub bind: SocketAddr,
+    pub bind: Bind,
     pub reuse_port: bool,
+}
+
+/// Where stage 3 listens.
+#[derive(Clone, Copy, Debug)]
+pub enum Bind {
+    Tcp(SocketAddr),
+    /// A listening socket inherited as this file descriptor (`fd://N`).
+    Fd(i32),
+}
+
+impl Bind {
+    fn parse(text: &str) -> Result<Bind, StartError> {
+        match text.strip_prefix("fd://") {
+            Some(n) => n.parse().map(Bind::Fd).map_err(|_| {
+                StartError::new(format!(
+                    "--bind {text}: fd://N takes a file descriptor number"
+                ))
+            }),
+            None => boot::resolve_bind(text).map(Bind::Tcp),
+        }
+    }
 }
 
 /// How long a client may stall on a socket before a worker gives up on it.
@@ -145,7 +168,15 @@ pub fn default_workers() -> usize {
 impl Args {
     pub fn setup(self) -> Result<Setup, StartError> {
         let args = self;
-        let bind = boot::resolve_bind(&args.bind)?;
+        let bind = match args.bind.as_slice() {
+            [one] => Bind::parse(one)?,
+            _ => {
+                return Err(StartError::new(format!(
+                    "--bind given {} times: gunicorn listens on several addresses, this course's stage 3 on one (run one server per address, or put nginx in front of one)",
+                    args.bind.len()
+                )));
+            }
+        };
         let stats = args.stats.as_deref().map(boot::resolve_bind).transpose()?;
         let workers = args.workers.unwrap_or_else(default_workers);
         if workers == 0 {
