@@ -374,3 +374,15 @@ fn a_request_nginx_gave_up_on_is_not_run() {
         "the abandoned request ran the app"
     );
 }
+
+#[test]
+fn usr1_prints_the_statistics_as_uwsgi_does() {
+    let (server, _sock) = start("usr1", &[]);
+    server.signal(libc::SIGUSR1);
+    let line = server
+        .wait_for_stderr("Handling signal: usr1: statistics:", Duration::from_secs(5))
+        .expect("the master prints its statistics");
+    assert!(line.contains("\"workers\""), "{line}");
+    // And the master is still there, serving.
+    assert!(procs::alive(server.pid()));
+}

@@ -119,6 +119,18 @@ pub struct Config {
     pub stats: Option<SocketAddr>,
     pub app: AppArgs,
     pub source: AppSource,
+    /// What USR1 does: gunicorn's "reopen the log files" (workers reopen
+    /// their access log), or uWSGI's "print statistics" (stage 4).
+    pub usr1: Usr1,
+}
+
+/// The meaning of SIGUSR1, which gunicorn and uWSGI disagree on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Usr1 {
+    /// gunicorn: the workers reopen their log files (logrotate).
+    ReopenLogs,
+    /// uWSGI: the master prints its statistics to the log.
+    PrintStats,
 }
 
 /// Stage 3's command line, read: the master's settings, the worker class,
@@ -228,6 +240,7 @@ impl Args {
             stats,
             app: args.app,
             source,
+            usr1: Usr1::ReopenLogs,
         };
         Ok(Setup {
             config,

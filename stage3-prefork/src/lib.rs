@@ -39,7 +39,7 @@ pub mod unsupported;
 mod upgrade;
 mod worker;
 
-pub use config::{Args, Bind, Config, Setup, WorkerKind, default_workers};
+pub use config::{Args, Bind, Config, Setup, Usr1, WorkerKind, default_workers};
 pub use http_workers::{SyncWorker, ThreadWorker};
 pub use listen::{Listeners, WorkerListener};
 pub use start::{ExtraChild, Master};

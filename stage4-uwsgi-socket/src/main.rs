@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use stage3_prefork::{
-    Config, ExtraChild, Listeners, Master, WorkerClass, WorkerContext, WorkerListener,
+    Config, ExtraChild, Listeners, Master, Usr1, WorkerClass, WorkerContext, WorkerListener,
 };
 use stage4_uwsgi_socket::router::{self, Upstream};
 use stage4_uwsgi_socket::{UwsgiConfig, serve_forever};
@@ -253,6 +253,8 @@ fn master_config(args: &Args) -> Result<Config, StartError> {
         stats: args.stats.as_deref().map(boot::resolve_bind).transpose()?,
         app,
         source,
+        // uWSGI's USR1 prints the statistics.
+        usr1: Usr1::PrintStats,
     })
 }
 // ANCHOR_END: uwsgi_config
