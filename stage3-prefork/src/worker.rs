@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use pyo3::prelude::*;
 use wsgi_bridge::boot;
-use wsgi_bridge::worker::WorkerHooks;
+use wsgi_bridge::hooks::WorkerHooks;
 use wsgi_bridge::wsgi::call::WsgiApp;
 use wsgi_bridge::wsgi::environ::ServerInfo;
 

@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use stage3_prefork::listen::WorkerListener;
 use wsgi_bridge::conn::Stream;
+use wsgi_bridge::hooks::WorkerHooks;
 use wsgi_bridge::http::request::Limits;
-use wsgi_bridge::worker::WorkerHooks;
 use wsgi_bridge::wsgi::call::WsgiApp;
 
 use crate::connection::UwsgiConnection;

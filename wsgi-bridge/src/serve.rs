@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use pyo3::sync::PyOnceLock;
 
 use crate::conn::{ReadBuf, Stream, WithoutWaiting};
+use crate::hooks::WorkerHooks;
 use crate::http::request::{HttpError, Limits, RequestHead, parse_head};
 use crate::http::response::error_response;
 use crate::logging::{AccessEntry, access_log};
-use crate::worker::WorkerHooks;
 use crate::wsgi::call::{Exchange, Outcome, WsgiApp, call_app};
 use crate::wsgi::environ::{Peer, PeerStrings};
 use crate::wsgi::request::HttpRequest;
