@@ -386,3 +386,48 @@ fn usr1_prints_the_statistics_as_uwsgi_does() {
     // And the master is still there, serving.
     assert!(procs::alive(server.pid()));
 }
+
+#[test]
+fn threads_overlap_sleeping_requests() {
+    // The course notes' `--processes 4 --threads 2`, in small: one process
+    // with four threads serves four sleeping requests at once.
+    let sock = socket_path("threads");
+    let server = ServerProcess::start(
+        BIN,
+        &[
+            "--socket",
+            sock.to_str().unwrap(),
+            "--module",
+            "apps.lab:app",
+            "--processes",
+            "1",
+            "--threads",
+            "4",
+            "--enable-threads",
+        ],
+    )
+    .expect("stage 4 starts");
+    assert!(
+        server.stderr_text().contains("4 threads each"),
+        "{}",
+        server.stderr_text()
+    );
+    let started = std::time::Instant::now();
+    let requests: Vec<_> = (0..4)
+        .map(|_| {
+            let sock = sock.clone();
+            std::thread::spawn(move || {
+                uwsgi::request(&sock, "GET", "/io?ms=1000", &[("Host", "t")], b"")
+            })
+        })
+        .collect();
+    for r in requests {
+        assert_eq!(r.join().unwrap().unwrap().status, 200);
+    }
+    // One after another they would take 4 s.
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(2500),
+        "four 1 s requests took {took:?}"
+    );
+}

@@ -17,7 +17,7 @@ use stage3_prefork::{
     Config, ExtraChild, Listeners, Master, Usr1, WorkerClass, WorkerContext, WorkerListener,
 };
 use stage4_uwsgi_socket::router::{self, Upstream};
-use stage4_uwsgi_socket::{UwsgiConfig, serve_forever};
+use stage4_uwsgi_socket::{UwsgiConfig, serve_forever_threads};
 use wsgi_bridge::boot;
 use wsgi_bridge::cli::{AppArgs, LimitArgs, LogArgs};
 use wsgi_bridge::embed::{AppSource, StartError};
@@ -48,6 +48,16 @@ struct Args {
     /// workers, say) may connect. Needs root unless it is you.
     #[arg(long, value_name = "USER[:GROUP]")]
     chown_socket: Option<String>,
+
+    /// Threads per worker process, each serving one request at a time
+    /// (uWSGI's --threads; the course notes' `--processes 4 --threads 2`).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    threads: usize,
+
+    /// Accepted for familiarity: uWSGI needs it before an app may start
+    /// threads of its own; an embedded Python here always allows them.
+    #[arg(long)]
+    enable_threads: bool,
 
     /// How many worker processes.
     #[arg(short, long, alias = "workers", value_name = "N", default_value_t = 1)]
@@ -169,7 +179,10 @@ struct UwsgiWorker(UwsgiConfig);
 
 impl WorkerClass for UwsgiWorker {
     fn name(&self) -> String {
-        "sync".to_string()
+        match self.0.threads {
+            1 => "sync".to_string(),
+            n => format!("sync, {n} threads each"),
+        }
     }
 
     fn protocol(&self) -> &'static str {
@@ -177,8 +190,8 @@ impl WorkerClass for UwsgiWorker {
     }
 
     fn serve(&self, worker: WorkerContext<'_>) -> io::Result<()> {
-        let app = worker.wsgi_app(false)?;
-        serve_forever(&worker.listener, &app, &self.0, worker.stop, worker.hooks)
+        let app = worker.wsgi_app(self.0.threads > 1)?;
+        serve_forever_threads(&worker.listener, &app, &self.0, worker.stop, worker.hooks)
     }
 }
 // ANCHOR_END: worker_class
@@ -188,12 +201,16 @@ fn run(args: Args) -> Result<i32, StartError> {
     if args.processes == 0 {
         return Err(StartError::new("--processes must be at least 1"));
     }
+    if args.threads == 0 {
+        return Err(StartError::new("--threads must be at least 1"));
+    }
     let socket = socket_spec(&args.socket)?;
     let limits = args.limits.limits();
     let uwsgi = UwsgiConfig {
         buffer_size: usize::from(args.buffer_size),
         limits: limits.clone(),
         timeout: Duration::from_secs(30),
+        threads: args.threads,
     };
     let extra_children = match args.http.as_deref() {
         Some(addr) => vec![http_router(addr, &socket, &args.socket, limits)?],

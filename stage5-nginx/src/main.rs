@@ -60,6 +60,10 @@ struct Args {
     #[arg(long)]
     lazy_apps: bool,
 
+    /// Threads per stage 4 worker process (uWSGI's --threads).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    threads: usize,
+
     /// How many stage 4 worker processes.
     #[arg(
         short,
@@ -405,6 +409,7 @@ fn stage4_command(bin: &Path, args: &Args, site: &Site) -> Vec<OsString> {
         flag("--chmod-socket", "660".into());
     }
     flag("--processes", args.workers.to_string().into());
+    flag("--threads", args.threads.to_string().into());
     // Requests wait in the socket's queue while every worker is busy.
     // uWSGI's default queue (100) is soon full under load, and nginx then
     // answers 502 at once; nginx can have as many requests in flight as
