@@ -65,13 +65,10 @@ pub fn serve_forever_threads(
                     .spawn_scoped(scope, || serve_forever(listener, app, config, stop, hooks))
             })
             .collect::<io::Result<_>>()?;
-        threads
-            .into_iter()
-            .map(|t| {
-                t.join()
-                    .unwrap_or_else(|_| Err(io::Error::other("a thread panicked")))
-            })
-            .collect::<io::Result<()>>()
+        threads.into_iter().try_for_each(|t| {
+            t.join()
+                .unwrap_or_else(|_| Err(io::Error::other("a thread panicked")))
+        })
     })
 }
 
