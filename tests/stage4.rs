@@ -431,3 +431,40 @@ fn threads_overlap_sleeping_requests() {
         "four 1 s requests took {took:?}"
     );
 }
+
+#[test]
+fn an_ini_file_is_its_flags_and_the_command_line_wins() {
+    let dir = std::env::temp_dir().join(format!("stage4-ini-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ini = dir.join("site.ini");
+    std::fs::write(
+        &ini,
+        "# as the course notes ship it\n[uwsgi]\nmodule = apps.lab:app\nsocket = %d%n.sock\nprocesses = 4\nchmod-socket = 660\nmaster = true\nvacuum = true\n",
+    )
+    .unwrap();
+    let server = ServerProcess::start(
+        BIN,
+        &[ini.to_str().unwrap(), "--processes", "1", "--show-config"],
+    )
+    .expect("stage 4 starts from an ini file");
+    let sock = dir.join("site.sock");
+    assert_eq!(server.unix_path().as_deref(), Some(sock.as_path()));
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+    assert!(
+        server
+            .wait_for_stderr(": 1 worker", Duration::from_secs(5))
+            .is_some(),
+        "the command line's --processes 1 wins over the file's 4: {}",
+        server.stderr_text()
+    );
+    assert!(
+        server.stdout_text().contains("processes = 1"),
+        "{}",
+        server.stdout_text()
+    );
+    let r = uwsgi::request(&sock, "GET", "/", &[("Host", "t")], b"").unwrap();
+    assert_eq!(r.status, 200);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

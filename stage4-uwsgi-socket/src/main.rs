@@ -6,6 +6,7 @@
 //! cargo run -p stage4-uwsgi-socket -- --http 127.0.0.1:8000     # plus a router, to try it with curl
 //! ```
 
+mod ini;
 mod socket;
 
 use std::io;
@@ -26,8 +27,26 @@ use wsgi_bridge::http::request::Limits;
 /// A pre-fork WSGI server fed by nginx's uwsgi protocol, like
 /// `uwsgi --socket PATH --master --processes N`.
 #[derive(Parser, Debug)]
-#[command(name = "stage4-uwsgi-socket", version)]
+#[command(name = "stage4-uwsgi-socket", version, args_override_self = true)]
 struct Args {
+    /// Read flags from this uWSGI ini file (its `[uwsgi]` section); the
+    /// command line wins. A bare `FILE.ini` argument means the same.
+    #[arg(long, value_name = "FILE")]
+    ini: Option<PathBuf>,
+
+    /// Print the configuration this run uses, as an ini file, then start.
+    #[arg(long)]
+    show_config: bool,
+
+    /// Accepted for familiarity: the socket file is always removed at exit.
+    #[arg(long)]
+    vacuum: bool,
+
+    /// Accepted for familiarity: TERM stops stage 4 (gracefully), as uWSGI
+    /// 2.1 does; uWSGI 2.0 needed this flag not to reload on TERM.
+    #[arg(long)]
+    die_on_term: bool,
+
     /// Where to listen for uwsgi packets: a unix socket path, or HOST:PORT.
     #[arg(
         short,
@@ -151,11 +170,74 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 }
 
 fn main() {
-    let args = Args::parse();
+    let args = match args_with_ini(std::env::args().collect()) {
+        Ok(argv) => Args::parse_from(argv),
+        Err(e) => boot::exit_with(StartError::new(e)),
+    };
+    if args.show_config {
+        print!("{}", show_config(&args));
+    }
     match run(args) {
         Ok(status) => std::process::exit(status),
         Err(e) => boot::exit_with(e),
     }
+}
+
+/// The command line with an ini file's flags before it: `--ini FILE`, or
+/// a bare `FILE.ini` (uWSGI's `uwsgi app.ini`).
+fn args_with_ini(argv: Vec<String>) -> Result<Vec<String>, String> {
+    let mut rest = Vec::new();
+    let mut files = Vec::new();
+    let mut it = argv.into_iter();
+    let program = it.next().unwrap_or_default();
+    while let Some(arg) = it.next() {
+        if arg == "--ini" {
+            files.push(it.next().ok_or("--ini needs a file")?);
+        } else if let Some(file) = arg.strip_prefix("--ini=") {
+            files.push(file.to_string());
+        } else if arg.ends_with(".ini") && !arg.starts_with('-') {
+            files.push(arg);
+        } else {
+            rest.push(arg);
+        }
+    }
+    let mut all = vec![program];
+    for file in &files {
+        all.extend(ini::to_args(std::path::Path::new(file))?);
+    }
+    all.extend(rest);
+    Ok(all)
+}
+
+/// `--show-config`: the settings this run uses, as an ini file.
+fn show_config(args: &Args) -> String {
+    let mut out = String::from(";uWSGI instance configuration\n[uwsgi]\n");
+    let mut line = |key: &str, value: String| out.push_str(&format!("{key} = {value}\n"));
+    line("socket", args.socket.clone());
+    line("chmod-socket", format!("{:o}", args.chmod_socket));
+    if let Some(owner) = &args.chown_socket {
+        line("chown-socket", owner.clone());
+    }
+    line("processes", args.processes.to_string());
+    line("threads", args.threads.to_string());
+    if let Some(module) = &args.module {
+        line("module", module.clone());
+    }
+    if let Some(file) = &args.wsgi_file {
+        line("wsgi-file", file.display().to_string());
+    }
+    line("chdir", args.chdir.display().to_string());
+    line("lazy-apps", args.lazy_apps.to_string());
+    line("harakiri", args.harakiri.to_string());
+    line("max-requests", args.max_requests.to_string());
+    line("listen", args.listen.to_string());
+    line("buffer-size", args.buffer_size.to_string());
+    if let Some(http) = &args.http {
+        line("http", http.clone());
+    }
+    line("master", "true".to_string());
+    out.push_str(";end of configuration\n");
+    out
 }
 
 /// A unix socket path, or a TCP address (`HOST:PORT`, as uWSGI tells them apart).
