@@ -676,7 +676,7 @@ fn gunicorn_flags_the_course_has_not_are_one_sentence() {
         ("--daemon", "foreground"),
         ("--certfile=cert.pem", "TLS"),
         ("--statsd-host=localhost:8125", "--stats"),
-        ("--reload", "HUP"),
+        ("--reload-engine=poll", "inotify"),
     ] {
         let out = Command::new(workspace_bin(BIN)).arg(flag).assert().code(2);
         let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
@@ -692,4 +692,70 @@ fn gunicorn_flags_the_course_has_not_are_one_sentence() {
         .code(1);
     let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
     assert!(stderr.contains("--bind given 2 times"), "{stderr}");
+}
+
+#[test]
+fn reload_restarts_workers_when_the_app_changes() {
+    let dir = std::env::temp_dir().join(format!("stage3-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let app = |version: &str| {
+        format!(
+            "def app(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'{version}']\n"
+        )
+    };
+    std::fs::write(dir.join("devapp.py"), app("v1")).unwrap();
+    let server = ServerProcess::start(
+        BIN,
+        &[
+            "devapp:app",
+            "--chdir",
+            dir.to_str().unwrap(),
+            "-b",
+            "127.0.0.1:0",
+            "-w",
+            "1",
+            "--reload",
+        ],
+    )
+    .unwrap();
+    assert_eq!(client::get(server.addr(), "/").unwrap().body, b"v1");
+    // Let the worker set its watches up, then save a new version.
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(dir.join("devapp.py"), app("v2")).unwrap();
+    let saved = Instant::now();
+    let mut seen = Vec::new();
+    while saved.elapsed() < Duration::from_secs(10) {
+        if let Ok(r) = client::get(server.addr(), "/") {
+            seen = r.body;
+            if seen == b"v2" {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = saved.elapsed();
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "the new code answered {:.2} s after the file was saved",
+        took.as_secs_f64()
+    );
+    assert_eq!(seen, b"v2", "{}", server.stderr_text());
+    assert!(
+        server.stderr_text().contains("Worker reloading:"),
+        "{}",
+        server.stderr_text()
+    );
+}
+
+#[test]
+fn reload_with_preload_is_one_sentence() {
+    let out = Command::new(workspace_bin(BIN))
+        .args(["--reload", "--preload"])
+        .assert()
+        .code(1);
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(
+        stderr.contains("--reload and --preload do not go together"),
+        "{stderr}"
+    );
 }

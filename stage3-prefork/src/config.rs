@@ -75,6 +75,11 @@ pub struct Args {
     #[arg(long)]
     pub preload: bool,
 
+    /// Restart workers when a source file of the app changes (for
+    /// development). Not with --preload, which imports the app once.
+    #[arg(long)]
+    pub reload: bool,
+
     /// Give each worker its own listening socket (SO_REUSEPORT) instead of
     /// one shared socket.
     #[arg(long)]
@@ -115,6 +120,8 @@ pub struct Config {
     pub max_requests: u64,
     pub max_requests_jitter: u64,
     pub preload: bool,
+    /// Workers exit when a source file of the app changes (`--reload`).
+    pub reload: bool,
     pub pid_file: Option<PathBuf>,
     pub stats: Option<SocketAddr>,
     pub app: AppArgs,
@@ -200,6 +207,11 @@ impl Args {
                 crate::scoreboard::MAX_WORKERS
             )));
         }
+        if args.reload && args.preload {
+            return Err(StartError::new(
+                "--reload and --preload do not go together: with --preload the master imports the app once, before forking, so a new worker would run the old code again (drop --preload while you develop)",
+            ));
+        }
         if args.threads == 0 {
             return Err(StartError::new("--threads must be at least 1"));
         }
@@ -236,6 +248,7 @@ impl Args {
             max_requests: args.max_requests,
             max_requests_jitter: args.max_requests_jitter,
             preload: args.preload,
+            reload: args.reload,
             pid_file: args.pid,
             stats,
             app: args.app,

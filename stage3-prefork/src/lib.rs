@@ -32,6 +32,7 @@ mod arbiter;
 pub mod config;
 mod http_workers;
 pub mod listen;
+mod reload;
 mod scoreboard;
 mod start;
 mod stats;

@@ -29,8 +29,8 @@ const NOT_HERE: &[(&[&str], &str)] = &[
         "this stage reads no configuration file yet: give the settings as flags (stage3-prefork --help lists them)",
     ),
     (
-        &["--reload", "--reload-engine", "--reload-extra-file"],
-        "there is no reload on file changes yet: send HUP to the master (kill -HUP <pid>) to start workers with the new code",
+        &["--reload-engine", "--reload-extra-file"],
+        "--reload watches the app's imported modules with inotify, and nothing else: there is no other engine, nor extra files",
     ),
     (
         &[
@@ -101,7 +101,12 @@ mod tests {
                 .unwrap()
                 .contains("nginx")
         );
-        assert!(refusal(&args(&["--reload"])).unwrap().contains("HUP"));
+        assert!(
+            refusal(&args(&["--reload-engine=poll"]))
+                .unwrap()
+                .contains("inotify")
+        );
+        assert_eq!(refusal(&args(&["--reload"])), None);
         assert_eq!(
             refusal(&args(&["apps.lab:app", "-w", "2", "--preload"])),
             None

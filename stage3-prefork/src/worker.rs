@@ -181,6 +181,12 @@ pub(crate) fn run(spec: WorkerSpec<'_>) -> i32 {
         max_requests: spec.max_requests,
     };
     hooks.heartbeat();
+    if config.reload {
+        match crate::reload::watch_sources() {
+            Ok(n) => log::debug!("Watching {n} source files for changes"),
+            Err(e) => log::warn!("--reload: cannot watch the source files: {e}"),
+        }
+    }
 
     let (server_name, server_port) = spec.listeners.server_name_port();
     let result = spec.worker_class.serve(WorkerContext {

@@ -354,6 +354,7 @@ fn master_config(args: &Args) -> Result<Config, StartError> {
         source,
         // uWSGI's USR1 prints the statistics.
         usr1: Usr1::PrintStats,
+        reload: false,
     })
 }
 // ANCHOR_END: uwsgi_config
