@@ -759,3 +759,18 @@ fn reload_with_preload_is_one_sentence() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_relative_chdir_means_the_same_in_the_master_and_its_workers() {
+    // The master changes to --chdir before forking; each worker then starts
+    // Python there. A relative path must not be applied twice.
+    let server = ServerProcess::start(
+        BIN,
+        &["hello", "--chdir", "apps", "-b", "127.0.0.1:0", "-w", "1"],
+    )
+    .unwrap();
+    assert_eq!(
+        client::get(server.addr(), "/").unwrap().body,
+        b"Hello, World!\n"
+    );
+}

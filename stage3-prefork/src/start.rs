@@ -43,9 +43,13 @@ impl Master {
 }
 
 fn run(
-    master: Master,
+    mut master: Master,
     bind: impl FnOnce() -> Result<Listeners, StartError>,
 ) -> Result<i32, StartError> {
+    // The master changes directory before forking, and each worker starts
+    // Python from there: relative paths must mean what they meant where the
+    // server was started.
+    master.config.app.make_paths_absolute();
     let config = &master.config;
     // Before anything changes directory: how to start this server again.
     let relaunch = crate::upgrade::Relaunch::capture();
