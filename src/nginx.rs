@@ -59,6 +59,7 @@ pub fn front_settings(dir: &Path, port: u16, upstream: &str, max_body: u64) -> N
         read_timeout: 60,
         access_log: None,
         user: config::user_when_root(),
+        files: config::FileOptions::default(),
     }
 }
 

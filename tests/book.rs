@@ -706,6 +706,7 @@ fn the_labs_nginx_config_is_what_stage5_writes() {
         read_timeout: 60,
         access_log: Some(PathBuf::from("/dev/stdout")),
         user: None,
+        files: config::FileOptions::default(),
     };
     let examples = repo_root().join("book").join("examples");
     let files = [

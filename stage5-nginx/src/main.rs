@@ -91,6 +91,25 @@ struct Args {
     #[arg(long = "static", value_name = "DIR")]
     static_dir: Option<PathBuf>,
 
+    /// The URL the static directory is served at (Django's STATIC_URL).
+    #[arg(long, value_name = "URL", default_value = "/static/")]
+    static_url: String,
+
+    /// How long browsers may keep static files without asking again, as
+    /// nginx's `expires` takes it (30m, 1h, 7d, max); 'off': no caching
+    /// headers.
+    #[arg(long, value_name = "TIME", default_value = "1h")]
+    static_expires: String,
+
+    /// A directory of uploaded files (Django's MEDIA_ROOT) for nginx to
+    /// serve at --media-url.
+    #[arg(long = "media", value_name = "DIR")]
+    media_dir: Option<PathBuf>,
+
+    /// The URL the media directory is served at (Django's MEDIA_URL).
+    #[arg(long, value_name = "URL", default_value = "/media/")]
+    media_url: String,
+
     /// Where nginx.conf, the socket and nginx's files go (default: a new
     /// private directory in /tmp, removed at exit).
     #[arg(long, value_name = "DIR")]
@@ -236,6 +255,7 @@ impl Site {
                 path => Some(absolute(Path::new(path))),
             },
             user: config::user_when_root(),
+            files: file_options(args)?,
         };
         Ok(Site {
             run_dir,
@@ -281,7 +301,19 @@ fn announce(supervisor: &Supervisor, site: &Site, nginx: &Path, version: &str, w
         nginx.display(),
         pid(Role::Nginx)
     );
-    log::info!("Static files: /static/ -> {}", site.static_dir.display());
+    let files = &site.nginx.files;
+    log::info!(
+        "Static files: {} -> {}",
+        config::url_prefix(&files.static_url),
+        site.static_dir.display()
+    );
+    if let Some(media) = &files.media_dir {
+        log::info!(
+            "Media files: {} -> {}",
+            config::url_prefix(&files.media_url),
+            media.display()
+        );
+    }
     let upstreams = &site.nginx.upstreams;
     match supervisor.pid(Role::Master) {
         Some(master) => log::info!(
@@ -295,6 +327,47 @@ fn announce(supervisor: &Supervisor, site: &Site, nginx: &Path, version: &str, w
         site.nginx.listen,
         std::process::id()
     );
+}
+
+/// `--static-url`, `--static-expires`, `--media` and `--media-url`, checked.
+fn file_options(args: &Args) -> Result<config::FileOptions, StartError> {
+    let url = |flag: &str, text: &str| {
+        if text
+            .chars()
+            .all(|c| c.is_ascii_graphic() && !matches!(c, '{' | '}' | ';' | '"' | '\'' | '#' | '?'))
+        {
+            Ok(text.to_string())
+        } else {
+            Err(StartError::new(format!(
+                "{flag} {text:?}: a URL path like /static/ is needed"
+            )))
+        }
+    };
+    let expires = args.static_expires.trim();
+    let valid_time = expires == "max"
+        || expires
+            .strip_suffix(['s', 'm', 'h', 'd', 'w', 'M', 'y'])
+            .unwrap_or(expires)
+            .parse::<u64>()
+            .is_ok();
+    if expires != "off" && !valid_time {
+        return Err(StartError::new(format!(
+            "--static-expires {expires:?}: a time like 30m, 1h, 7d, max, or off"
+        )));
+    }
+    let media_dir = match &args.media_dir {
+        Some(dir) => Some(
+            dir.canonicalize()
+                .map_err(|e| StartError::new(format!("--media {}: {e}", dir.display())))?,
+        ),
+        None => None,
+    };
+    Ok(config::FileOptions {
+        static_url: url("--static-url", &args.static_url)?,
+        static_expires: (expires != "off").then(|| expires.to_string()),
+        media_dir,
+        media_url: url("--media-url", &args.media_url)?,
+    })
 }
 
 /// `--listen`; port 0 means a free port, chosen now (nginx cannot report
