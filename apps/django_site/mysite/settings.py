@@ -82,6 +82,9 @@ DATABASES = {
     }
 }
 
+# The database's directory, made if missing: a clean checkout needs no set-up.
+DATABASES["default"]["NAME"].parent.mkdir(parents=True, exist_ok=True)
+
 AUTH_PASSWORD_VALIDATORS = []
 
 LANGUAGE_CODE = "en-us"

@@ -30,7 +30,6 @@ def migrate_if_needed():
     from django.db.migrations.executor import MigrationExecutor
 
     db = settings.DATABASES["default"]["NAME"]
-    os.makedirs(os.path.dirname(db), exist_ok=True)
     with open(f"{db}.migrate-lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         executor = MigrationExecutor(connection)
