@@ -48,10 +48,8 @@ struct DataDir(PathBuf);
 
 impl DataDir {
     fn new(name: &str) -> DataDir {
-        let dir = std::env::temp_dir().join(format!(
-            "wsgi-course-test-{name}-{}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("wsgi-course-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         DataDir(dir)
@@ -248,7 +246,10 @@ fn the_django_site_through_stage3() {
     assert_eq!((fast.status, fast.text().as_str()), (200, "fast\n"));
     let page = client::get(addr, "/").unwrap();
     assert_eq!(page.status, 200);
-    assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
     assert!(page.text().contains("/static/notes/style.css"));
 
     // Reads and writes the database, from either worker.
@@ -372,7 +373,10 @@ fn the_django_site_behind_stage5_nginx() {
     );
     assert_eq!(ok.status, 302, "{}", ok.text());
     assert_eq!(ok.header("location"), Some("/admin/"));
-    assert!(jar.get("sessionid").is_some(), "logged in: a session cookie");
+    assert!(
+        jar.get("sessionid").is_some(),
+        "logged in: a session cookie"
+    );
     let admin = get(addr, "/admin/", &mut jar);
     assert_eq!(admin.status, 200);
     let html = admin.text();
@@ -491,7 +495,10 @@ fn settled_worker_pss(server: &ServerProcess, workers: usize) -> Vec<u64> {
         let after = rss(&now);
         let settled = after.len() == workers
             && before.len() == workers
-            && before.iter().zip(&after).all(|(b, a)| b.abs_diff(*a) * 100 <= *a)
+            && before
+                .iter()
+                .zip(&after)
+                .all(|(b, a)| b.abs_diff(*a) * 100 <= *a)
             && after.iter().all(|kib| *kib > 50 * 1024);
         if settled {
             return now["workers"]

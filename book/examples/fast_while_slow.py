@@ -13,6 +13,7 @@ import time
 import urllib.request
 
 
+# ANCHOR: measure
 def fetch(url):
     started = time.perf_counter()
     with urllib.request.urlopen(url, timeout=60) as response:
@@ -32,6 +33,7 @@ def main():
     thread.join()
     print(f"/fast/ took {fast * 1000:.0f} ms while /slow/?s={seconds:g} was in flight "
           f"(/slow/ took {slow['t']:.2f} s)")
+# ANCHOR_END: measure
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from pathlib import Path
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
+# ANCHOR: env
 def env(name, default):
     return os.environ.get(name, default)
 
@@ -33,6 +34,7 @@ DATA_DIR = Path(env("DJANGO_DATA_DIR", Path(tempfile.gettempdir()) / "wsgi-cours
 SECRET_KEY = env("DJANGO_SECRET_KEY", "django-insecure-course-only-never-use-in-production")
 DEBUG = env("DJANGO_DEBUG", "0") == "1"
 ALLOWED_HOSTS = [h for h in env("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",") if h]
+# ANCHOR_END: env
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -92,6 +94,7 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
+# ANCHOR: static
 # Static files: the apps' own (notes/static/, the admin's) are copied by
 # `manage.py collectstatic` into STATIC_ROOT, which nginx serves at
 # STATIC_URL. Django itself serves none of them in production.
@@ -99,6 +102,7 @@ STATIC_URL = env("DJANGO_STATIC_URL", "/static/")
 STATIC_ROOT = Path(env("DJANGO_STATIC_ROOT", DATA_DIR / "static"))
 MEDIA_URL = "/media/"
 MEDIA_ROOT = Path(env("DJANGO_MEDIA_ROOT", DATA_DIR / "media"))
+# ANCHOR_END: static
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
