@@ -541,6 +541,24 @@ mod tests {
     }
 
     #[test]
+    fn file_flags_are_checked() {
+        let args = |extra: &[&str]| {
+            let mut all = vec!["stage5-nginx"];
+            all.extend_from_slice(extra);
+            Args::try_parse_from(all).unwrap()
+        };
+        let files =
+            file_options(&args(&["--static-url", "assets", "--static-expires", "7d"])).unwrap();
+        assert_eq!(files.static_url, "assets");
+        assert_eq!(files.static_expires.as_deref(), Some("7d"));
+        let off = file_options(&args(&["--static-expires", "off"])).unwrap();
+        assert_eq!(off.static_expires, None);
+        assert!(file_options(&args(&["--static-expires", "soon"])).is_err());
+        assert!(file_options(&args(&["--static-url", "/a b/"])).is_err());
+        assert!(file_options(&args(&["--media", "/no/such/dir"])).is_err());
+    }
+
+    #[test]
     fn port_zero_becomes_a_free_port() {
         let addr = listen_addr("127.0.0.1:0").unwrap();
         assert_ne!(addr.port(), 0);
