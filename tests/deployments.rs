@@ -118,7 +118,10 @@ fn get(addr: SocketAddr, path: &str, jar: &mut Cookies) -> Response {
     r
 }
 
-/// POST a form (`application/x-www-form-urlencoded`) with the jar's cookies.
+/// POST a form (`application/x-www-form-urlencoded`) with the jar's cookies
+/// and, as a browser sends it, an `Origin` header: Django's CSRF check
+/// compares it with the host the server passed on (with nginx: `$host` and
+/// the client's port, see uwsgi_params).
 fn post_form(addr: SocketAddr, path: &str, fields: &[(&str, &str)], jar: &mut Cookies) -> Response {
     let body: Vec<String> = fields
         .iter()
@@ -126,7 +129,7 @@ fn post_form(addr: SocketAddr, path: &str, fields: &[(&str, &str)], jar: &mut Co
         .collect();
     let body = body.join("&");
     let raw = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nCookie: {}\r\n\
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://{addr}\r\nCookie: {}\r\n\
          Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
          Connection: close\r\n\r\n{body}",
         jar.header(),
