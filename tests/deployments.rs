@@ -550,7 +550,7 @@ fn preload_shares_the_models_memory_between_workers() {
     }
     // Without preload each worker imported numpy, scikit-learn and Flask
     // and trained the model itself; with it, they share the master's pages.
-    // Measured: about 117 MiB against 45 MiB. The check leaves room.
+    // Measured: about 107 MiB against 29 MiB. The check leaves room.
     assert!(
         mean[1] * 4 < mean[0] * 3,
         "with --preload a worker's PSS ({} KiB) should be well below without ({} KiB)",

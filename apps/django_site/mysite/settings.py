@@ -15,6 +15,7 @@ as production settings do (twelve-factor style); everything else is fixed here.
     DJANGO_MEDIA_ROOT     uploaded files (default: DATA_DIR/media), served at /media/
     DJANGO_SECRET_KEY     signs sessions and CSRF tokens (default: a fixed
                           development key: set a real one in production)
+    DJANGO_AUTO_MIGRATE   0: mysite/wsgi.py does not migrate the database at start-up
 """
 
 import os

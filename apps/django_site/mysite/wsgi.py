@@ -1,9 +1,10 @@
 """The WSGI entry point every server loads: `mysite.wsgi:application`.
 
-    stage3-prefork mysite.wsgi:application --chdir apps/django_site
+    cargo run -p stage3-prefork -- mysite.wsgi:application --pythonpath apps/django_site
 
 It also brings the database up to date before the first request (see
-migrate_if_needed), so a clean checkout serves pages with nothing to set up.
+migrate_if_needed), so a clean checkout serves pages with nothing to set up;
+DJANGO_AUTO_MIGRATE=0 leaves that to `python3 manage.py migrate`.
 """
 
 import fcntl
