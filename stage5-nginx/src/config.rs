@@ -38,7 +38,51 @@ pub struct NginxSettings {
     /// `uwsgi_max_temp_file_size`, in bytes: how much of one response
     /// nginx may keep on disk for a client slower than the app.
     pub max_temp_file: u64,
+    /// The URLs the static files (and uploads) are served at, and caching.
+    pub files: FileOptions,
 }
+
+/// How nginx serves files itself: `static_dir` at `static_url`, a media
+/// directory (uploads: Django's `MEDIA_ROOT`) at `media_url`, and how long
+/// browsers may keep static files.
+#[derive(Clone, Debug)]
+pub struct FileOptions {
+    /// Where `static_dir` appears (Django's `STATIC_URL`): `/static/`.
+    pub static_url: String,
+    /// nginx's `expires` for static files (`1h`, `7d`, `max`): an `Expires`
+    /// header and `Cache-Control: max-age`. `None`: no caching headers.
+    pub static_expires: Option<String>,
+    /// A directory of uploaded files (Django's `MEDIA_ROOT`), served at
+    /// `media_url` without caching headers (an upload may be replaced).
+    pub media_dir: Option<PathBuf>,
+    pub media_url: String,
+}
+
+impl Default for FileOptions {
+    fn default() -> FileOptions {
+        FileOptions {
+            static_url: "/static/".into(),
+            static_expires: Some("1h".into()),
+            media_dir: None,
+            media_url: "/media/".into(),
+        }
+    }
+}
+
+/// A URL prefix as a `location` wants it for `alias`: one leading and one
+/// trailing slash (`static` and `/static` become `/static/`).
+pub fn url_prefix(url: &str) -> String {
+    let inner = url.trim_matches('/');
+    if inner.is_empty() {
+        "/".into()
+    } else {
+        format!("/{inner}/")
+    }
+}
+
+/// nginx's table of Content-Types by file extension (its `conf/mime.types`,
+/// completed), written into the run directory as `mime.types`.
+pub const MIME_TYPES: &str = include_str!("../mime.types");
 
 impl NginxSettings {
     pub fn conf_path(&self) -> PathBuf {
@@ -51,6 +95,15 @@ impl NginxSettings {
 
     pub fn params_path(&self) -> PathBuf {
         self.run_dir.join("uwsgi_params")
+    }
+
+    pub fn mime_types_path(&self) -> PathBuf {
+        self.run_dir.join("mime.types")
+    }
+
+    /// Whether nginx sends any file itself (and so needs `mime.types`).
+    pub fn serves_files(&self) -> bool {
+        self.static_dir.is_some() || self.files.media_dir.is_some()
     }
 }
 
@@ -88,19 +141,54 @@ pub fn nginx_conf_with(header: &str, s: &NginxSettings) -> String {
         ),
         None => String::new(),
     };
-    // The `location /static/` of the server block, when there is a
-    // directory to serve.
-    let static_files = match &s.static_dir {
-        Some(dir) => format!(
+    // The `location /static/` (and `/media/`) of the server block, when
+    // there is a directory to serve.
+    let files = &s.files;
+    let mut static_files = String::new();
+    if let Some(dir) = &s.static_dir {
+        let expires = match &files.static_expires {
+            Some(time) => format!(
+                "            # Browsers may keep them {time} without asking again (Expires,\n\
+                 \x20           # Cache-Control: max-age); after that, If-Modified-Since.\n\
+                 \x20           expires {time};\n"
+            ),
+            None => String::new(),
+        };
+        let _ = write!(
+            static_files,
             r#"        # Static files: nginx reads them and sends them itself.
-        location /static/ {{
+        location {url} {{
+            alias {dir}/;
+{expires}        }}
+
+"#,
+            url = quoted(&url_prefix(&files.static_url)),
+            dir = quoted(&dir.display().to_string())
+        );
+    }
+    if let Some(dir) = &files.media_dir {
+        let _ = write!(
+            static_files,
+            r#"        # Uploaded files (Django's MEDIA_ROOT): nginx sends them too.
+        location {url} {{
             alias {dir}/;
         }}
 
 "#,
+            url = quoted(&url_prefix(&files.media_url)),
             dir = quoted(&dir.display().to_string())
-        ),
-        None => String::new(),
+        );
+    }
+    // The Content-Type of a file nginx sends, by its extension.
+    let types = if s.serves_files() {
+        format!(
+            "    # The Content-Type of a static file, by its extension: nginx's full\n\
+             \x20   # list, written next to this file.\n\
+             \x20   include {};\n",
+            quoted(&s.mime_types_path().display().to_string())
+        )
+    } else {
+        String::new()
     };
     let servers: String = s
         .upstreams
@@ -119,22 +207,7 @@ events {{
 }}
 
 http {{
-    # The Content-Type of a static file, by its extension.
-    types {{
-        text/html                html htm;
-        text/css                 css;
-        text/plain               txt;
-        text/javascript          js mjs;
-        application/json         json;
-        image/svg+xml            svg;
-        image/png                png;
-        image/jpeg               jpg jpeg;
-        image/gif                gif;
-        image/x-icon             ico;
-        image/webp               webp;
-        font/woff2               woff2;
-    }}
-    default_type application/octet-stream;
+{types}    default_type application/octet-stream;
 
     # Apache's combined format (gunicorn's too), plus who answered:
     # upstream=- for a file nginx sent itself, the socket for the app.
@@ -299,6 +372,7 @@ pub fn write_files(s: &NginxSettings) -> Result<(), String> {
     for (path, text) in [
         (s.conf_path(), nginx_conf(s)),
         (s.params_path(), uwsgi_params()),
+        (s.mime_types_path(), MIME_TYPES.to_string()),
     ] {
         std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
@@ -401,6 +475,7 @@ mod tests {
             access_log: Some(PathBuf::from("/dev/stdout")),
             user: Some(("root".into(), "root".into())),
             max_temp_file: 4 << 20,
+            files: FileOptions::default(),
         }
     }
 
@@ -421,6 +496,57 @@ mod tests {
     }
 
     #[test]
+    fn static_files_get_their_types_and_caching_headers() {
+        let conf = nginx_conf(&NginxSettings {
+            files: FileOptions {
+                static_url: "assets".into(),
+                static_expires: Some("7d".into()),
+                media_dir: Some(PathBuf::from("/srv/uploads")),
+                media_url: "/files".into(),
+            },
+            ..settings()
+        });
+        assert!(conf.contains("include /run/x/mime.types;"));
+        assert!(conf.contains("location /assets/ {\n            alias \"/srv/my site\"/;"));
+        assert!(conf.contains("expires 7d;"));
+        assert!(conf.contains("location /files/ {\n            alias /srv/uploads/;\n        }"));
+        let no_cache = nginx_conf(&NginxSettings {
+            files: FileOptions {
+                static_expires: None,
+                ..FileOptions::default()
+            },
+            ..settings()
+        });
+        assert!(no_cache.contains("location /static/ {") && !no_cache.contains("expires"));
+        assert!(!no_cache.contains("/media/"));
+    }
+
+    #[test]
+    fn the_mime_types_cover_what_web_sites_ship() {
+        for (ext, ty) in [
+            ("css", "text/css"),
+            ("js", "text/javascript"),
+            ("woff", "font/woff"),
+            ("woff2", "font/woff2"),
+            ("ttf", "font/ttf"),
+            ("map", "application/json"),
+            ("svg", "image/svg+xml"),
+            ("wasm", "application/wasm"),
+        ] {
+            let line = MIME_TYPES
+                .lines()
+                .find(|l| {
+                    let l = l.trim().trim_end_matches(';');
+                    !l.starts_with('#') && l.split_whitespace().skip(1).any(|e| e == ext)
+                })
+                .unwrap_or_else(|| panic!("no type for .{ext}"));
+            assert_eq!(line.split_whitespace().next(), Some(ty), ".{ext}");
+        }
+        assert_eq!(url_prefix("static"), "/static/");
+        assert_eq!(url_prefix("/s/x/"), "/s/x/");
+    }
+
+    #[test]
     fn without_a_static_dir_everything_goes_to_the_app() {
         let conf = nginx_conf(&NginxSettings {
             static_dir: None,
@@ -428,6 +554,7 @@ mod tests {
             ..settings()
         });
         assert!(!conf.contains("/static/"));
+        assert!(!conf.contains("mime.types"));
         assert!(conf.contains("worker_processes 1;"));
         assert!(conf.contains("location / {"));
     }
