@@ -107,7 +107,12 @@ fn find_engine() -> Result<Engine, String> {
     };
     for program in candidates {
         if program.ends_with("podman") {
-            let limits = ["--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096"];
+            let limits = [
+                "--ulimit",
+                "nofile=4096:4096",
+                "--ulimit",
+                "nproc=4096:4096",
+            ];
             let limits = limits.map(String::from).to_vec();
             if succeeds(program, &["--runtime", "runc", "info"]) {
                 let global = vec!["--runtime".into(), "runc".into()];
@@ -325,7 +330,10 @@ fn get_when_up(addr: SocketAddr, path: &str, logs: impl Fn() -> String) -> clien
         match client::get(addr, path) {
             Ok(resp) if resp.status != 502 => return resp,
             result if Instant::now() >= deadline => {
-                panic!("no answer at {addr}{path}: {result:?}\nthe logs:\n{}", logs())
+                panic!(
+                    "no answer at {addr}{path}: {result:?}\nthe logs:\n{}",
+                    logs()
+                )
             }
             _ => sleep(Duration::from_millis(200)),
         }
@@ -393,7 +401,10 @@ fn stage5_as_pid_1_serves_the_app_and_static_files_and_stops_cleanly() {
     let resp = get_when_up(addr, "/", || c.logs());
     assert_eq!(resp.status, 200, "{resp:?}");
     assert_eq!(resp.text(), "Hello, World!\n");
-    assert!(resp.header("server").is_some_and(|s| s.starts_with("nginx")));
+    assert!(
+        resp.header("server")
+            .is_some_and(|s| s.starts_with("nginx"))
+    );
     let resp = client::get(addr, "/static/").expect("GET /static/");
     assert_eq!(resp.status, 200);
     assert_eq!(resp.body, static_index(), "nginx serves the static site");
@@ -401,7 +412,9 @@ fn stage5_as_pid_1_serves_the_app_and_static_files_and_stops_cleanly() {
     // Stage 5 is process 1; nothing runs as root.
     let procs = c.processes();
     assert!(
-        procs.first().is_some_and(|(_, args)| args.starts_with("stage5-nginx")),
+        procs
+            .first()
+            .is_some_and(|(_, args)| args.starts_with("stage5-nginx")),
         "{procs:?}"
     );
     assert!(procs.iter().any(|(_, a)| a.starts_with("nginx: worker")));
@@ -422,7 +435,10 @@ fn stage5_as_pid_1_serves_the_app_and_static_files_and_stops_cleanly() {
         nginx_exit.is_some() && stage4_exit.is_some() && stage5_exit.is_some(),
         "{logs}"
     );
-    assert!(nginx_exit < stage4_exit && stage4_exit < stage5_exit, "{logs}");
+    assert!(
+        nginx_exit < stage4_exit && stage4_exit < stage5_exit,
+        "{logs}"
+    );
 }
 
 #[test]
@@ -436,7 +452,11 @@ fn app_chooses_another_app() {
     );
     let resp = get_when_up(c.addr(), "/environ", || c.logs());
     assert_eq!(resp.status, 200, "{resp:?}");
-    assert!(resp.text().contains("\"PATH_INFO\": \"/environ\""), "{}", resp.text());
+    assert!(
+        resp.text().contains("\"PATH_INFO\": \"/environ\""),
+        "{}",
+        resp.text()
+    );
     let workers = c
         .processes()
         .iter()
@@ -548,8 +568,12 @@ fn two_containers_with_compose(e: &Engine, compose: &[String]) {
             for id in String::from_utf8_lossy(&names.stdout).split_whitespace() {
                 let _ = self.0.output(&["rm", "-f", id]);
             }
-            let _ = self.0.output(&["volume", "rm", "-f", &format!("{}_uwsgi", self.1)]);
-            let _ = self.0.output(&["network", "rm", &format!("{}_default", self.1)]);
+            let _ = self
+                .0
+                .output(&["volume", "rm", "-f", &format!("{}_uwsgi", self.1)]);
+            let _ = self
+                .0
+                .output(&["network", "rm", &format!("{}_default", self.1)]);
         }
     }
     let _down = Down(e, project.clone());
