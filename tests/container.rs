@@ -105,7 +105,7 @@ fn find_engine() -> Result<Engine, String> {
         Some(name) => vec![name],
         None => vec!["podman", "docker"],
     };
-    for program in candidates {
+    for &program in &candidates {
         if program.ends_with("podman") {
             let limits = [
                 "--ulimit",
@@ -137,7 +137,10 @@ fn find_engine() -> Result<Engine, String> {
             });
         }
     }
-    Err("no container engine runs here (podman --runtime runc info and docker info fail: apt-get install podman runc)".into())
+    Err(format!(
+        "no container engine runs here ({} info failed): apt-get install podman runc",
+        candidates.join(" info and ")
+    ))
 }
 
 /// Makes the base images with scripts/container-base.sh when they are
@@ -169,29 +172,45 @@ struct Setup {
     engine: Engine,
 }
 
+/// How the one-time setup went.
+enum Outcome {
+    Ready(Setup),
+    /// Containers cannot run here: each test says why, and passes.
+    Skip(String),
+    /// The image did not build: each test fails with the build's output.
+    Failed(String),
+}
+
 /// The engine with the images built (once per run), or why the tests are
-/// skipped. A build that fails is a failure, not a skip.
+/// skipped. A build that fails is a failure, not a skip, and is not tried
+/// again by every test.
 fn setup() -> Option<&'static Setup> {
-    static SETUP: OnceLock<Result<Setup, String>> = OnceLock::new();
-    let result = SETUP.get_or_init(|| {
-        let engine = find_engine()?;
-        ensure_bases(&engine)?;
-        build(&engine, "course", IMAGE);
-        build(&engine, "supervisord", SUPERVISORD_IMAGE);
-        Ok(Setup { engine })
+    static SETUP: OnceLock<Outcome> = OnceLock::new();
+    let outcome = SETUP.get_or_init(|| {
+        let engine = match find_engine().and_then(|e| ensure_bases(&e).map(|()| e)) {
+            Ok(engine) => engine,
+            Err(why) => return Outcome::Skip(why),
+        };
+        match build(&engine, "course", IMAGE)
+            .and_then(|()| build(&engine, "supervisord", SUPERVISORD_IMAGE))
+        {
+            Ok(()) => Outcome::Ready(Setup { engine }),
+            Err(failure) => Outcome::Failed(failure),
+        }
     });
-    match result {
-        Ok(setup) => Some(setup),
-        Err(why) => {
+    match outcome {
+        Outcome::Ready(setup) => Some(setup),
+        Outcome::Skip(why) => {
             eprintln!("SKIPPED: {why}");
             None
         }
+        Outcome::Failed(failure) => panic!("{failure}"),
     }
 }
 
 /// `build --target TARGET -t TAG .` from the workspace root; prints how
-/// long it took.
-fn build(engine: &Engine, target: &str, tag: &str) {
+/// long it took, or returns the build's last lines.
+fn build(engine: &Engine, target: &str, tag: &str) -> Result<(), String> {
     let started = Instant::now();
     let mut args = vec!["build", "--network", "host"];
     args.extend(engine.limits.iter().map(String::as_str));
@@ -201,24 +220,26 @@ fn build(engine: &Engine, target: &str, tag: &str) {
         .args(&args)
         .current_dir(repo_root())
         .output()
-        .expect("the engine runs");
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "{} {} failed ({}); its last lines:\n{}",
-        engine.program,
-        args.join(" "),
-        out.status,
-        last_lines(&log, 40)
-    );
+        .map_err(|e| format!("cannot run {}: {e}", engine.program))?;
+    if !out.status.success() {
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return Err(format!(
+            "{} {} failed ({}); its last lines:\n{}",
+            engine.program,
+            args.join(" "),
+            out.status,
+            last_lines(&log, 40)
+        ));
+    }
     eprintln!(
         "built {tag} (--target {target}) in {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    Ok(())
 }
 
 fn last_lines(text: &str, n: usize) -> String {
@@ -500,13 +521,18 @@ fn supervisord_runs_nginx_and_stage4_and_stops_them_cleanly() {
 }
 
 /// The two-container setup of container/compose.yaml: with a compose tool
-/// when there is one (podman-compose, docker compose), else the same two
-/// containers and named volume with plain `run`.
+/// when there is one (podman-compose, docker compose), else (or with
+/// `CONTAINER_COMPOSE=none`) the same two containers and named volume with
+/// plain `run`.
 #[test]
 fn two_containers_share_one_socket() {
     let Some(setup) = setup() else { return };
     let e = &setup.engine;
-    let compose: Option<Vec<String>> = if e.is_podman() {
+    // CONTAINER_COMPOSE=none: the plain `run` way even with a compose tool.
+    let no_compose = std::env::var("CONTAINER_COMPOSE").is_ok_and(|v| v == "none");
+    let compose: Option<Vec<String>> = if no_compose {
+        None
+    } else if e.is_podman() {
         succeeds("podman-compose", &["version"]).then(|| {
             let mut cmd = vec!["podman-compose".to_string()];
             if !e.global.is_empty() {
