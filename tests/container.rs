@@ -23,9 +23,20 @@ use std::time::{Duration, Instant};
 use wsgi_course::client;
 use wsgi_course::server::repo_root;
 
-/// The images the tests build, from the workspace's Dockerfile.
-const IMAGE: &str = "localhost/wsgi-course-test:latest";
-const SUPERVISORD_IMAGE: &str = "localhost/wsgi-course-test-supervisord:latest";
+/// The images the tests build, from the workspace's Dockerfile: one name
+/// per checkout (several worktrees on one machine share the engine's
+/// images), e.g. `localhost/wsgi-course-test-1a2b3c4d:latest`.
+fn image_name(variant: &str) -> String {
+    // FNV-1a of the checkout's path: stable from run to run.
+    let path = repo_root().display().to_string();
+    let hash = path.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!(
+        "localhost/wsgi-course-test{variant}-{:08x}:latest",
+        hash as u32
+    )
+}
 /// The base images the Dockerfile starts from.
 const BASES: [&str; 2] = [
     "docker.io/library/debian:trixie",
@@ -170,6 +181,10 @@ fn ensure_bases(engine: &Engine) -> Result<(), String> {
 /// What every test needs: the engine and the built images.
 struct Setup {
     engine: Engine,
+    /// The default target: stage 5 as process 1.
+    image: String,
+    /// `--target supervisord`.
+    supervisord_image: String,
 }
 
 /// How the one-time setup went.
@@ -191,10 +206,15 @@ fn setup() -> Option<&'static Setup> {
             Ok(engine) => engine,
             Err(why) => return Outcome::Skip(why),
         };
-        match build(&engine, "course", IMAGE)
-            .and_then(|()| build(&engine, "supervisord", SUPERVISORD_IMAGE))
+        let (image, supervisord_image) = (image_name(""), image_name("-supervisord"));
+        match build(&engine, "course", &image)
+            .and_then(|()| build(&engine, "supervisord", &supervisord_image))
         {
-            Ok(()) => Outcome::Ready(Setup { engine }),
+            Ok(()) => Outcome::Ready(Setup {
+                engine,
+                image,
+                supervisord_image,
+            }),
             Err(failure) => Outcome::Failed(failure),
         }
     });
@@ -396,10 +416,11 @@ fn the_image_builds_and_its_size_is_reported() {
             .parse()
             .expect("a size in bytes")
     };
-    let (course, supervisord) = (size(IMAGE), size(SUPERVISORD_IMAGE));
+    let (image, supervisord_image) = (&setup.image, &setup.supervisord_image);
+    let (course, supervisord) = (size(image), size(supervisord_image));
     let mb = |bytes: u64| bytes as f64 / 1e6;
     eprintln!(
-        "image size: {IMAGE} {:.0} MB, {SUPERVISORD_IMAGE} {:.0} MB (debian:trixie-slim {:.0} MB)",
+        "image size: {image} {:.0} MB, {supervisord_image} {:.0} MB (debian:trixie-slim {:.0} MB)",
         mb(course),
         mb(supervisord),
         mb(size(BASES[1]))
@@ -408,7 +429,7 @@ fn the_image_builds_and_its_size_is_reported() {
     // nginx and two binaries.
     assert!(
         course < 250_000_000,
-        "{IMAGE} is {:.0} MB: did the build stage leak into it?",
+        "{image} is {:.0} MB: did the build stage leak into it?",
         mb(course)
     );
 }
@@ -416,7 +437,7 @@ fn the_image_builds_and_its_size_is_reported() {
 #[test]
 fn stage5_as_pid_1_serves_the_app_and_static_files_and_stops_cleanly() {
     let Some(setup) = setup() else { return };
-    let c = Container::run(&setup.engine, "stage5", &[], &[IMAGE]);
+    let c = Container::run(&setup.engine, "stage5", &[], &[&setup.image]);
     let addr = c.addr();
 
     let resp = get_when_up(addr, "/", || c.logs());
@@ -469,7 +490,7 @@ fn app_chooses_another_app() {
         &setup.engine,
         "lab",
         &["-e", "APP=apps.lab:app", "-e", "WORKERS=3"],
-        &[IMAGE],
+        &[&setup.image],
     );
     let resp = get_when_up(c.addr(), "/environ", || c.logs());
     assert_eq!(resp.status, 200, "{resp:?}");
@@ -490,7 +511,12 @@ fn app_chooses_another_app() {
 #[test]
 fn supervisord_runs_nginx_and_stage4_and_stops_them_cleanly() {
     let Some(setup) = setup() else { return };
-    let c = Container::run(&setup.engine, "supervisord", &[], &[SUPERVISORD_IMAGE]);
+    let c = Container::run(
+        &setup.engine,
+        "supervisord",
+        &[],
+        &[&setup.supervisord_image],
+    );
     let addr = c.addr();
     let resp = get_when_up(addr, "/", || c.logs());
     assert_eq!(resp.status, 200, "{resp:?}");
@@ -546,10 +572,10 @@ fn two_containers_share_one_socket() {
             .then(|| vec![e.program.clone(), "compose".into()])
     };
     match compose {
-        Some(compose) => two_containers_with_compose(e, &compose),
+        Some(compose) => two_containers_with_compose(e, &compose, &setup.image),
         None => {
             eprintln!("no compose tool here: the same two containers with plain `run`");
-            two_containers_with_run(e);
+            two_containers_with_run(e, &setup.image);
         }
     }
 }
@@ -561,7 +587,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn two_containers_with_compose(e: &Engine, compose: &[String]) {
+fn two_containers_with_compose(e: &Engine, compose: &[String], image: &str) {
     let project = unique("compose").replace('-', "_");
     let port = free_port();
     let run = |args: &[&str]| -> Output {
@@ -569,7 +595,7 @@ fn two_containers_with_compose(e: &Engine, compose: &[String]) {
             .args(&compose[1..])
             .args(["-p", &project, "-f", "container/compose.yaml"])
             .args(args)
-            .env("IMAGE", IMAGE)
+            .env("IMAGE", image)
             .env("PORT", port.to_string())
             .env("APP", "apps.lab:app")
             .current_dir(repo_root())
@@ -634,7 +660,7 @@ fn two_containers_with_compose(e: &Engine, compose: &[String]) {
     );
 }
 
-fn two_containers_with_run(e: &Engine) {
+fn two_containers_with_run(e: &Engine, image: &str) {
     let volume = unique("uwsgi");
     e.ok(&["volume", "create", &volume]);
     struct RmVolume<'a>(&'a Engine, String);
@@ -649,7 +675,7 @@ fn two_containers_with_run(e: &Engine) {
     let app_name = unique("app");
     let mut args = vec!["run", "-d", "--name", &app_name, "--user", "app"];
     args.extend(e.limits.iter().map(String::as_str));
-    args.extend(["-v", &mount, IMAGE]);
+    args.extend(["-v", &mount, image]);
     args.extend([
         "stage4-uwsgi-socket",
         "--socket=/run/uwsgi/app.sock",
@@ -666,7 +692,7 @@ fn two_containers_with_run(e: &Engine) {
         e,
         "nginx",
         &["-v", &mount, "--stop-signal", "SIGQUIT"],
-        &[IMAGE, "nginx", "-c", "/etc/course/nginx.conf"],
+        &[image, "nginx", "-c", "/etc/course/nginx.conf"],
     );
     let addr = nginx.addr();
     let resp = get_when_up(addr, "/environ", || nginx.logs() + &app.logs());
