@@ -36,11 +36,14 @@ RUN python3 -m venv /opt/venv \
 # Only the two servers the image runs (stage 5 runs stage 4's binary, found
 # next to its own). Cargo's downloads and its target directory live in
 # cache mounts: a rebuild compiles only what changed, and neither ends up
-# in a layer.
+# in a layer. Cargo decides what changed by the files' times, so two
+# checkouts on one machine must not share a target directory: give each
+# its own with --build-arg TARGET_CACHE=... (the tests do).
+ARG TARGET_CACHE=course-cargo-target
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,id=course-cargo-registry,target=/root/.cargo/registry \
-    --mount=type=cache,id=course-cargo-target,target=/src/target,sharing=locked \
+    --mount=type=cache,id=${TARGET_CACHE},target=/src/target,sharing=locked \
     cargo build --release --locked -p stage4-uwsgi-socket -p stage5-nginx \
  && install -D --strip -t /out target/release/stage4-uwsgi-socket target/release/stage5-nginx
 # ANCHOR_END: build

@@ -27,16 +27,22 @@ use wsgi_course::server::repo_root;
 /// per checkout (several worktrees on one machine share the engine's
 /// images), e.g. `localhost/wsgi-course-test-1a2b3c4d:latest`.
 fn image_name(variant: &str) -> String {
-    // FNV-1a of the checkout's path: stable from run to run.
+    format!(
+        "localhost/wsgi-course-test{variant}-{}:latest",
+        checkout_id()
+    )
+}
+
+/// A short name for this checkout: FNV-1a of its path, stable from run to
+/// run. Its images and its cargo target cache (`TARGET_CACHE`) carry it.
+fn checkout_id() -> String {
     let path = repo_root().display().to_string();
     let hash = path.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     });
-    format!(
-        "localhost/wsgi-course-test{variant}-{:08x}:latest",
-        hash as u32
-    )
+    format!("{:08x}", hash as u32)
 }
+
 /// The base images the Dockerfile starts from.
 const BASES: [&str; 2] = [
     "docker.io/library/debian:trixie",
@@ -232,7 +238,8 @@ fn setup() -> Option<&'static Setup> {
 /// long it took, or returns the build's last lines.
 fn build(engine: &Engine, target: &str, tag: &str) -> Result<(), String> {
     let started = Instant::now();
-    let mut args = vec!["build", "--network", "host"];
+    let cache = format!("TARGET_CACHE=course-cargo-target-{}", checkout_id());
+    let mut args = vec!["build", "--network", "host", "--build-arg", &cache];
     args.extend(engine.limits.iter().map(String::as_str));
     args.extend(["--target", target, "-t", tag, "."]);
     let out = engine
