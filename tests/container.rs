@@ -54,9 +54,9 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 // ---------------------------------------------------------------------------
 // The engine
 
-/// podman or docker, with the flags this machine needs (see
-/// /work/shared/CONTAINERS.md): runc rather than crun, and limits within
-/// the machine's hard limits.
+/// podman or docker, with the flags the course machines need (the same as
+/// container/containers.conf): runc rather than crun, and limits within
+/// the machines' hard limits. Elsewhere they do no harm.
 struct Engine {
     program: String,
     /// Before the subcommand: `--runtime runc`.
