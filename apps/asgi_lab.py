@@ -6,7 +6,9 @@
     /block?ms=N     time.sleep(N ms) inside async def: the pitfall, the whole loop stops
     /counter        a global read, an await, a write: loses updates under concurrency
     /counter/reset  sets the counter back to 0
-    /echo           the request body streamed back as it arrives (chunked)
+    /echo           the request body back (read whole first, like apps/lab.py)
+    /echo/stream    the request body streamed back as it arrives (chunked):
+                    a large upload is never held whole
     /sse            server-sent events, one every 100 ms until the client leaves
     /sse/stats      how many /sse streams ended because the client left
     /scope          the scope the server built, as JSON (bytes as latin-1 text)
@@ -23,7 +25,7 @@ And the routes the cross-stage conformance suite asks of every stage
                     this scope (as asgiref's WsgiToAsgi does, with gunicorn's
                     header rules), as JSON
     /lines?mode=M   the body split into lines, as JSON
-    /file           this file, streamed in 1 KiB pieces with a Content-Length
+    /file           apps/lab.py, streamed in 1 KiB pieces with a Content-Length
     /stream?n=N     N chunks (no Content-Length: chunked on HTTP/1.1)
     /bytes?n=N      N bytes in one body message
     /error          raises before http.response.start (the server answers 500)
@@ -306,6 +308,10 @@ async def app(scope, receive, send):
         counter = 0
         return await respond(send, b"0\n")
     if path == "/echo":
+        body = await read_body(receive)
+        content_type = dict(scope["headers"]).get(b"content-type", b"application/octet-stream")
+        return await respond(send, body, content_type)
+    if path == "/echo/stream":
         return await echo(receive, send)
     if path == "/sse":
         return await sse(receive, send)
@@ -326,7 +332,7 @@ async def app(scope, receive, send):
         body = await read_body(receive)
         return await respond(send, split_lines(body, params.get("mode", "iter")), b"application/json")
     if path == "/file":
-        with open(__file__, "rb") as f:
+        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "lab.py"), "rb") as f:
             data = f.read()
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/x-python"), (b"content-length", b"%d" % len(data))]})

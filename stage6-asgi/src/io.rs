@@ -235,7 +235,13 @@ async fn connection(
 }
 
 /// Answers a request that never reached the app, then closes gently.
-async fn reject(stream: &mut TcpStream, buf: &mut RBuf, peer: SocketAddr, e: &HttpError, ctx: &Ctx) {
+async fn reject(
+    stream: &mut TcpStream,
+    buf: &mut RBuf,
+    peer: SocketAddr,
+    e: &HttpError,
+    ctx: &Ctx,
+) {
     log::info!(
         "bad request from {}:{}: {} ({})",
         peer.ip(),
@@ -354,6 +360,7 @@ async fn http_exchange(
 
     let mut continue_sent = false;
     let mut eof = false;
+    let mut truncated = false;
     let mut written = 0u64;
     let mut spare: Vec<u8> = Vec::new();
     let mut chunk = Vec::new();
@@ -405,6 +412,9 @@ async fn http_exchange(
         if wake {
             ctx.inbox.push(Event::Wake(x.id));
         }
+        if truncated {
+            body_error = Some(HttpError::new(400, "the request body ended early"));
+        }
         if let Some(e) = body_error {
             // A framing error or a body over the limit: the app hears a
             // disconnect; the client gets the error if nothing was written.
@@ -418,7 +428,12 @@ async fn http_exchange(
             x.lock().io_done = true;
             return false;
         }
-        if expect_continue && want && !continue_sent && !body_done && written == 0 && spare.is_empty()
+        if expect_continue
+            && want
+            && !continue_sent
+            && !body_done
+            && written == 0
+            && spare.is_empty()
         {
             continue_sent = true;
             if write(stream, CONTINUE, ctx).await.is_err() {
@@ -449,10 +464,16 @@ async fn http_exchange(
         // Wait for the app, or for the client.
         let reading_body = !body_done && (want || !expect_continue);
         let room_for_body = x.lock().body_buffered < BODY_READ_AHEAD;
-        let can_read = !eof && ((reading_body && room_for_body) || (body_done && buf.len() < 64 * 1024));
+        let can_read =
+            !eof && ((reading_body && room_for_body) || (body_done && buf.len() < 64 * 1024));
         tokio::select! {
             _ = x.to_io.notified() => {}
             r = buf.fill(stream), if can_read => match r {
+                Ok(0) if !body_done => {
+                    // The client ended its side before the whole body came:
+                    // an incomplete request (400, as the WSGI stages).
+                    truncated = true;
+                }
                 Ok(0) => {
                     eof = true;
                     let mut s = x.lock();
@@ -587,7 +608,10 @@ fn check_upgrade(head: &RequestHead) -> Option<(u16, &'static str)> {
         return Some((400, "a WebSocket handshake is a GET on HTTP/1.1"));
     }
     if head.header("sec-websocket-version").map(<[u8]>::trim_ascii) != Some(b"13") {
-        return Some((426, "unsupported Sec-WebSocket-Version (this server speaks 13)"));
+        return Some((
+            426,
+            "unsupported Sec-WebSocket-Version (this server speaks 13)",
+        ));
     }
     let key_ok = head.header("sec-websocket-key").is_some_and(|k| {
         let k = k.trim_ascii();
@@ -615,7 +639,11 @@ async fn websocket(
     mut shutdown: watch::Receiver<bool>,
 ) {
     if let Some((status, why)) = check_upgrade(&head) {
-        log::info!("refused WebSocket upgrade from {}:{}: {why}", peer.ip(), peer.port());
+        log::info!(
+            "refused WebSocket upgrade from {}:{}: {why}",
+            peer.ip(),
+            peer.port()
+        );
         let mut resp = error_response(status, why, &ctx.cfg.server_header);
         if status == 426 {
             // Insert the version the client should use before the blank line.
@@ -742,9 +770,8 @@ async fn websocket(
     let mut stopping = false;
     loop {
         let full = x.lock().ws_in.len() >= WS_READ_AHEAD;
-        let close_deadline = closing.unwrap_or_else(|| {
-            tokio::time::Instant::now() + Duration::from_secs(3600 * 24 * 365)
-        });
+        let close_deadline = closing
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600 * 24 * 365));
         tokio::select! {
             msg = ws.next(), if !full => {
                 let event = match msg {
@@ -855,10 +882,7 @@ fn ws_push(x: &Exchange, ctx: &Ctx, event: WsIn) {
 
 fn ws_gone(x: &Exchange, ctx: &Ctx, code: u16) {
     let mut s = x.lock();
-    let already = s
-        .ws_in
-        .iter()
-        .any(|m| matches!(m, WsIn::Closed { .. }));
+    let already = s.ws_in.iter().any(|m| matches!(m, WsIn::Closed { .. }));
     if !already {
         s.ws_in.push_back(WsIn::Closed {
             code,

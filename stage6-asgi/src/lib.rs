@@ -209,7 +209,9 @@ pub fn serve_forever(
     // uninstalled) before this function returns.
     let hooks: &'static dyn WorkerHooks = unsafe { std::mem::transmute(hooks) };
 
-    shared::STATS.attaches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    shared::STATS
+        .attaches
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let setup = Python::attach(|py| -> PyResult<(Py<PyAny>, Py<PyAny>, Option<String>)> {
         py::register(py)?;
         let support = PyModule::from_code(
@@ -229,10 +231,8 @@ pub fn serve_forever(
             config.lifespan.as_str(),
             log,
         ))?;
-        let failure = event_loop.call_method1(
-            "run_until_complete",
-            (lifespan.call_method0("startup")?,),
-        )?;
+        let failure =
+            event_loop.call_method1("run_until_complete", (lifespan.call_method0("startup")?,))?;
         let failure: Option<String> = failure.extract()?;
         let pyconfig = py::PyConfig {
             root_path: config.root_path.clone(),
@@ -259,7 +259,8 @@ pub fn serve_forever(
         });
         Ok((event_loop.unbind(), lifespan.unbind(), failure))
     });
-    let (event_loop, lifespan, failure) = setup.map_err(|e| fail("starting the asyncio loop failed", e))?;
+    let (event_loop, lifespan, failure) =
+        setup.map_err(|e| fail("starting the asyncio loop failed", e))?;
     if let Some(sentence) = failure {
         py::uninstall();
         return Err(std::io::Error::other(sentence));

@@ -25,7 +25,12 @@ struct Args {
 
     /// Seconds an idle connection is kept open for another request
     /// (uvicorn's --timeout-keep-alive); 0 closes after each response.
-    #[arg(long, alias = "timeout-keep-alive", value_name = "SECONDS", default_value_t = 5)]
+    #[arg(
+        long,
+        alias = "timeout-keep-alive",
+        value_name = "SECONDS",
+        default_value_t = 5
+    )]
     keep_alive: u64,
 
     /// Seconds a client may take to send its request (or a body the app
@@ -34,7 +39,12 @@ struct Args {
     timeout: u64,
 
     /// Seconds running requests get to finish after SIGTERM/SIGINT.
-    #[arg(long, alias = "timeout-graceful-shutdown", value_name = "SECONDS", default_value_t = 30)]
+    #[arg(
+        long,
+        alias = "timeout-graceful-shutdown",
+        value_name = "SECONDS",
+        default_value_t = 30
+    )]
     graceful_timeout: u64,
 
     /// Where the app is mounted: the scopes' root_path (uvicorn's --root-path).

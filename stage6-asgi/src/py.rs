@@ -92,7 +92,8 @@ pub fn uninstall() -> Option<Rc> {
 }
 
 fn ctx() -> Rc {
-    CTX.with(|c| c.borrow().clone()).expect("the stage 6 loop is running")
+    CTX.with(|c| c.borrow().clone())
+        .expect("the stage 6 loop is running")
 }
 
 /// Builds the constant part of every scope once; each request copies it.
@@ -198,11 +199,7 @@ pub fn rust_log(level: i32, message: &str) {
 // ---------------------------------------------------------------------------
 // Scopes.
 
-fn build_scope<'py>(
-    py: Python<'py>,
-    ctx: &PyCtx,
-    start: &Start,
-) -> PyResult<Bound<'py, PyDict>> {
+fn build_scope<'py>(py: Python<'py>, ctx: &PyCtx, start: &Start) -> PyResult<Bound<'py, PyDict>> {
     let head = &start.head;
     let template = match start.kind {
         Kind::Http => ctx.http_template.bind(py),
@@ -238,10 +235,7 @@ fn build_scope<'py>(
     for (name, value) in &head.headers {
         lower.clear();
         lower.extend(name.bytes().map(|b| b.to_ascii_lowercase()));
-        let pair = PyTuple::new(
-            py,
-            [PyBytes::new(py, &lower), PyBytes::new(py, value)],
-        )?;
+        let pair = PyTuple::new(py, [PyBytes::new(py, &lower), PyBytes::new(py, value)])?;
         headers.append(pair)?;
     }
     scope.set_item(intern!(py, "headers"), headers)?;
@@ -585,9 +579,9 @@ impl AsgiCall {
         }
         call.finished = true;
         call.coro = None;
-        let cancelled = err.as_ref().is_some_and(|e| {
-            e.is_instance_of::<pyo3::exceptions::asyncio::CancelledError>(py)
-        });
+        let cancelled = err
+            .as_ref()
+            .is_some_and(|e| e.is_instance_of::<pyo3::exceptions::asyncio::CancelledError>(py));
         if let Some(e) = &err
             && !cancelled
         {
@@ -693,9 +687,7 @@ impl AsgiCall {
             if !fut_done(fut.bind(py)) {
                 match Self::try_receive(slf) {
                     Ok(Some(msg)) => {
-                        let _ = fut
-                            .bind(py)
-                            .call_method1(intern!(py, "set_result"), (msg,));
+                        let _ = fut.bind(py).call_method1(intern!(py, "set_result"), (msg,));
                     }
                     Ok(None) => {
                         slf.borrow_mut().recv_fut = Some(fut);
@@ -902,9 +894,10 @@ impl AsgiCall {
         let mut lines = Vec::with_capacity(128);
         for item in headers.try_iter()? {
             let item = item?;
-            let (name, value): (Bound<'_, PyAny>, Bound<'_, PyAny>) = item.extract().map_err(|_| {
-                PyTypeError::new_err("each header must be a pair [name, value] of bytes")
-            })?;
+            let (name, value): (Bound<'_, PyAny>, Bound<'_, PyAny>) =
+                item.extract().map_err(|_| {
+                    PyTypeError::new_err("each header must be a pair [name, value] of bytes")
+                })?;
             let name = as_bytes(&name)?;
             let value = as_bytes(&value)?;
             if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
@@ -1088,7 +1081,9 @@ impl AsgiCall {
                             || !n.iter().all(|&b| is_tchar(b))
                             || v.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0)
                         {
-                            return Err(PyValueError::new_err("invalid header in websocket.accept"));
+                            return Err(PyValueError::new_err(
+                                "invalid header in websocket.accept",
+                            ));
                         }
                         headers.push((n, v));
                     }
@@ -1106,7 +1101,9 @@ impl AsgiCall {
                     ));
                 }
                 if self.ws_closed {
-                    return Err(PyRuntimeError::new_err("websocket.send after websocket.close"));
+                    return Err(PyRuntimeError::new_err(
+                        "websocket.send after websocket.close",
+                    ));
                 }
                 match message.get_item(intern!(py, "bytes")) {
                     Ok(b) if !b.is_none() => WsOut::Binary(as_bytes(&b)?.to_vec()),
@@ -1144,9 +1141,7 @@ impl AsgiCall {
         let x = self.x.clone();
         let mut s = x.lock();
         if s.disconnected {
-            return Err(PyErr::from_value(
-                ctx().disconnected_exc.bind(py).call0()?,
-            ));
+            return Err(PyErr::from_value(ctx().disconnected_exc.bind(py).call0()?));
         }
         let size = match &out {
             WsOut::Text(t) => t.len(),
@@ -1371,7 +1366,9 @@ fn done(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
         if d.is_none() {
             *d = Some(Py::new(py, Done)?);
         }
-        Ok(d.as_ref().map(|d| d.bind(py).clone().into_any()).unwrap_or_else(|| py.None().into_bound(py)))
+        Ok(d.as_ref()
+            .map(|d| d.bind(py).clone().into_any())
+            .unwrap_or_else(|| py.None().into_bound(py)))
     })
 }
 
@@ -1420,13 +1417,19 @@ pub struct Send {
 
 #[pymethods]
 impl Send {
-    fn __call__<'py>(&self, py: Python<'py>, message: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    fn __call__<'py>(
+        &self,
+        py: Python<'py>,
+        message: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let call = self.call.bind(py);
         let ctx = ctx();
         let wait = {
             let mut c = call.borrow_mut();
             if c.finished {
-                return Err(PyRuntimeError::new_err("send() called after the app returned"));
+                return Err(PyRuntimeError::new_err(
+                    "send() called after the app returned",
+                ));
             }
             match c.kind {
                 Kind::Http => {

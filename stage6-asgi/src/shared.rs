@@ -144,7 +144,10 @@ pub enum WsIn {
     Text(String),
     Binary(Vec<u8>),
     /// The client closed (or the connection broke: 1006).
-    Closed { code: u16, reason: String },
+    Closed {
+        code: u16,
+        reason: String,
+    },
 }
 
 #[derive(Debug)]
