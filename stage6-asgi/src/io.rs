@@ -28,8 +28,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use wsgi_bridge::logging::{AccessEntry, access_log};
 
 use crate::shared::{
-    BODY_READ_AHEAD, Event, Exchange, Inbox, Kind, SEND_LOW_WATER, STATS, Start, WS_READ_AHEAD,
-    WsIn, WsOut,
+    BODY_READ_AHEAD, Event, Exchange, Inbox, Kind, STATS, Start, WS_READ_AHEAD, WsIn, WsOut,
 };
 
 /// What the connection tasks need to know.
@@ -394,11 +393,7 @@ async fn http_exchange(
                 spare.clear();
             }
             std::mem::swap(&mut s.out, &mut spare);
-            if wake && s.py_waiting {
-                s.py_waiting = false;
-            } else {
-                wake = false;
-            }
+            wake = wake && s.wake_due();
             (
                 s.want_body,
                 s.body_done,
@@ -451,11 +446,7 @@ async fn http_exchange(
             written += n as u64;
             let mut s = x.lock();
             s.unsent = s.unsent.saturating_sub(n);
-            if s.py_waiting && s.unsent < SEND_LOW_WATER {
-                s.py_waiting = false;
-                drop(s);
-                ctx.inbox.push(Event::Wake(x.id));
-            }
+            wake_if_due(&x, ctx, s);
             continue;
         }
         if out_done {
@@ -478,11 +469,7 @@ async fn http_exchange(
                     eof = true;
                     let mut s = x.lock();
                     s.client_eof = true;
-                    if s.py_waiting {
-                        s.py_waiting = false;
-                        drop(s);
-                        ctx.inbox.push(Event::Wake(x.id));
-                    }
+                    wake_if_due(&x, ctx, s);
                 }
                 Ok(_) => {}
                 Err(_) => {
@@ -490,7 +477,7 @@ async fn http_exchange(
                     return false;
                 }
             },
-            _ = tokio::time::sleep(ctx.cfg.timeout), if waiting_body => {
+            _ = tokio::time::sleep(ctx.cfg.timeout), if waiting_body && room_for_body => {
                 log::info!("client {}:{} sent no body for {:?}: closing", peer.ip(), peer.port(), ctx.cfg.timeout);
                 client_gone(&x, ctx);
                 return false;
@@ -501,12 +488,8 @@ async fn http_exchange(
     let (status, body_bytes) = {
         let mut s = x.lock();
         s.io_done = true;
-        let wake = std::mem::take(&mut s.py_waiting);
         let r = (s.status, s.body_bytes);
-        drop(s);
-        if wake {
-            ctx.inbox.push(Event::Wake(x.id));
-        }
+        wake_if_due(&x, ctx, s);
         r
     };
     if let (Some(log), Some((line, referer, agent))) = (access_log(), &log_line) {
@@ -571,7 +554,12 @@ fn client_gone(x: &Exchange, ctx: &Ctx) {
     let mut s = x.lock();
     s.disconnected = true;
     s.io_done = true;
-    if std::mem::take(&mut s.py_waiting) {
+    wake_if_due(x, ctx, s);
+}
+
+/// Sends `Event::Wake` if the Python side waits for something now there.
+fn wake_if_due(x: &Exchange, ctx: &Ctx, mut s: std::sync::MutexGuard<'_, crate::shared::XState>) {
+    if s.wake_due() {
         drop(s);
         ctx.inbox.push(Event::Wake(x.id));
     }
@@ -834,11 +822,7 @@ async fn websocket(
                 }
                 let mut s = x.lock();
                 s.unsent = s.unsent.saturating_sub(sent);
-                if s.py_waiting && s.unsent < SEND_LOW_WATER {
-                    s.py_waiting = false;
-                    drop(s);
-                    ctx.inbox.push(Event::Wake(x.id));
-                }
+                wake_if_due(&x, ctx, s);
             }
             _ = tokio::time::sleep_until(close_deadline), if closing.is_some() => {
                 ws_gone(&x, ctx, 1006);
@@ -874,10 +858,7 @@ fn ws_access(peer: SocketAddr, target: &str, status: u16) {
 fn ws_push(x: &Exchange, ctx: &Ctx, event: WsIn) {
     let mut s = x.lock();
     s.ws_in.push_back(event);
-    if std::mem::take(&mut s.py_waiting) {
-        drop(s);
-        ctx.inbox.push(Event::Wake(x.id));
-    }
+    wake_if_due(x, ctx, s);
 }
 
 fn ws_gone(x: &Exchange, ctx: &Ctx, code: u16) {
@@ -891,10 +872,7 @@ fn ws_gone(x: &Exchange, ctx: &Ctx, code: u16) {
     }
     s.disconnected = true;
     s.io_done = true;
-    if std::mem::take(&mut s.py_waiting) {
-        drop(s);
-        ctx.inbox.push(Event::Wake(x.id));
-    }
+    wake_if_due(x, ctx, s);
 }
 
 async fn write_plain(stream: &mut TcpStream, bytes: &[u8], ctx: &Ctx) -> io::Result<()> {

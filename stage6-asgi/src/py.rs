@@ -33,7 +33,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use crate::shared::{
-    Event, Exchange, Inbox, Kind, SEND_HIGH_WATER, SEND_LOW_WATER, STATS, Start, WsIn, WsOut,
+    Event, Exchange, Inbox, Kind, RecvWait, SEND_HIGH_WATER, SEND_LOW_WATER, STATS, Start, WsIn,
+    WsOut,
 };
 use wsgi_bridge::worker::WorkerHooks;
 
@@ -732,13 +733,27 @@ impl AsgiCall {
 
     /// Registers for the next `Event::Wake` of this exchange.
     fn wait(slf: &Bound<'_, Self>, ctx: &PyCtx) {
-        let id = {
-            let call = slf.borrow();
-            call.x.lock().py_waiting = true;
-            call.x.to_io.notify_one();
-            call.x.id
-        };
+        let call = slf.borrow();
+        let id = call.x.id;
         ctx.waiting.borrow_mut().insert(id, slf.clone().unbind());
+        let recv = if call.recv_fut.is_none() {
+            RecvWait::Nothing
+        } else if call.kind == Kind::WebSocket {
+            RecvWait::Message
+        } else if call.request_done {
+            RecvWait::Disconnect
+        } else {
+            RecvWait::Body
+        };
+        let mut s = call.x.lock();
+        s.recv_blocked = recv;
+        s.send_blocked = call.send_fut.is_some();
+        // What we wait for may have come between our look and now: then
+        // wake ourselves (the I/O thread will not: it saw no wait).
+        if s.wake_due() {
+            drop(s);
+            ctx.inbox.push(Event::Wake(id));
+        }
     }
 
     /// The next message for `receive()`, if there is one now.

@@ -201,9 +201,46 @@ pub struct XState {
     pub client_eof: bool,
     /// The connection task has finished with this exchange.
     pub io_done: bool,
-    /// The Python side is waiting (a `receive()` or a `send()` future):
-    /// changes must be announced with `Event::Wake`.
-    pub py_waiting: bool,
+    /// What a waiting `receive()` waits for, if one does.
+    pub recv_blocked: RecvWait,
+    /// A `send()` waits for the queue to drain below the low-water mark.
+    pub send_blocked: bool,
+}
+
+/// What a waiting `receive()` waits for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RecvWait {
+    #[default]
+    Nothing,
+    /// More of the request body (or its end, or a disconnect).
+    Body,
+    /// Only a disconnect (the request was read whole).
+    Disconnect,
+    /// A WebSocket message (or a disconnect).
+    Message,
+}
+
+impl XState {
+    /// Whether the Python side waits for something that is now there. Clears
+    /// the waits when so: the caller must then send `Event::Wake` (once).
+    /// Both threads call it after every change that may matter, so a change
+    /// made just before Python registered its wait is not missed.
+    pub fn wake_due(&mut self) -> bool {
+        let gone = self.disconnected || self.io_done;
+        let recv = match self.recv_blocked {
+            RecvWait::Nothing => false,
+            RecvWait::Body => !self.body.is_empty() || self.body_done || gone || self.client_eof,
+            RecvWait::Disconnect => gone || self.client_eof,
+            RecvWait::Message => !self.ws_in.is_empty() || gone,
+        };
+        let send = self.send_blocked && (self.unsent < SEND_LOW_WATER || gone);
+        let due = recv || send;
+        if due {
+            self.recv_blocked = RecvWait::Nothing;
+            self.send_blocked = false;
+        }
+        due
+    }
 }
 
 impl Exchange {
