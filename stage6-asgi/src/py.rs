@@ -264,13 +264,14 @@ fn build_scope<'py>(py: Python<'py>, ctx: &PyCtx, start: &Start) -> PyResult<Bou
 /// For an absolute-form target (`http://host/p?q`), its path (`/` if empty).
 pub fn raw_path(target: &str) -> &[u8] {
     let mut t = target;
-    if !t.starts_with('/') && t != "*" {
-        if let Some(i) = t.find("://") {
-            let rest = &t[i + 3..];
-            t = rest.find('/').map_or("/", |j| &rest[j..]);
-            if t == "/" && !rest.contains('/') {
-                return b"/";
-            }
+    if !t.starts_with('/')
+        && t != "*"
+        && let Some(i) = t.find("://")
+    {
+        let rest = &t[i + 3..];
+        t = rest.find('/').map_or("/", |j| &rest[j..]);
+        if t == "/" && !rest.contains('/') {
+            return b"/";
         }
     }
     let end = t.find(['?', '#']).unwrap_or(t.len());
@@ -684,8 +685,10 @@ impl AsgiCall {
         let py = slf.py();
         let mut again = false;
         let recv = slf.borrow_mut().recv_fut.take();
-        if let Some(fut) = recv {
-            if !fut_done(fut.bind(py)) {
+        if let Some(fut) = recv
+            && !fut_done(fut.bind(py))
+        {
+            {
                 match Self::try_receive(slf) {
                     Ok(Some(msg)) => {
                         let _ = fut.bind(py).call_method1(intern!(py, "set_result"), (msg,));
@@ -703,12 +706,11 @@ impl AsgiCall {
             }
         }
         let send = slf.borrow_mut().send_fut.take();
-        if let Some(fut) = send {
-            if !fut_done(fut.bind(py)) {
-                let (gone, unsent) = {
-                    let s = slf.borrow().x.lock().disconnected_unsent();
-                    s
-                };
+        if let Some(fut) = send
+            && !fut_done(fut.bind(py))
+        {
+            {
+                let (gone, unsent) = slf.borrow().x.lock().disconnected_unsent();
                 if gone {
                     let e = ctx.disconnected_exc.bind(py).call0();
                     if let Ok(e) = e {
