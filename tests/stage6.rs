@@ -270,6 +270,10 @@ fn lifespan_starts_before_the_first_request_and_shuts_down_on_term() {
         .wait_timeout(Duration::from_secs(10))
         .expect("stops on TERM");
     assert!(status.success(), "{status}");
+    // The reader threads may still be collecting the last lines.
+    eventually(Duration::from_secs(5), || {
+        server.stdout_text().contains("lab: lifespan shutdown")
+    });
     let out = server.stdout_text();
     let startup = out.find("lab: lifespan startup").expect("startup logged");
     let shutdown = out
@@ -512,4 +516,67 @@ fn one_worker_holds_a_thousand_websocket_clients_and_broadcasts_to_all() {
     for c in &mut clients {
         let _ = c.close(None);
     }
+}
+
+#[test]
+fn a_fastapi_app_is_served_when_fastapi_is_installed() {
+    let server = match ServerProcess::start(BIN, &["apps.fastapi_app:app", "-b", "127.0.0.1:0"]) {
+        Ok(s) => s,
+        Err(e)
+            if e.contains("No module named 'fastapi'")
+                || e.contains("No module named 'pydantic'") =>
+        {
+            eprintln!(
+                "SKIPPED: FastAPI is not installed for the embedded Python (pip install fastapi)"
+            );
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let addr = server.addr();
+    assert_eq!(get(addr, "/").body, b"Hello, World!\n");
+    let r = get(addr, "/items/3?q=x");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&r.body).unwrap(),
+        serde_json::json!({"item_id": 3, "q": "x"})
+    );
+    // Validation by pydantic: a body without its price is a 422.
+    let r = client::request(
+        addr,
+        b"POST /items HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 14\r\n\r\n{\"name\":\"pen\"}",
+    )
+    .unwrap();
+    assert_eq!(r.status, 422, "{}", r.text());
+    let r = client::request(
+        addr,
+        b"POST /items HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 26\r\n\r\n{\"name\":\"pen\",\"price\":2.0}",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        serde_json::from_slice::<Value>(&r.body).unwrap()["price_with_tax"],
+        2.4
+    );
+    // A plain `def` route runs in anyio's thread pool: anyio needs a current
+    // asyncio task from the first line, which the eager Task start gives.
+    assert_eq!(get(addr, "/sync").status, 200);
+    assert_eq!(get(addr, "/io?ms=20").status, 200);
+    // Lifespan state reaches the request.
+    assert!(
+        get(addr, "/state")
+            .text()
+            .contains("hello from the lifespan")
+    );
+    let r = get(addr, "/stream?n=3");
+    assert!(r.chunked);
+    assert_eq!(r.body, b"chunk 0\nchunk 1\nchunk 2\n");
+    let mut ws = ws_connect(addr, "/ws");
+    ws.send(Message::text("hi")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("echo: hi"));
+    ws.close(None).unwrap();
+    assert!(
+        !server.stderr_text().contains("Traceback"),
+        "{}",
+        server.stderr_text()
+    );
 }

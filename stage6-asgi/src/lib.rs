@@ -149,7 +149,7 @@ impl Default for AsgiConfig {
             graceful_timeout: Duration::from_secs(30),
             root_path: String::new(),
             lifespan: LifespanMode::Auto,
-            eager: Eager::Bare,
+            eager: Eager::Task,
             slow_step: Duration::from_millis(100),
             heartbeat: Duration::from_secs(1),
             server_header: concat!("stage6-asgi/", env!("CARGO_PKG_VERSION")).to_string(),
@@ -254,6 +254,11 @@ pub fn serve_forever(
             waiting: Default::default(),
             disconnected_exc: support.getattr("ClientDisconnected")?.unbind(),
             task_type: asyncio.getattr("Task")?.unbind(),
+            task_kwargs: {
+                let k = PyDict::new(py);
+                k.set_item("loop", &event_loop)?;
+                k.unbind()
+            },
             stop_io: stop_io.clone(),
             stop_asked: std::cell::Cell::new(false),
         });

@@ -58,7 +58,7 @@ struct Args {
     /// How the first step of each app coroutine runs: bare (coro.send from
     /// Rust, a Task only if it suspends) or task (a Task from the start, its
     /// first step run at once).
-    #[arg(long, value_enum, default_value = "bare")]
+    #[arg(long, value_enum, default_value = "task")]
     eager: Eager,
 
     /// Warn when one step of an app coroutine holds the event loop this many

@@ -75,6 +75,8 @@ pub struct PyCtx {
     pub waiting: RefCell<HashMap<u64, Py<AsgiCall>>>,
     pub disconnected_exc: Py<PyAny>,
     pub task_type: Py<PyAny>,
+    /// `{"loop": event_loop}`, the keyword arguments of every Task.
+    pub task_kwargs: Py<PyDict>,
     pub stop_io: Arc<tokio::sync::Notify>,
     pub stop_asked: std::cell::Cell<bool>,
 }
@@ -362,15 +364,10 @@ fn start_bare(py: Python<'_>, ctx: &PyCtx, call: &Bound<'_, AsgiCall>) {
         Step::Yielded(value) => {
             STATS.suspended.fetch_add(1, Ordering::Relaxed);
             call.borrow_mut().pending = Some(value.unbind());
-            // From here asyncio drives the call, in the same context.
-            let kwargs = PyDict::new(py);
-            let made = (|| -> PyResult<()> {
-                kwargs.set_item(intern!(py, "loop"), ctx.event_loop.bind(py))?;
-                kwargs.set_item(intern!(py, "context"), &context)?;
-                ctx.task_type.bind(py).call((call,), Some(&kwargs))?;
-                Ok(())
-            })();
-            if let Err(e) = made {
+            // From here an asyncio Task drives the call, in the same
+            // context; its first step (handing it the future the coroutine
+            // waits for) runs now, not on the loop's next turn.
+            if let Err(e) = spawn_task(py, ctx, call, Some(&context)) {
                 AsgiCall::finish(call, ctx, Some(e));
             }
         }
@@ -380,35 +377,68 @@ fn start_bare(py: Python<'_>, ctx: &PyCtx, call: &Bound<'_, AsgiCall>) {
 /// Creates the Task first and runs the step it scheduled at once: what
 /// `asyncio.Task(..., eager_start=True)` does on Python 3.12.
 fn start_task(py: Python<'_>, ctx: &PyCtx, call: &Bound<'_, AsgiCall>) {
-    let made = (|| -> PyResult<()> {
-        let lp = ctx.event_loop.bind(py);
-        let kwargs = PyDict::new(py);
-        kwargs.set_item(intern!(py, "loop"), lp)?;
-        let task = ctx.task_type.bind(py).call((call,), Some(&kwargs))?;
-        // Task.__init__ appended its first step to the loop's ready queue.
-        let ready = lp.getattr(intern!(py, "_ready"))?;
-        let handle = ready.call_method0(intern!(py, "pop"))?;
-        let callback = handle.getattr(intern!(py, "_callback"))?;
-        let ours = callback
-            .getattr(intern!(py, "__self__"))
-            .is_ok_and(|s| s.is(&task));
-        if !ours {
-            // Not the step we expected: put it back, let the loop run it.
-            ready.call_method1(intern!(py, "append"), (handle,))?;
-            STATS.suspended.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
+    match spawn_task(py, ctx, call, None) {
+        Ok(()) => {
+            if call.borrow().finished {
+                STATS.eager_done.fetch_add(1, Ordering::Relaxed);
+            } else {
+                STATS.suspended.fetch_add(1, Ordering::Relaxed);
+            }
         }
-        handle.call_method0(intern!(py, "_run"))?;
-        if task.call_method0(intern!(py, "done"))?.is_truthy()? {
-            STATS.eager_done.fetch_add(1, Ordering::Relaxed);
-        } else {
-            STATS.suspended.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(())
-    })();
-    if let Err(e) = made {
-        AsgiCall::finish(call, ctx, Some(e));
+        Err(e) => AsgiCall::finish(call, ctx, Some(e)),
     }
+}
+
+/// Wraps the call in an asyncio Task and runs the Task's first step now,
+/// instead of on the loop's next iteration: `Task.__init__` put that step
+/// at the end of the loop's ready queue; it is taken back and run here, in
+/// the Task's context, as `Handle._run` would.
+fn spawn_task(
+    py: Python<'_>,
+    ctx: &PyCtx,
+    call: &Bound<'_, AsgiCall>,
+    context: Option<&Bound<'_, PyAny>>,
+) -> PyResult<()> {
+    let lp = ctx.event_loop.bind(py);
+    let task = match context {
+        None => ctx
+            .task_type
+            .bind(py)
+            .call((call,), Some(ctx.task_kwargs.bind(py)))?,
+        Some(c) => {
+            let kwargs = ctx.task_kwargs.bind(py).copy()?;
+            kwargs.set_item(intern!(py, "context"), c)?;
+            ctx.task_type.bind(py).call((call,), Some(&kwargs))?
+        }
+    };
+    let ready = lp.getattr(intern!(py, "_ready"))?;
+    let handle = ready.call_method0(intern!(py, "pop"))?;
+    let callback = handle.getattr(intern!(py, "_callback"))?;
+    let ours = callback
+        .getattr(intern!(py, "__self__"))
+        .is_ok_and(|s| s.is(&task));
+    if !ours {
+        // Not the step we expected (another loop implementation?): put it
+        // back and let the loop run it.
+        ready.call_method1(intern!(py, "append"), (handle,))?;
+        return Ok(());
+    }
+    let step_context = handle.getattr(intern!(py, "_context"))?;
+    // SAFETY: CPython context and call API with the GIL held; the context
+    // is entered and exited around the call; the result is a new reference
+    // (or NULL with an exception set).
+    let result = unsafe {
+        ffi::PyContext_Enter(step_context.as_ptr());
+        let r = ffi::PyObject_CallNoArgs(callback.as_ptr());
+        ffi::PyContext_Exit(step_context.as_ptr());
+        r
+    };
+    if result.is_null() {
+        return Err(PyErr::fetch(py));
+    }
+    // SAFETY: a new reference returned by the call above.
+    drop(unsafe { Bound::from_owned_ptr(py, result) });
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
