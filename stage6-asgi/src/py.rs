@@ -242,7 +242,7 @@ fn build_scope<'py>(py: Python<'py>, ctx: &PyCtx, start: &Start) -> PyResult<Bou
         headers.append(pair)?;
     }
     scope.set_item(intern!(py, "headers"), headers)?;
-    let client = (start.client.ip().to_string(), start.client.port());
+    let client = (client_host(py, start.client.ip()), start.client.port());
     scope.set_item(intern!(py, "client"), client)?;
     scope.set_item(intern!(py, "state"), ctx.state.bind(py).copy()?)?;
     if start.kind == Kind::WebSocket {
@@ -260,6 +260,25 @@ fn build_scope<'py>(py: Python<'py>, ctx: &PyCtx, start: &Start) -> PyResult<Bou
         scope.set_item(intern!(py, "subprotocols"), protocols)?;
     }
     Ok(scope)
+}
+
+/// The client's address as a Python str; the last one is kept (most
+/// requests come from the same few addresses: a proxy, a load generator).
+fn client_host(py: Python<'_>, ip: std::net::IpAddr) -> Bound<'_, PyString> {
+    thread_local! {
+        static LAST: RefCell<Option<(std::net::IpAddr, Py<PyString>)>> = const { RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((cached, s)) = last.as_ref()
+            && *cached == ip
+        {
+            return s.bind(py).clone();
+        }
+        let s = PyString::new(py, &ip.to_string());
+        *last = Some((ip, s.clone().unbind()));
+        s
+    })
 }
 
 /// The path part of a request target, still percent-encoded: `raw_path`.
@@ -495,8 +514,8 @@ pub struct AsgiCall {
     resp: Resp,
     /// The last http.request was delivered (more_body false).
     request_done: bool,
-    recv_fut: Option<Py<PyAny>>,
-    send_fut: Option<Py<PyAny>>,
+    recv_fut: Option<Py<Waiter>>,
+    send_fut: Option<Py<Waiter>>,
     /// A future yielded by a bare first step, not yet handed to the Task.
     pending: Option<Py<PyAny>>,
     finished: bool,
@@ -711,51 +730,39 @@ impl AsgiCall {
     }
 
     /// The I/O thread announced a change: resolve what can be resolved.
+    /// The waiting Task resumes right here (see [`Waiter`]).
     fn wake(slf: &Bound<'_, Self>, ctx: &PyCtx) {
         let py = slf.py();
         let mut again = false;
         let recv = slf.borrow_mut().recv_fut.take();
         if let Some(fut) = recv
-            && !fut_done(fut.bind(py))
+            && !fut.borrow(py).is_done()
         {
-            {
-                match Self::try_receive(slf) {
-                    Ok(Some(msg)) => {
-                        let _ = fut.bind(py).call_method1(intern!(py, "set_result"), (msg,));
-                    }
-                    Ok(None) => {
-                        slf.borrow_mut().recv_fut = Some(fut);
-                        again = true;
-                    }
-                    Err(e) => {
-                        let _ = fut
-                            .bind(py)
-                            .call_method1(intern!(py, "set_exception"), (e.value(py),));
-                    }
+            match Self::try_receive(slf) {
+                Ok(Some(msg)) => Waiter::resolve(fut.bind(py), Ok(msg.into_any())),
+                Ok(None) => {
+                    slf.borrow_mut().recv_fut = Some(fut);
+                    again = true;
                 }
+                Err(e) => Waiter::resolve(fut.bind(py), Err(e)),
             }
         }
         let send = slf.borrow_mut().send_fut.take();
         if let Some(fut) = send
-            && !fut_done(fut.bind(py))
+            && !fut.borrow(py).is_done()
         {
-            {
-                let (gone, unsent) = slf.borrow().x.lock().disconnected_unsent();
-                if gone {
-                    let e = ctx.disconnected_exc.bind(py).call0();
-                    if let Ok(e) = e {
-                        let _ = fut
-                            .bind(py)
-                            .call_method1(intern!(py, "set_exception"), (e,));
-                    }
-                } else if unsent < SEND_LOW_WATER {
-                    let _ = fut
-                        .bind(py)
-                        .call_method1(intern!(py, "set_result"), (py.None(),));
-                } else {
-                    slf.borrow_mut().send_fut = Some(fut);
-                    again = true;
-                }
+            let (gone, unsent) = slf.borrow().x.lock().disconnected_unsent();
+            if gone {
+                let e = match ctx.disconnected_exc.bind(py).call0() {
+                    Ok(e) => PyErr::from_value(e),
+                    Err(e) => e,
+                };
+                Waiter::resolve(fut.bind(py), Err(e));
+            } else if unsent < SEND_LOW_WATER {
+                Waiter::resolve(fut.bind(py), Ok(py.None().into_bound(py)));
+            } else {
+                slf.borrow_mut().send_fut = Some(fut);
+                again = true;
             }
         }
         if again {
@@ -1361,6 +1368,205 @@ pub fn reason(status: u16) -> &'static str {
 }
 
 // ---------------------------------------------------------------------------
+// Waiting without an asyncio Future.
+
+enum WaitState {
+    Pending,
+    Result(Py<PyAny>),
+    Error(PyErr),
+    Cancelled(Option<String>),
+}
+
+/// What `receive()` (or a `send()` held back by a slow client) returns when
+/// it must wait: a minimal asyncio-compatible future.
+///
+/// An asyncio Task accepts any object with `_asyncio_future_blocking`,
+/// `get_loop`, `add_done_callback` and `result` (duck typing in
+/// `Task.__step`). Unlike an `asyncio.Future`, which schedules its
+/// callbacks with `call_soon` (one more turn of the loop, one more `select`),
+/// a `Waiter` is resolved by the drain callback and calls the Task's wake-up
+/// at once: the app handles a WebSocket message or a body chunk in the same
+/// turn of the loop that received it.
+#[pyclass(module = "stage6_asgi")]
+pub struct Waiter {
+    state: WaitState,
+    callbacks: Vec<(Py<PyAny>, Option<Py<PyAny>>)>,
+    #[pyo3(get, set, name = "_asyncio_future_blocking")]
+    blocking: bool,
+    event_loop: Py<PyAny>,
+}
+
+impl Waiter {
+    fn new<'py>(py: Python<'py>, ctx: &PyCtx) -> PyResult<Bound<'py, Waiter>> {
+        Bound::new(
+            py,
+            Waiter {
+                state: WaitState::Pending,
+                callbacks: Vec::new(),
+                blocking: false,
+                event_loop: ctx.event_loop.clone_ref(py),
+            },
+        )
+    }
+
+    fn is_done(&self) -> bool {
+        !matches!(self.state, WaitState::Pending)
+    }
+
+    /// Sets the outcome and runs the done callbacks now, each in its context.
+    fn resolve(slf: &Bound<'_, Waiter>, outcome: PyResult<Bound<'_, PyAny>>) {
+        let py = slf.py();
+        let callbacks = {
+            let mut w = slf.borrow_mut();
+            if w.is_done() {
+                return;
+            }
+            w.state = match outcome {
+                Ok(v) => WaitState::Result(v.unbind()),
+                Err(e) => WaitState::Error(e),
+            };
+            std::mem::take(&mut w.callbacks)
+        };
+        for (callback, context) in callbacks {
+            // SAFETY: CPython context API with the GIL held, entered and
+            // exited around the call.
+            if let Some(c) = &context {
+                unsafe { ffi::PyContext_Enter(c.as_ptr()) };
+            }
+            let r = callback.bind(py).call1((slf,));
+            if let Some(c) = &context {
+                unsafe { ffi::PyContext_Exit(c.as_ptr()) };
+            }
+            if let Err(e) = r {
+                e.print(py);
+            }
+        }
+    }
+}
+
+#[pymethods]
+impl Waiter {
+    fn get_loop(&self, py: Python<'_>) -> Py<PyAny> {
+        self.event_loop.clone_ref(py)
+    }
+
+    fn done(&self) -> bool {
+        self.is_done()
+    }
+
+    fn cancelled(&self) -> bool {
+        matches!(self.state, WaitState::Cancelled(_))
+    }
+
+    fn result(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        match &self.state {
+            WaitState::Pending => Err(asyncio_error(py, "InvalidStateError", "Result is not set.")),
+            WaitState::Result(v) => Ok(v.clone_ref(py)),
+            WaitState::Error(e) => Err(e.clone_ref(py)),
+            WaitState::Cancelled(msg) => Err(pyo3::exceptions::asyncio::CancelledError::new_err(
+                msg.clone().unwrap_or_default(),
+            )),
+        }
+    }
+
+    fn exception(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        match &self.state {
+            WaitState::Error(e) => Ok(Some(e.value(py).clone().into_any().unbind())),
+            WaitState::Result(_) => Ok(None),
+            _ => self.result(py).map(|_| None),
+        }
+    }
+
+    #[pyo3(signature = (callback, *, context=None))]
+    fn add_done_callback(
+        slf: &Bound<'_, Self>,
+        callback: Py<PyAny>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        if slf.borrow().is_done() {
+            // As asyncio.Future: a callback added after the fact is scheduled.
+            let lp = slf.borrow().event_loop.clone_ref(py);
+            let kwargs = PyDict::new(py);
+            if let Some(c) = context {
+                kwargs.set_item("context", c)?;
+            }
+            lp.bind(py)
+                .call_method("call_soon", (callback, slf), Some(&kwargs))?;
+            return Ok(());
+        }
+        slf.borrow_mut().callbacks.push((callback, context));
+        Ok(())
+    }
+
+    fn remove_done_callback(&mut self, py: Python<'_>, callback: Py<PyAny>) -> PyResult<usize> {
+        let before = self.callbacks.len();
+        let mut kept = Vec::with_capacity(before);
+        for (cb, ctx) in self.callbacks.drain(..) {
+            if !cb.bind(py).eq(&callback)? {
+                kept.push((cb, ctx));
+            }
+        }
+        self.callbacks = kept;
+        Ok(before - self.callbacks.len())
+    }
+
+    #[pyo3(signature = (msg=None))]
+    fn cancel(slf: &Bound<'_, Self>, msg: Option<String>) -> PyResult<bool> {
+        let py = slf.py();
+        let (callbacks, lp) = {
+            let mut w = slf.borrow_mut();
+            if w.is_done() {
+                return Ok(false);
+            }
+            w.state = WaitState::Cancelled(msg);
+            (std::mem::take(&mut w.callbacks), w.event_loop.clone_ref(py))
+        };
+        // Cancelling happens inside someone else's code: schedule the
+        // callbacks, as asyncio.Future.cancel does.
+        for (callback, context) in callbacks {
+            let kwargs = PyDict::new(py);
+            if let Some(c) = context {
+                kwargs.set_item("context", c)?;
+            }
+            lp.bind(py)
+                .call_method("call_soon", (callback, slf), Some(&kwargs))?;
+        }
+        Ok(true)
+    }
+
+    fn __await__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    fn __iter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    fn __next__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        if !slf.borrow().is_done() {
+            // Suspend: the Task sees a future to wait for.
+            slf.borrow_mut().blocking = true;
+            return Ok(slf.clone().into_any().unbind());
+        }
+        let value = slf.borrow().result(py)?;
+        Err(PyStopIteration::new_err((value,)))
+    }
+}
+
+fn asyncio_error(py: Python<'_>, name: &str, msg: &str) -> PyErr {
+    match py
+        .import("asyncio")
+        .and_then(|m| m.getattr(name))
+        .and_then(|t| t.call1((msg,)))
+    {
+        Ok(e) => PyErr::from_value(e),
+        Err(e) => e,
+    }
+}
+
+// ---------------------------------------------------------------------------
 // receive and send, as the app sees them.
 
 /// A message ready now: `await` returns it without suspending.
@@ -1438,19 +1644,21 @@ impl Receive {
             )?
             .into_any());
         }
-        if call.borrow().recv_fut.is_some() {
+        if call
+            .borrow()
+            .recv_fut
+            .as_ref()
+            .is_some_and(|f| !f.borrow(py).is_done())
+        {
             return Err(PyRuntimeError::new_err(
                 "receive() called while another receive() is waiting",
             ));
         }
         let ctx = ctx();
-        let fut = ctx
-            .event_loop
-            .bind(py)
-            .call_method0(intern!(py, "create_future"))?;
+        let fut = Waiter::new(py, &ctx)?;
         call.borrow_mut().recv_fut = Some(fut.clone().unbind());
         AsgiCall::wait(call, &ctx);
-        Ok(fut)
+        Ok(fut.into_any())
     }
 }
 
@@ -1493,13 +1701,10 @@ impl Send {
         if !wait {
             return done(py);
         }
-        let fut = ctx
-            .event_loop
-            .bind(py)
-            .call_method0(intern!(py, "create_future"))?;
+        let fut = Waiter::new(py, &ctx)?;
         call.borrow_mut().send_fut = Some(fut.clone().unbind());
         AsgiCall::wait(call, &ctx);
-        Ok(fut)
+        Ok(fut.into_any())
     }
 }
 
