@@ -41,9 +41,15 @@ fn main() {
                 .await
                 .expect("connect");
             stream.set_nodelay(true).unwrap();
-            let (ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}{path}"), stream)
-                .await
-                .expect("handshake");
+            let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                .read_buffer_size(8 * 1024);
+            let (ws, _) = tokio_tungstenite::client_async_with_config(
+                format!("ws://{addr}{path}"),
+                stream,
+                Some(config),
+            )
+            .await
+            .expect("handshake");
             sockets.push(ws);
         }
         let start = Instant::now();
