@@ -213,6 +213,19 @@ async fn connection(
                 (true, None) => return,
                 (false, _) => ctx.cfg.timeout,
             };
+            if idle {
+                // An idle keep-alive connection holds no buffer: thousands
+                // of them cost only their socket and this task.
+                buf.data = Vec::new();
+                buf.start = 0;
+                let ready = tokio::select! {
+                    r = tokio::time::timeout(wait, stream.readable()) => matches!(r, Ok(Ok(()))),
+                    _ = shutdown.changed() => false,
+                };
+                if !ready {
+                    return;
+                }
+            }
             tokio::select! {
                 r = tokio::time::timeout(wait, buf.fill(&mut stream)) => match r {
                     Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
