@@ -222,6 +222,8 @@ pub fn serve_forever(
         )?;
         let asyncio = py.import("asyncio")?;
         let event_loop = asyncio.call_method0("new_event_loop")?;
+        let original = event_loop.getattr("call_soon")?.unbind();
+        event_loop.setattr("call_soon", Bound::new(py, py::CallSoon { original })?)?;
         asyncio.call_method1("set_event_loop", (&event_loop,))?;
         let log = support.call_method1("make_logger", (wrap_pyfunction!(py::rust_log, py)?,))?;
         let state = PyDict::new(py);

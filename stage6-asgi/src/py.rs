@@ -419,30 +419,43 @@ fn spawn_task(
     context: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<()> {
     let lp = ctx.event_loop.bind(py);
+    CAPTURE.with(|c| *c.borrow_mut() = Some(None));
     let task = match context {
         None => ctx
             .task_type
             .bind(py)
-            .call((call,), Some(ctx.task_kwargs.bind(py)))?,
-        Some(c) => {
-            let kwargs = ctx.task_kwargs.bind(py).copy()?;
+            .call((call,), Some(ctx.task_kwargs.bind(py))),
+        Some(c) => ctx.task_kwargs.bind(py).copy().and_then(|kwargs| {
             kwargs.set_item(intern!(py, "context"), c)?;
-            ctx.task_type.bind(py).call((call,), Some(&kwargs))?
+            ctx.task_type.bind(py).call((call,), Some(&kwargs))
+        }),
+    };
+    let captured = CAPTURE.with(|c| c.borrow_mut().take()).flatten();
+    let task = task?;
+    let (callback, step_context) = match captured {
+        // The Task asked the loop (our `CallSoon`) to schedule its first
+        // step: run it now instead.
+        Some((callback, Some(context))) => (callback.into_bound(py), context.into_bound(py)),
+        other => {
+            // Not captured (a loop without our call_soon): the step is at
+            // the end of the ready queue.
+            if let Some((callback, None)) = other {
+                lp.call_method1(intern!(py, "call_soon"), (callback,))?;
+            }
+            let ready = lp.getattr(intern!(py, "_ready"))?;
+            let handle = ready.call_method0(intern!(py, "pop"))?;
+            let callback = handle.getattr(intern!(py, "_callback"))?;
+            let ours = callback
+                .getattr(intern!(py, "__self__"))
+                .is_ok_and(|s| s.is(&task));
+            if !ours {
+                // Not the step we expected: put it back, the loop runs it.
+                ready.call_method1(intern!(py, "append"), (handle,))?;
+                return Ok(());
+            }
+            (callback, handle.getattr(intern!(py, "_context"))?)
         }
     };
-    let ready = lp.getattr(intern!(py, "_ready"))?;
-    let handle = ready.call_method0(intern!(py, "pop"))?;
-    let callback = handle.getattr(intern!(py, "_callback"))?;
-    let ours = callback
-        .getattr(intern!(py, "__self__"))
-        .is_ok_and(|s| s.is(&task));
-    if !ours {
-        // Not the step we expected (another loop implementation?): put it
-        // back and let the loop run it.
-        ready.call_method1(intern!(py, "append"), (handle,))?;
-        return Ok(());
-    }
-    let step_context = handle.getattr(intern!(py, "_context"))?;
     // SAFETY: CPython context and call API with the GIL held; the context
     // is entered and exited around the call; the result is a new reference
     // (or NULL with an exception set).
@@ -458,6 +471,67 @@ fn spawn_task(
     // SAFETY: a new reference returned by the call above.
     drop(unsafe { Bound::from_owned_ptr(py, result) });
     Ok(())
+}
+
+type Captured = Option<(Py<PyAny>, Option<Py<PyAny>>)>;
+
+thread_local! {
+    /// `Some` while a Task is being created: its `call_soon` is kept here.
+    static CAPTURE: RefCell<Option<Captured>> = const { RefCell::new(None) };
+}
+
+/// Installed as the loop's `call_soon` (an instance attribute shadowing the
+/// method): while [`spawn_task`] creates a Task, the Task's request to
+/// schedule its first step is captured, so the step runs at once without a
+/// `Handle` and a trip through the ready queue. Every other call goes to the
+/// loop's own `call_soon`.
+#[pyclass(module = "stage6_asgi", frozen)]
+pub struct CallSoon {
+    pub original: Py<PyAny>,
+}
+
+#[pymethods]
+impl CallSoon {
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn __call__(
+        &self,
+        py: Python<'_>,
+        callback: Py<PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        if args.is_empty() {
+            let captured = CAPTURE.with(|c| {
+                let mut c = c.borrow_mut();
+                match c.as_mut() {
+                    Some(slot @ None) => {
+                        *slot = Some((callback.clone_ref(py), context.as_ref().map(|x| x.clone_ref(py))));
+                        true
+                    }
+                    _ => false,
+                }
+            });
+            if captured {
+                return Ok(py.None());
+            }
+        }
+        let mut all = Vec::with_capacity(args.len() + 1);
+        all.push(callback.into_bound(py));
+        all.extend(args.iter());
+        let all = PyTuple::new(py, all)?;
+        let kwargs = match context {
+            Some(c) => {
+                let k = PyDict::new(py);
+                k.set_item(intern!(py, "context"), c)?;
+                Some(k)
+            }
+            None => None,
+        };
+        self.original
+            .bind(py)
+            .call(all, kwargs.as_ref())
+            .map(Bound::unbind)
+    }
 }
 
 // ---------------------------------------------------------------------------
