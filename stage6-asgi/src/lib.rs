@@ -114,6 +114,17 @@ impl LifespanMode {
     }
 }
 
+/// Which asyncio event loop runs the app (uvicorn's `--loop`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoopKind {
+    /// The standard library's loop: the Task's first step runs at once
+    /// (`--eager task`), which needs its Python-level ready queue.
+    Asyncio,
+    /// uvloop (libuv, in Cython): cheaper timers and callbacks; with
+    /// `--eager task` the first step waits for the loop's next turn.
+    Uvloop,
+}
+
 /// How the worker serves.
 #[derive(Clone, Debug)]
 pub struct AsgiConfig {
@@ -130,6 +141,7 @@ pub struct AsgiConfig {
     pub root_path: String,
     pub lifespan: LifespanMode,
     pub eager: Eager,
+    pub event_loop: LoopKind,
     /// Warn when one step of an app coroutine holds the loop this long.
     pub slow_step: Duration,
     /// How often the loop calls `hooks.heartbeat()`.
@@ -150,6 +162,7 @@ impl Default for AsgiConfig {
             root_path: String::new(),
             lifespan: LifespanMode::Auto,
             eager: Eager::Task,
+            event_loop: LoopKind::Asyncio,
             slow_step: Duration::from_millis(100),
             heartbeat: Duration::from_secs(1),
             server_header: concat!("stage6-asgi/", env!("CARGO_PKG_VERSION")).to_string(),
@@ -221,9 +234,14 @@ pub fn serve_forever(
             c"stage6_support",
         )?;
         let asyncio = py.import("asyncio")?;
-        let event_loop = asyncio.call_method0("new_event_loop")?;
+        let event_loop = match config.event_loop {
+            LoopKind::Asyncio => asyncio.call_method0("new_event_loop")?,
+            LoopKind::Uvloop => py.import("uvloop")?.call_method0("new_event_loop")?,
+        };
         let original = event_loop.getattr("call_soon")?.unbind();
-        event_loop.setattr("call_soon", Bound::new(py, py::CallSoon { original })?)?;
+        // uvloop's loop has no instance dict: there the Task's first step
+        // goes through the loop (see py::spawn_task).
+        let _ = event_loop.setattr("call_soon", Bound::new(py, py::CallSoon { original })?);
         asyncio.call_method1("set_event_loop", (&event_loop,))?;
         let log = support.call_method1("make_logger", (wrap_pyfunction!(py::rust_log, py)?,))?;
         let state = PyDict::new(py);

@@ -9,7 +9,7 @@ use std::os::fd::AsFd;
 use std::time::Duration;
 
 use clap::Parser;
-use stage6_asgi::{AsgiConfig, Eager, LifespanMode, serve_forever};
+use stage6_asgi::{AsgiConfig, Eager, LifespanMode, LoopKind, serve_forever};
 use wsgi_bridge::boot;
 use wsgi_bridge::cli::{AppArgs, LimitArgs, LogArgs};
 use wsgi_bridge::embed::StartError;
@@ -60,6 +60,10 @@ struct Args {
     /// first step run at once).
     #[arg(long, value_enum, default_value = "task")]
     eager: Eager,
+
+    /// The event loop: asyncio (the standard library's) or uvloop (if installed).
+    #[arg(long = "loop", value_enum, default_value = "asyncio")]
+    event_loop: LoopKind,
 
     /// Warn when one step of an app coroutine holds the event loop this many
     /// milliseconds (a blocking call in an async function).
@@ -122,6 +126,7 @@ fn run(args: Args) -> Result<(), StartError> {
             .unwrap_or_else(|| args.app.script_name()),
         lifespan: args.lifespan,
         eager: args.eager,
+        event_loop: args.event_loop,
         slow_step: Duration::from_millis(args.blocked_loop_warning),
         ..AsgiConfig::default()
     };

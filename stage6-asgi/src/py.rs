@@ -442,7 +442,11 @@ fn spawn_task(
             if let Some((callback, None)) = other {
                 lp.call_method1(intern!(py, "call_soon"), (callback,))?;
             }
-            let ready = lp.getattr(intern!(py, "_ready"))?;
+            let Ok(ready) = lp.getattr(intern!(py, "_ready")) else {
+                // A loop whose ready queue is out of reach (uvloop): the
+                // step runs on the loop's next turn, as with any Task.
+                return Ok(());
+            };
             let handle = ready.call_method0(intern!(py, "pop"))?;
             let callback = handle.getattr(intern!(py, "_callback"))?;
             let ours = callback
@@ -505,7 +509,10 @@ impl CallSoon {
                 let mut c = c.borrow_mut();
                 match c.as_mut() {
                     Some(slot @ None) => {
-                        *slot = Some((callback.clone_ref(py), context.as_ref().map(|x| x.clone_ref(py))));
+                        *slot = Some((
+                            callback.clone_ref(py),
+                            context.as_ref().map(|x| x.clone_ref(py)),
+                        ));
                         true
                     }
                     _ => false,
