@@ -451,7 +451,7 @@ async fn http_exchange(
         }
         if !spare.is_empty() {
             let n = spare.len();
-            STATS.io_wakeups.fetch_add(1, Ordering::Relaxed);
+            STATS.writes.fetch_add(1, Ordering::Relaxed);
             if write(stream, &spare, ctx).await.is_err() {
                 client_gone(&x, ctx);
                 return false;
@@ -871,6 +871,9 @@ fn ws_access(peer: SocketAddr, target: &str, status: u16) {
 }
 
 fn ws_push(x: &Exchange, ctx: &Ctx, event: WsIn) {
+    if !matches!(event, WsIn::Closed { .. }) {
+        STATS.ws_messages.fetch_add(1, Ordering::Relaxed);
+    }
     let mut s = x.lock();
     s.ws_in.push_back(event);
     wake_if_due(x, ctx, s);

@@ -243,6 +243,12 @@ pub fn serve_forever(
         // goes through the loop (see py::spawn_task).
         let _ = event_loop.setattr("call_soon", Bound::new(py, py::CallSoon { original })?);
         asyncio.call_method1("set_event_loop", (&event_loop,))?;
+        if config.stats {
+            support.call_method1(
+                "count_turns",
+                (&event_loop, wrap_pyfunction!(py::count_turn, py)?),
+            )?;
+        }
         let log = support.call_method1("make_logger", (wrap_pyfunction!(py::rust_log, py)?,))?;
         let state = PyDict::new(py);
         let lifespan = support.getattr("Lifespan")?.call1((

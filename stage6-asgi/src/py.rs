@@ -188,6 +188,13 @@ fn ask_stop(ctx: &PyCtx) {
     }
 }
 
+/// Counts a turn of the loop (installed around the selector's `select`
+/// with `--stats`).
+#[pyfunction]
+pub fn count_turn() {
+    STATS.loop_turns.fetch_add(1, Ordering::Relaxed);
+}
+
 /// Logs a Python logging record with the server's logger.
 #[pyfunction]
 pub fn rust_log(level: i32, message: &str) {

@@ -264,51 +264,70 @@ impl Exchange {
 /// request costs in trips across the threads.
 #[derive(Default)]
 pub struct Stats {
+    /// HTTP requests and WebSocket sessions given to the app.
     pub requests: AtomicU64,
-    /// Times the asyncio loop woke up for the eventfd (each one means the
-    /// Python thread took the GIL back from `select`).
+    /// WebSocket messages received from clients.
+    pub ws_messages: AtomicU64,
+    /// Times the asyncio loop woke up for the eventfd.
     pub py_wakeups: AtomicU64,
     /// Events handled in those wake-ups.
     pub events: AtomicU64,
-    /// `Python::attach` calls made by Rust outside the loop (start-up and
-    /// shutdown only: the request path makes none).
+    /// Turns of the asyncio loop (calls of its selector's `select`, counted
+    /// with `--stats` on the standard loop only): the loop thread takes the
+    /// GIL back after each one, whatever woke it (eventfd, timer).
+    pub loop_turns: AtomicU64,
+    /// `Python::attach` calls made by Rust (start-up and shutdown only: the
+    /// request path makes none; the I/O thread never takes the GIL).
     pub attaches: AtomicU64,
     /// Apps whose coroutine finished in its first step, with no trip
     /// through the asyncio loop.
     pub eager_done: AtomicU64,
     /// Coroutines that really suspended and went on as asyncio Tasks.
     pub suspended: AtomicU64,
-    /// Times the connection tasks were woken by the Python side.
-    pub io_wakeups: AtomicU64,
+    /// Socket writes of response bytes the app queued (HTTP).
+    pub writes: AtomicU64,
 }
 
 pub static STATS: Stats = Stats {
     requests: AtomicU64::new(0),
+    ws_messages: AtomicU64::new(0),
     py_wakeups: AtomicU64::new(0),
     events: AtomicU64::new(0),
+    loop_turns: AtomicU64::new(0),
     attaches: AtomicU64::new(0),
     eager_done: AtomicU64::new(0),
     suspended: AtomicU64::new(0),
-    io_wakeups: AtomicU64::new(0),
+    writes: AtomicU64::new(0),
 };
 
 impl Stats {
     pub fn report(&self) -> String {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let requests = get(&self.requests).max(1) as f64;
+        let units = (get(&self.requests) + get(&self.ws_messages)).max(1) as f64;
+        let turns = get(&self.loop_turns);
         format!(
-            "stats: {} requests; the asyncio loop woke {} times for {} events ({:.3} wake-ups, \
-             i.e. GIL acquisitions by the loop thread, per request); {} Python::attach calls \
-             from Rust outside the loop; {} apps finished in their first step (no trip through \
-             the loop), {} suspended; connection tasks woken {} times by Python",
+            "stats: {} requests/sessions, {} WebSocket messages; the loop woke {} times for the \
+             eventfd ({} events): {:.3} per request or message; {}; {} Python::attach calls from \
+             Rust (none on the request path); {} apps finished in their first step (no trip \
+             through the loop), {} suspended; {} socket writes for HTTP responses",
             get(&self.requests),
+            get(&self.ws_messages),
             get(&self.py_wakeups),
             get(&self.events),
-            get(&self.py_wakeups) as f64 / requests,
+            get(&self.py_wakeups) as f64 / units,
+            if turns > 0 {
+                format!(
+                    "{turns} loop turns in all (GIL re-acquisitions by the loop thread, timers \
+                     included): {:.3} per request or message",
+                    turns as f64 / units
+                )
+            } else {
+                "loop turns not counted (uvloop)".to_string()
+            },
             get(&self.attaches),
             get(&self.eager_done),
             get(&self.suspended),
-            get(&self.io_wakeups),
+            get(&self.writes),
         )
     }
 }

@@ -125,3 +125,21 @@ def make_logger(rust_log):
     log.handlers[:] = [ToRust()]
     log.setLevel(logging.DEBUG)
     return log
+
+
+def count_turns(loop, count):
+    """Wraps the loop's selector so every turn of the loop is counted
+    (--stats): each `select` returns with the GIL taken back."""
+    selector = getattr(loop, "_selector", None)
+    if selector is None:
+        return False
+    select = selector.select
+
+    def counting_select(timeout=None):
+        try:
+            return select(timeout)
+        finally:
+            count()
+
+    selector.select = counting_select
+    return True
