@@ -580,3 +580,57 @@ fn a_fastapi_app_is_served_when_fastapi_is_installed() {
         server.stderr_text()
     );
 }
+
+#[test]
+fn uvloop_and_the_bare_first_step_serve_the_same() {
+    let has_uvloop = Command::new("python3")
+        .args(["-c", "import uvloop"])
+        .status()
+        .is_ok_and(|s| s.success());
+    let mut variants = vec![vec!["--eager", "bare"]];
+    if has_uvloop {
+        variants.push(vec!["--loop", "uvloop"]);
+        variants.push(vec!["--loop", "uvloop", "--eager", "bare"]);
+    } else {
+        eprintln!("SKIPPED (uvloop variants): uvloop is not installed (pip install uvloop)");
+    }
+    for args in variants {
+        let server = start(&args);
+        let addr = server.addr();
+        assert_eq!(get(addr, "/").body, b"Hello, World!\n", "{args:?}");
+        assert_eq!(get(addr, "/io?ms=5").body, b"io done\n", "{args:?}");
+        let r = client::request(
+            addr,
+            b"POST /echo/stream HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(r.body, b"abcde", "{args:?}");
+        let mut ws = ws_connect(addr, "/ws");
+        ws.send(Message::text("x")).unwrap();
+        assert_eq!(ws.read().unwrap(), Message::text("x"), "{args:?}");
+        assert_eq!(get(addr, "/error").status, 500, "{args:?}");
+    }
+}
+
+#[test]
+fn a_stop_closes_websockets_with_1012_and_lets_requests_finish() {
+    let mut server = start(&[]);
+    let addr = server.addr();
+    let mut ws = ws_connect(addr, "/ws");
+    ws.send(Message::text("before")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("before"));
+    let slow = std::thread::spawn(move || client::get(addr, "/io?ms=500"));
+    std::thread::sleep(Duration::from_millis(150));
+    server.signal(libc::SIGTERM);
+    match ws.read() {
+        Ok(Message::Close(Some(frame))) => assert_eq!(frame.code, CloseCode::Restart),
+        other => panic!("expected a 1012 close, got {other:?}"),
+    }
+    let r = slow
+        .join()
+        .unwrap()
+        .expect("the request in flight is answered");
+    assert_eq!(r.body, b"io done\n");
+    let status = server.wait_timeout(Duration::from_secs(10)).expect("stops");
+    assert!(status.success(), "{status}");
+}
