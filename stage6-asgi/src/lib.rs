@@ -23,29 +23,75 @@
 //!   it passes plain Rust data ([`shared::Event`]) through a locked queue and
 //!   an eventfd the asyncio loop watches with `loop.add_reader`. The loop
 //!   takes a whole batch of events per wake-up. The only GIL acquisitions on
-//!   the request path are the loop thread coming back from `select`; their
-//!   number is printed with `--stats` (see "Measured" in the report of issue
-//!   18 and `shared::Stats`).
+//!   the request path are the loop thread coming back from `select`: about
+//!   one per request with a single client, and 0.06-0.09 per request (or
+//!   WebSocket message) under load, where one wake-up carries a batch.
+//!   `--stats` (or `STAGE6_STATS=1`) prints these counts at exit
+//!   ([`shared::Stats`]).
 //! - **Eager first step.** `receive` and `send` are Rust objects whose
 //!   awaitables complete at once when they can (`send` always can, unless the
 //!   client is slow: back-pressure at 256 KiB queued). The first step of the
-//!   app's coroutine is run from Rust with `PyIter_Send` right when the request
-//!   arrives; an app that never really suspends (hello) finishes there, with
-//!   no Task and no trip through the asyncio loop. A coroutine that yields an
-//!   asyncio future not yet done becomes an asyncio Task from that point
-//!   (`--eager bare`, the default); `--eager task` creates the Task first and
-//!   runs its first step at once (Python 3.12's eager tasks), for libraries
-//!   that need `asyncio.current_task()` before their first `await`.
-//! - **Own awaitables, not pyo3-async-runtimes.** pyo3-async-runtimes turns
-//!   Rust futures into asyncio futures by scheduling through the loop with
-//!   `call_soon_threadsafe` (a GIL acquisition on the Rust side plus a trip
-//!   through the loop for every resolution); the whole point here is to avoid
-//!   both on the fast path, so `receive`/`send` are hand-written awaitables
-//!   and the only cross-thread signal is the eventfd.
-//! - **Blocked loop warning.** Every step of every app coroutine is timed;
+//!   app's coroutine runs from Rust (`PyIter_Send`, the C form of
+//!   `coro.send(None)`) as soon as the request arrives; an app that never
+//!   really suspends (hello) finishes there, without a trip through the
+//!   asyncio loop. Two ways, `--eager`:
+//!   - `task` (the default): an asyncio Task is created and its first step
+//!     run at once, which is what Python 3.12's eager tasks do, done by hand
+//!     for 3.11: the loop's `call_soon` (shadowed by [`py::CallSoon`]) hands
+//!     back the step the new Task schedules, and it runs right there.
+//!     `asyncio.current_task()` works from the app's first line, which anyio
+//!     (Starlette, FastAPI) and `asyncio.timeout` need.
+//!   - `bare`: no Task at all unless the coroutine really suspends; a
+//!     contextvars context of its own per request. About 10-15% more
+//!     requests/s on hello, but `asyncio.current_task()` is None until the
+//!     first suspension: FastAPI's plain `def` routes fail (anyio finds no
+//!     running task).
+//! - **Waiting without asyncio Futures.** A `receive()` that must wait
+//!   returns a [`py::Waiter`], a minimal asyncio-compatible future the Task
+//!   waits on (asyncio accepts any object with `_asyncio_future_blocking`,
+//!   `add_done_callback`, `result`). When the I/O thread reports data, the
+//!   drain callback resolves it and calls the Task's wake-up directly: the
+//!   app handles a body chunk or WebSocket message in the same turn of the
+//!   loop, where an `asyncio.Future` would schedule one more turn.
+//! - **Own awaitables, not pyo3-async-runtimes.** pyo3-async-runtimes 0.30
+//!   (which matches pyo3 0.30) resolves an asyncio future from the Rust side
+//!   with `call_soon_threadsafe` under the GIL: a GIL acquisition on the
+//!   tokio thread (contending with the loop) plus one more loop turn per
+//!   resolution, and it has no notion of running a coroutine's first step
+//!   eagerly. Both are what this design avoids, so it was not adopted; it was
+//!   not benchmarked head to head.
+//! - **The loop.** `--loop asyncio` (default) or `uvloop`. uvloop's timers and
+//!   callbacks are in C (faster on `/io`), but its ready queue is out of
+//!   reach, so with `--eager task` the first step waits for the loop's next
+//!   turn (slower on hello); `--loop uvloop --eager bare` is the fastest
+//!   combination for apps that do not need a current task.
+//! - **Blocked loop warning.** Every step of every app coroutine is timed
+//!   (the Task drives an [`py::AsgiCall`], which steps the app's coroutine);
 //!   one that holds the loop longer than `--blocked-loop-warning` ms (default
 //!   100, asyncio debug mode's `slow_callback_duration`) is logged with the
-//!   request that caused it.
+//!   request that caused it. Tasks the app spawns itself are not timed.
+//! - **Memory.** An idle keep-alive connection keeps no read buffer (about
+//!   3 KB of RSS each, its socket and task); WebSocket read buffers are
+//!   8 KiB (tungstenite's default 128 KiB is zeroed on every read).
+//!
+//! # ASGI coverage
+//!
+//! HTTP scope with every field (`type`, `asgi`, `http_version`, `method`,
+//! `scheme`, `path` (percent-decoded UTF-8), `raw_path`, `query_string`,
+//! `root_path`, `headers` (lower-cased, in order, repeats kept), `client`,
+//! `server`, `state`); `http.request` with `more_body` (read ahead at most
+//! 64 KiB, `100 Continue` on the first `receive()`); `http.response.start`/
+//! `body` with `more_body` (Content-Length when the whole body comes in one
+//! message, chunked otherwise on HTTP/1.1, close-delimited on 1.0; HEAD, 204
+//! and 304 without body); `http.disconnect`; `send()` after a disconnect
+//! raises an `OSError` subclass (spec 2.4). Lifespan (`--lifespan
+//! auto|on|off`) with `state`. WebSocket: handshake (400/426 for invalid
+//! ones, 403 when the app closes first), subprotocols, accept headers, text
+//! and binary, fragmented messages, ping/pong, close codes and reasons,
+//! `websocket.disconnect`, 1012 on server shutdown. Not implemented: the
+//! extensions (`http.response.trailers`, `http.response.pathsend`,
+//! `websocket.http.response` denial responses), ASGI 2 (double-callable)
+//! apps, HTTP/2, TLS.
 //!
 //! # Running it in a forked worker (stage 3 `-k asgi`)
 //!
