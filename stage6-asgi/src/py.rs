@@ -492,7 +492,7 @@ thread_local! {
 }
 
 /// Installed as the loop's `call_soon` (an instance attribute shadowing the
-/// method): while [`spawn_task`] creates a Task, the Task's request to
+/// method): while `spawn_task` creates a Task, the Task's request to
 /// schedule its first step is captured, so the step runs at once without a
 /// `Handle` and a trip through the ready queue. Every other call goes to the
 /// loop's own `call_soon`.
