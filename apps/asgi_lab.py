@@ -9,6 +9,10 @@
     /echo           the request body back (read whole first, like apps/lab.py)
     /echo/stream    the request body streamed back as it arrives (chunked):
                     a large upload is never held whole
+    /upload?ms=N    counts the body, sleeping N ms after each piece (a slow
+                    consumer: the server must stop reading, not buffer the body)
+    /download?mb=N  N MiB streamed in 64 KiB body messages (back-pressure: a slow
+                    client makes send() wait instead of filling the server's memory)
     /sse            server-sent events, one every 100 ms until the client leaves
     /sse/stats      how many /sse streams ended because the client left
     /scope          the scope the server built, as JSON (bytes as latin-1 text)
@@ -313,6 +317,26 @@ async def app(scope, receive, send):
         return await respond(send, body, content_type)
     if path == "/echo/stream":
         return await echo(receive, send)
+    if path == "/upload":
+        delay = _int(params, "ms", 1) / 1000.0
+        total = pieces = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            total += len(message.get("body", b""))
+            pieces += 1
+            await asyncio.sleep(delay)
+            if not message.get("more_body", False):
+                break
+        return await respond(send, b"%d bytes in %d pieces\n" % (total, pieces))
+    if path == "/download":
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/octet-stream")]})
+        block = bytes(range(256)) * 256
+        for _ in range(_int(params, "mb", 1) * 16):
+            await send({"type": "http.response.body", "body": block, "more_body": True})
+        return await send({"type": "http.response.body", "body": b""})
     if path == "/sse":
         return await sse(receive, send)
     if path == "/sse/stats":

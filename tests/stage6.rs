@@ -203,6 +203,70 @@ fn a_large_upload_is_streamed_through_in_pieces_with_back_pressure() {
 }
 
 #[test]
+fn a_slow_app_makes_the_upload_wait_instead_of_filling_memory() {
+    let server = start(&[]);
+    let before = rss_high_water_kib(server.pid());
+    const TOTAL: usize = 64 << 20;
+    let mut s = TcpStream::connect(server.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut reader = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        s.write_all(
+            format!("POST /upload?ms=1 HTTP/1.1\r\nHost: t\r\nContent-Length: {TOTAL}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+        let block = vec![7u8; 1 << 20];
+        for _ in 0..TOTAL / block.len() {
+            s.write_all(&block).unwrap();
+        }
+    });
+    let mut response = String::new();
+    reader.read_to_string(&mut response).unwrap();
+    writer.join().unwrap();
+    assert!(
+        response.contains(&format!("{TOTAL} bytes in ")),
+        "{response}"
+    );
+    let grown = rss_high_water_kib(server.pid()).saturating_sub(before);
+    assert!(
+        grown < 32 * 1024,
+        "the server grew by {grown} KiB for an upload its app read slowly: it buffered it"
+    );
+}
+
+#[test]
+fn a_slow_client_makes_the_app_wait_instead_of_filling_memory() {
+    let server = start(&[]);
+    let before = rss_high_water_kib(server.pid());
+    let mut s = TcpStream::connect(server.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(b"GET /download?mb=256 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    // Read a little, then stop reading for a while: an app without
+    // back-pressure would queue the whole 256 MiB in the server meanwhile.
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0usize;
+    while total < (1 << 20) {
+        total += s.read(&mut buf).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let grown = rss_high_water_kib(server.pid()).saturating_sub(before);
+    assert!(
+        grown < 32 * 1024,
+        "the server grew by {grown} KiB while its client did not read"
+    );
+    loop {
+        match s.read(&mut buf).unwrap() {
+            0 => break,
+            n => total += n,
+        }
+    }
+    // 256 MiB of body, plus the head and the chunk framing.
+    assert!(total > 256 << 20, "{total} bytes");
+}
+
+#[test]
 fn a_streamed_response_is_chunked_on_http11_and_close_delimited_on_http10() {
     let server = start(&[]);
     let r = get(server.addr(), "/stream?n=2000");

@@ -898,8 +898,14 @@ impl AsgiCall {
                         x.to_io.notify_one();
                         s = x.lock();
                     }
-                    if let Some(chunk) = s.body.pop_front() {
-                        s.body_buffered -= chunk.len();
+                    if let Some(mut chunk) = s.body.pop_front() {
+                        // Everything read so far in one message (at most the
+                        // read-ahead window): a slow app gets big pieces, not
+                        // one per TCP segment.
+                        while let Some(more) = s.body.pop_front() {
+                            chunk.extend_from_slice(&more);
+                        }
+                        s.body_buffered = 0;
                         let more = !(s.body.is_empty() && s.body_done);
                         drop(s);
                         x.to_io.notify_one();
