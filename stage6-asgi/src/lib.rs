@@ -60,11 +60,12 @@
 //!   resolution, and it has no notion of running a coroutine's first step
 //!   eagerly. Both are what this design avoids, so it was not adopted; it was
 //!   not benchmarked head to head.
-//! - **The loop.** `--loop asyncio` (default) or `uvloop`. uvloop's timers and
-//!   callbacks are in C (faster on `/io`), but its ready queue is out of
-//!   reach, so with `--eager task` the first step waits for the loop's next
-//!   turn (slower on hello); `--loop uvloop --eager bare` is the fastest
-//!   combination for apps that do not need a current task.
+//! - **The loop.** `--loop asyncio` (default) or `uvloop`. uvloop's timers
+//!   and callbacks are in C; `uvloop.Loop` is a Python subclass of its Cython
+//!   loop, so the `call_soon` shadowing works there too and Tasks start
+//!   eagerly on both. Measured on this 2-core machine (shared, noisy):
+//!   uvloop is a little faster on `/io`, no clear difference on hello;
+//!   `--loop uvloop --eager bare` was the fastest on hello.
 //! - **Blocked loop warning.** Every step of every app coroutine is timed
 //!   (the Task drives an [`py::AsgiCall`], which steps the app's coroutine);
 //!   one that holds the loop longer than `--blocked-loop-warning` ms (default
@@ -163,11 +164,9 @@ impl LifespanMode {
 /// Which asyncio event loop runs the app (uvicorn's `--loop`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LoopKind {
-    /// The standard library's loop: the Task's first step runs at once
-    /// (`--eager task`), which needs its Python-level ready queue.
+    /// The standard library's loop.
     Asyncio,
-    /// uvloop (libuv, in Cython): cheaper timers and callbacks; with
-    /// `--eager task` the first step waits for the loop's next turn.
+    /// uvloop (libuv, in Cython): cheaper timers and callbacks.
     Uvloop,
 }
 
@@ -285,8 +284,8 @@ pub fn serve_forever(
             LoopKind::Uvloop => py.import("uvloop")?.call_method0("new_event_loop")?,
         };
         let original = event_loop.getattr("call_soon")?.unbind();
-        // uvloop's loop has no instance dict: there the Task's first step
-        // goes through the loop (see py::spawn_task).
+        // A loop without an instance dict would refuse this: then the Task's
+        // first step goes through the loop (see py::spawn_task).
         let _ = event_loop.setattr("call_soon", Bound::new(py, py::CallSoon { original })?);
         asyncio.call_method1("set_event_loop", (&event_loop,))?;
         if config.stats {

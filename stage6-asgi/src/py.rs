@@ -450,8 +450,8 @@ fn spawn_task(
                 lp.call_method1(intern!(py, "call_soon"), (callback,))?;
             }
             let Ok(ready) = lp.getattr(intern!(py, "_ready")) else {
-                // A loop whose ready queue is out of reach (uvloop): the
-                // step runs on the loop's next turn, as with any Task.
+                // A loop whose ready queue is out of reach: the step runs
+                // on the loop's next turn, as with any Task.
                 return Ok(());
             };
             let handle = ready.call_method0(intern!(py, "pop"))?;
