@@ -18,6 +18,10 @@ use wsgi_bridge::worker::NoHooks;
 /// An ASGI server: sockets in tokio, the app on one asyncio event loop.
 #[derive(Parser, Debug)]
 #[command(name = "stage6-asgi", version)]
+#[command(mut_arg("app", |a: clap::Arg| a.help(
+    "The ASGI app, as MODULE:CALLABLE (e.g. apps.asgi_lab:app). A bare MODULE means its \
+     `application`, then its `app`. Without it, a built-in hello app."
+)))]
 struct Args {
     /// The address to listen on (HOST:PORT).
     #[arg(short, long, value_name = "ADDRESS", default_value = "127.0.0.1:8000")]
@@ -97,6 +101,13 @@ fn run(args: Args) -> Result<(), StartError> {
     let addr = boot::resolve_bind(&args.bind)?;
     let source = args.app.source()?;
     let app = stage6_asgi::load_app(&args.app)?;
+    if args.event_loop == LoopKind::Uvloop
+        && pyo3::Python::attach(|py| py.import("uvloop").is_err())
+    {
+        return Err(StartError::new(
+            "--loop uvloop: uvloop is not installed for the embedded Python (pip install uvloop)",
+        ));
+    }
     let listener = boot::bind_tcp(addr)?;
     let local = listener
         .local_addr()
