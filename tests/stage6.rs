@@ -314,7 +314,9 @@ fn an_sse_stream_ends_when_its_client_leaves_and_the_app_sees_it() {
             == "1\n"),
         "the app did not see the client leave"
     );
-    assert!(server.stdout_text().contains("lab: /sse client left after"));
+    assert!(eventually(Duration::from_secs(5), || server
+        .stdout_text()
+        .contains("lab: /sse client left after")));
 }
 
 #[test]

@@ -283,10 +283,16 @@ pub fn serve_forever(
             LoopKind::Asyncio => asyncio.call_method0("new_event_loop")?,
             LoopKind::Uvloop => py.import("uvloop")?.call_method0("new_event_loop")?,
         };
-        let original = event_loop.getattr("call_soon")?.unbind();
-        // A loop without an instance dict would refuse this: then the Task's
-        // first step goes through the loop (see py::spawn_task).
-        let _ = event_loop.setattr("call_soon", Bound::new(py, py::CallSoon { original })?);
+        // The loop's call_soon is shadowed while Tasks are created (see
+        // py::spawn_task); a loop without an instance dict refuses it, and
+        // then a Task's first step goes through the loop.
+        let call_soon = {
+            let original = event_loop.getattr("call_soon")?.unbind();
+            let capture = Bound::new(py, py::CallSoon { original })?.into_any();
+            let ok = event_loop.setattr("call_soon", &capture).is_ok()
+                && event_loop.delattr("call_soon").is_ok();
+            ok.then(|| capture.unbind())
+        };
         asyncio.call_method1("set_event_loop", (&event_loop,))?;
         if config.stats {
             support.call_method1(
@@ -330,6 +336,7 @@ pub fn serve_forever(
                 k.set_item("loop", &event_loop)?;
                 k.unbind()
             },
+            call_soon,
             stop_io: stop_io.clone(),
             stop_asked: std::cell::Cell::new(false),
         });

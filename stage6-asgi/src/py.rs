@@ -77,6 +77,8 @@ pub struct PyCtx {
     pub task_type: Py<PyAny>,
     /// `{"loop": event_loop}`, the keyword arguments of every Task.
     pub task_kwargs: Py<PyDict>,
+    /// A [`CallSoon`], if the loop lets us shadow its `call_soon`.
+    pub call_soon: Option<Py<PyAny>>,
     pub stop_io: Arc<tokio::sync::Notify>,
     pub stop_asked: std::cell::Cell<bool>,
 }
@@ -427,6 +429,12 @@ fn spawn_task(
 ) -> PyResult<()> {
     let lp = ctx.event_loop.bind(py);
     CAPTURE.with(|c| *c.borrow_mut() = Some(None));
+    // Shadow the loop's call_soon only while the Task is created (an
+    // instance attribute wins over the method): nothing else pays for it.
+    let shadowed = match &ctx.call_soon {
+        Some(c) => lp.setattr(intern!(py, "call_soon"), c.bind(py)).is_ok(),
+        None => false,
+    };
     let task = match context {
         None => ctx
             .task_type
@@ -437,6 +445,9 @@ fn spawn_task(
             ctx.task_type.bind(py).call((call,), Some(&kwargs))
         }),
     };
+    if shadowed {
+        lp.delattr(intern!(py, "call_soon"))?;
+    }
     let captured = CAPTURE.with(|c| c.borrow_mut().take()).flatten();
     let task = task?;
     let (callback, step_context) = match captured {
@@ -491,11 +502,11 @@ thread_local! {
     static CAPTURE: RefCell<Option<Captured>> = const { RefCell::new(None) };
 }
 
-/// Installed as the loop's `call_soon` (an instance attribute shadowing the
-/// method): while `spawn_task` creates a Task, the Task's request to
-/// schedule its first step is captured, so the step runs at once without a
-/// `Handle` and a trip through the ready queue. Every other call goes to the
-/// loop's own `call_soon`.
+/// Set as the loop's `call_soon` (an instance attribute shadowing the
+/// method) while `spawn_task` creates a Task: the Task's request to schedule
+/// its first step is captured, so the step runs at once without a `Handle`
+/// and a trip through the ready queue. Any other call (none is expected)
+/// goes to the loop's own `call_soon`.
 #[pyclass(module = "stage6_asgi", frozen)]
 pub struct CallSoon {
     pub original: Py<PyAny>,
