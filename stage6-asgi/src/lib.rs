@@ -71,9 +71,10 @@
 //!   one that holds the loop longer than `--blocked-loop-warning` ms (default
 //!   100, asyncio debug mode's `slow_callback_duration`) is logged with the
 //!   request that caused it. Tasks the app spawns itself are not timed.
-//! - **Memory.** An idle keep-alive connection keeps no read buffer (about
-//!   3 KB of RSS each, its socket and task); WebSocket read buffers are
-//!   8 KiB (tungstenite's default 128 KiB is zeroed on every read).
+//! - **Memory.** An idle keep-alive connection gives its read buffer back
+//!   after 50 ms (then 2-3 KB of RSS each: its socket and task); WebSocket
+//!   read buffers are 8 KiB (tungstenite's default 128 KiB is zeroed on
+//!   every read).
 //!
 //! # Measured (one process each, loopback, wrk on the same 2-core machine)
 //!
@@ -87,7 +88,7 @@
 //! | `/io?ms=10`, 256 connections (bound 25.6k) | 17-20k | 13-21k | 12-20k |
 //! | `/io?ms=10`, server CPU per request | 26 µs (uvloop 24) | 32-34 µs | 27-28 µs |
 //! | WebSocket echo, 64 clients | 54k msg/s | 16-19k | 31-40k |
-//! | RSS per idle keep-alive connection | 3.2 KB | 6.2 KB | 7.2 KB |
+//! | RSS per idle keep-alive connection | 2.3-3.2 KB | 6.2 KB | 7.2 KB |
 //!
 //! The loop thread takes the GIL back once per request with a single
 //! client, and 0.06-0.09 times per request or message under load (`--stats`).
