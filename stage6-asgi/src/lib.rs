@@ -363,7 +363,7 @@ pub fn serve_forever(
     let (event_loop, lifespan, failure) =
         setup.map_err(|e| fail("starting the asyncio loop failed", e))?;
     if let Some(sentence) = failure {
-        py::uninstall();
+        Python::attach(|_| drop(py::uninstall()));
         return Err(std::io::Error::other(sentence));
     }
 
@@ -416,7 +416,7 @@ pub fn serve_forever(
         ran.map_err(|e| fail("the asyncio loop failed", e))?;
         io_result
     });
-    py::uninstall();
+    Python::attach(|_| drop(py::uninstall()));
     if config.stats {
         log::info!("{}", shared::STATS.report());
     }
