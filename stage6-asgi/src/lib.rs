@@ -382,6 +382,11 @@ pub fn serve_forever(
             .spawn_scoped(scope, move || {
                 io::run(listener, stop_fd, inbox_io, io_config, stop_for_io)
             })?;
+        // The loop thread's one attach: the loop runs inside it and gives the
+        // GIL up only in `select`.
+        shared::STATS
+            .attaches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let ran = Python::attach(|py| -> PyResult<()> {
             let lp = event_loop.bind(py);
             lp.call_method1("add_reader", (inbox.fd(), Bound::new(py, py::Drain)?))?;

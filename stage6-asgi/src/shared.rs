@@ -276,8 +276,9 @@ pub struct Stats {
     /// with `--stats` on the standard loop only): the loop thread takes the
     /// GIL back after each one, whatever woke it (eventfd, timer).
     pub loop_turns: AtomicU64,
-    /// `Python::attach` calls made by Rust (start-up and shutdown only: the
-    /// request path makes none; the I/O thread never takes the GIL).
+    /// `Python::attach` calls made by Rust in `serve_forever`: one for the
+    /// start-up, one the loop runs inside; the request path makes none and
+    /// the I/O thread never takes the GIL.
     pub attaches: AtomicU64,
     /// Apps whose coroutine finished in its first step, with no trip
     /// through the asyncio loop.
@@ -307,8 +308,8 @@ impl Stats {
         let turns = get(&self.loop_turns);
         format!(
             "stats: {} requests/sessions, {} WebSocket messages; the loop woke {} times for the \
-             eventfd ({} events): {:.3} per request or message; {}; {} Python::attach calls from \
-             Rust (none on the request path); {} apps finished in their first step (no trip \
+             eventfd ({} events): {:.3} per request or message; {}; {} Python::attach calls by \
+             Rust (start-up, and the one the loop runs in; none per request); {} apps finished in their first step (no trip \
              through the loop), {} suspended; {} socket writes for HTTP responses",
             get(&self.requests),
             get(&self.ws_messages),
