@@ -113,6 +113,7 @@ def environ_from_scope(scope, body):
         "PATH_INFO": path,
         "QUERY_STRING": query,
         "RAW_URI": scope["raw_path"].decode("latin-1") + ("?" + query if query else ""),
+        "REQUEST_URI": scope["raw_path"].decode("latin-1") + ("?" + query if query else ""),
         "SERVER_PROTOCOL": "HTTP/" + scope["http_version"],
         "wsgi.version": (1, 0),
         "wsgi.url_scheme": scope.get("scheme", "http"),

@@ -774,3 +774,44 @@ fn a_relative_chdir_means_the_same_in_the_master_and_its_workers() {
         b"Hello, World!\n"
     );
 }
+
+#[test]
+fn asgi_workers_serve_and_a_blocked_loop_is_killed_by_the_timeout() {
+    // `-k asgi`: stage 6's event loop in each worker. Its heartbeat comes
+    // from the loop itself: `time.sleep` inside `async def` silences it, and
+    // the master's --timeout replaces the worker.
+    let server = ServerProcess::start(
+        BIN,
+        &[
+            "apps.asgi_lab:app",
+            "-k",
+            "asgi",
+            "-w",
+            "2",
+            "-b",
+            "127.0.0.1:0",
+            "--timeout",
+            "2",
+        ],
+    )
+    .unwrap();
+    let addr = server.addr();
+    assert!(
+        server
+            .wait_for_stderr("Using worker: asgi", Duration::from_secs(5))
+            .is_some()
+    );
+    assert_eq!(client::get(addr, "/io?ms=10").unwrap().body, b"io done\n");
+    let blocked = std::thread::spawn(move || client::get(addr, "/block?ms=8000"));
+    server
+        .wait_for_stderr("WORKER TIMEOUT", Duration::from_secs(10))
+        .expect("the master notices the blocked loop");
+    assert!(
+        blocked.join().unwrap().is_err(),
+        "the blocked request dies with its worker"
+    );
+    wait_until("two workers again", Duration::from_secs(10), || {
+        children(server.pid()).len() == 2
+    });
+    assert_eq!(client::get(addr, "/").unwrap().status, 200);
+}

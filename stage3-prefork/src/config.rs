@@ -11,7 +11,7 @@ use wsgi_bridge::boot;
 use wsgi_bridge::cli::{AppArgs, LimitArgs, LogArgs};
 use wsgi_bridge::embed::{AppSource, StartError};
 
-use crate::http_workers::{SyncWorker, ThreadWorker};
+use crate::http_workers::{AsgiWorker, SyncWorker, ThreadWorker};
 
 /// How each worker serves its connections (`-k`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -20,6 +20,9 @@ pub enum WorkerKind {
     Sync,
     /// Stage 2's loop: a pool of threads per worker (with --threads).
     Gthread,
+    /// Stage 6's event loop: an ASGI app on one asyncio loop per worker
+    /// (gunicorn's `-k uvicorn.workers.UvicornWorker`).
+    Asgi,
 }
 
 /// A pre-fork WSGI server: a master process that forks, watches and replaces
@@ -37,7 +40,8 @@ pub struct Args {
     #[arg(short, long, value_name = "N")]
     pub workers: Option<usize>,
 
-    /// The worker loop: sync (one connection at a time) or gthread (threads).
+    /// The worker loop: sync (one connection at a time), gthread (threads),
+    /// or asgi (stage 6's event loop, for an ASGI app).
     #[arg(short = 'k', long, value_enum, default_value = "sync")]
     pub worker_class: WorkerKind,
 
@@ -236,9 +240,19 @@ impl Args {
             worker_connections: args.worker_connections,
             graceful_timeout: Duration::from_secs(args.graceful_timeout),
         };
+        let asgi = stage6_asgi::AsgiConfig {
+            limits: limits.clone(),
+            keep_alive: (args.keep_alive > 0).then(|| Duration::from_secs(args.keep_alive)),
+            timeout: io_timeout(args.timeout),
+            graceful_timeout: Duration::from_secs(args.graceful_timeout),
+            root_path: args.app.script_name(),
+            server_header: concat!("stage3-prefork/", env!("CARGO_PKG_VERSION")).to_string(),
+            ..stage6_asgi::AsgiConfig::default()
+        };
         let worker_class: Box<dyn crate::WorkerClass> = match worker_class {
             WorkerKind::Sync => Box::new(SyncWorker(sync)),
             WorkerKind::Gthread => Box::new(ThreadWorker(threads)),
+            WorkerKind::Asgi => Box::new(AsgiWorker(asgi)),
         };
         let config = Config {
             server_software: concat!("stage3-prefork/", env!("CARGO_PKG_VERSION")),

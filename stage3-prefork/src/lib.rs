@@ -41,7 +41,7 @@ mod upgrade;
 mod worker;
 
 pub use config::{Args, Bind, Config, Setup, Usr1, WorkerKind, default_workers};
-pub use http_workers::{SyncWorker, ThreadWorker};
+pub use http_workers::{AsgiWorker, SyncWorker, ThreadWorker};
 pub use listen::{Listeners, WorkerListener};
 pub use start::{ExtraChild, Master};
 pub use worker::{WorkerClass, WorkerContext};

@@ -62,7 +62,7 @@ fn run(
     // import error stops everything here, and workers inherit the loaded
     // app's memory instead of each importing it again.
     let preloaded = if config.preload {
-        Some(boot::load_app_from(&config.app, &config.source)?)
+        Some(master.worker_class.load_app(&config.app, &config.source)?)
     } else {
         // Without it the master never starts Python; change directory as
         // workers will, so relative paths mean the same everywhere.

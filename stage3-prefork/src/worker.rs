@@ -9,6 +9,8 @@ use std::sync::atomic::Ordering;
 
 use pyo3::prelude::*;
 use wsgi_bridge::boot;
+use wsgi_bridge::cli::AppArgs;
+use wsgi_bridge::embed::{AppSource, StartError};
 use wsgi_bridge::hooks::WorkerHooks;
 use wsgi_bridge::wsgi::call::WsgiApp;
 use wsgi_bridge::wsgi::environ::ServerInfo;
@@ -35,6 +37,13 @@ pub trait WorkerClass {
     /// The protocol its workers speak, for the banner: `http`, `uwsgi`.
     fn protocol(&self) -> &'static str {
         "http"
+    }
+
+    /// Imports the app (in each worker, or once in the master with
+    /// `--preload`). The WSGI classes import `module:callable` (or the
+    /// built-in hello app); the ASGI class has its own hello app.
+    fn load_app(&self, args: &AppArgs, source: &AppSource) -> Result<Py<PyAny>, StartError> {
+        boot::load_app_from(args, source)
     }
 
     /// Accepts on the worker's listener and serves until `worker.stop` is
@@ -158,7 +167,7 @@ pub(crate) fn run(spec: WorkerSpec<'_>) -> i32 {
 
     let app = match spec.preloaded {
         Some(app) => Python::attach(|py| app.clone_ref(py)),
-        None => match boot::load_app_from(&config.app, &config.source) {
+        None => match spec.worker_class.load_app(&config.app, &config.source) {
             Ok(app) => app,
             Err(e) => {
                 if let Some(tb) = &e.traceback {

@@ -283,3 +283,15 @@ fn stage6_asgi() {
         front: Front::Direct,
     });
 }
+
+#[test]
+fn stage3_prefork_asgi() {
+    // Stage 3's master with stage 6's loop in each worker (gunicorn's
+    // `-k uvicorn.workers.UvicornWorker`), serving the ASGI lab app.
+    run_suite(&Stage {
+        bin: "stage3-prefork",
+        args: &["-w", "2", "-k", "asgi"],
+        keep_alive: true,
+        front: Front::Direct,
+    });
+}
