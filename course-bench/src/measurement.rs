@@ -124,7 +124,11 @@ pub fn measure(
     cfg.method = workload.method.into();
     cfg.path = workload.path.into();
     cfg.body = vec![b'x'; workload.body];
-    cfg.connections = settings.connections;
+    cfg.connections = if workload.connections > 0 {
+        workload.connections
+    } else {
+        settings.connections
+    };
     match budget {
         Budget::Requests(n) => cfg.requests = Some(n),
         Budget::Time(d) => cfg.duration = Some(d),
