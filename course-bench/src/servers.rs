@@ -604,7 +604,8 @@ mod tests {
         let settings = Settings::from_env();
         let addr = SocketAddr::from(([127, 0, 0, 1], 8000));
         for s in &servers {
-            let line = expand(s.args, &settings, addr, "/tmp/app.sock", s.app()) + &s.shape(&settings);
+            let line =
+                expand(s.args, &settings, addr, "/tmp/app.sock", s.app()) + &s.shape(&settings);
             assert!(
                 !line.contains('{'),
                 "{}: a placeholder is left in {line:?}",
