@@ -815,3 +815,36 @@ fn asgi_workers_serve_and_a_blocked_loop_is_killed_by_the_timeout() {
     });
     assert_eq!(client::get(addr, "/").unwrap().status, 200);
 }
+
+#[test]
+fn forwarded_headers_are_believed_from_trusted_proxies_only() {
+    let environ = |server: &ServerProcess, headers: &str| -> (u16, Value) {
+        let raw = format!("GET /environ HTTP/1.1\r\nHost: t\r\n{headers}Connection: close\r\n\r\n");
+        let r = client::request(server.addr(), raw.as_bytes()).unwrap();
+        (
+            r.status,
+            serde_json::from_slice(&r.body).unwrap_or(Value::Null),
+        )
+    };
+    // gunicorn's default: the loopback addresses are trusted proxies.
+    let trusting = start(&["-w", "1", "--proxy-headers"]);
+    let (_, env) = environ(
+        &trusting,
+        "X-Forwarded-Proto: https\r\nX-Forwarded-For: 203.0.113.7\r\n",
+    );
+    assert_eq!(env["wsgi.url_scheme"], "https", "{env}");
+    assert_eq!(env["REMOTE_ADDR"], "203.0.113.7", "{env}");
+    let (status, _) = environ(
+        &trusting,
+        "X-Forwarded-Proto: https\r\nX-Forwarded-Ssl: off\r\n",
+    );
+    assert_eq!(status, 400, "contradictory scheme headers");
+    // Anyone else's headers change nothing.
+    let wary = start(&["-w", "1", "--forwarded-allow-ips", "10.0.0.0/8"]);
+    let (_, env) = environ(
+        &wary,
+        "X-Forwarded-Proto: https\r\nX-Forwarded-For: 203.0.113.7\r\n",
+    );
+    assert_eq!(env["wsgi.url_scheme"], "http", "{env}");
+    assert_eq!(env["REMOTE_ADDR"], "127.0.0.1", "{env}");
+}

@@ -79,6 +79,21 @@ pub struct Args {
     #[arg(long)]
     pub preload: bool,
 
+    /// Proxies whose X-Forwarded-Proto (and -Ssl, -Protocol) headers are
+    /// believed, as gunicorn's: addresses, networks (10.0.0.0/8) or '*'.
+    #[arg(
+        long,
+        value_name = "ADDRS",
+        default_value = "127.0.0.1,::1",
+        env = "FORWARDED_ALLOW_IPS"
+    )]
+    pub forwarded_allow_ips: String,
+
+    /// Also take the client's address (REMOTE_ADDR) from X-Forwarded-For
+    /// sent by those proxies, as uvicorn's --proxy-headers does.
+    #[arg(long)]
+    pub proxy_headers: bool,
+
     /// Restart workers when a source file of the app changes (for
     /// development). Not with --preload, which imports the app once.
     #[arg(long)]
@@ -126,6 +141,8 @@ pub struct Config {
     pub preload: bool,
     /// Workers exit when a source file of the app changes (`--reload`).
     pub reload: bool,
+    /// Proxies whose forwarded headers the HTTP workers believe.
+    pub forwarded: Option<wsgi_bridge::wsgi::forwarded::Forwarded>,
     pub pid_file: Option<PathBuf>,
     pub stats: Option<SocketAddr>,
     pub app: AppArgs,
@@ -263,6 +280,13 @@ impl Args {
             max_requests_jitter: args.max_requests_jitter,
             preload: args.preload,
             reload: args.reload,
+            forwarded: Some(
+                wsgi_bridge::wsgi::forwarded::Forwarded::parse(
+                    &args.forwarded_allow_ips,
+                    args.proxy_headers,
+                )
+                .map_err(StartError::new)?,
+            ),
             pid_file: args.pid,
             stats,
             app: args.app,

@@ -33,12 +33,8 @@ const NOT_HERE: &[(&[&str], &str)] = &[
         "--reload watches the app's imported modules with inotify, and nothing else: there is no other engine, nor extra files",
     ),
     (
-        &[
-            "--forwarded-allow-ips",
-            "--proxy-allow-from",
-            "--proxy-protocol",
-        ],
-        "forwarded headers are not interpreted here yet: the app sees X-Forwarded-* as HTTP_X_FORWARDED_* (werkzeug's ProxyFix reads them)",
+        &["--proxy-allow-from", "--proxy-protocol"],
+        "the PROXY protocol is not read here: --forwarded-allow-ips and --proxy-headers take the scheme and the client's address from X-Forwarded-* headers",
     ),
     (
         &["-u", "--user", "-g", "--group", "--umask", "--initgroups"],

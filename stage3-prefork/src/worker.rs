@@ -70,6 +70,8 @@ pub struct WorkerContext<'a> {
     pub multiprocess: bool,
     /// The `Server` header.
     pub server_software: &'static str,
+    /// Proxies whose forwarded headers the app's environ believes.
+    pub forwarded: Option<wsgi_bridge::wsgi::forwarded::Forwarded>,
 }
 
 impl WorkerContext<'_> {
@@ -83,8 +85,14 @@ impl WorkerContext<'_> {
             multithread,
             multiprocess: self.multiprocess,
         };
-        Python::attach(|py| WsgiApp::new(py, self.app.clone_ref(py), info, self.server_software))
-            .map_err(|e| io::Error::other(format!("cannot prepare the app: {e}")))
+        let mut app = Python::attach(|py| {
+            WsgiApp::new(py, self.app.clone_ref(py), info, self.server_software)
+        })
+        .map_err(|e| io::Error::other(format!("cannot prepare the app: {e}")))?;
+        if let Some(forwarded) = &self.forwarded {
+            app.trust_proxies(forwarded.clone());
+        }
+        Ok(app)
     }
 }
 // ANCHOR_END: worker_class
@@ -208,6 +216,7 @@ pub(crate) fn run(spec: WorkerSpec<'_>) -> i32 {
         script_name: config.app.script_name(),
         multiprocess: spec.multiprocess,
         server_software: config.server_software,
+        forwarded: config.forwarded.clone(),
     });
     flush_python_output();
     match result {

@@ -355,6 +355,8 @@ fn master_config(args: &Args) -> Result<Config, StartError> {
         // uWSGI's USR1 prints the statistics.
         usr1: Usr1::PrintStats,
         reload: false,
+        // nginx passes the client's address and scheme in the uwsgi vars.
+        forwarded: None,
     })
 }
 // ANCHOR_END: uwsgi_config
