@@ -187,6 +187,7 @@ pub(super) async fn http_exchange(
         if out_done {
             break (true, close_after, abort);
         }
+        // ANCHOR: wait_app_or_client
         // Wait for the app, or for the client.
         let reading_body = !body_done && (want || !expect_continue);
         let room_for_body = x.lock().body_buffered < BODY_READ_AHEAD;
@@ -218,6 +219,7 @@ pub(super) async fn http_exchange(
                 return false;
             }
         }
+        // ANCHOR_END: wait_app_or_client
     };
     let _ = done;
     let (status, body_bytes) = {

@@ -117,6 +117,7 @@ impl AsgiCall {
         }
     }
 
+    // ANCHOR: step
     /// Runs the coroutine until it yields or ends; times the step.
     pub(super) fn step<'py>(
         slf: &Bound<'py, Self>,
@@ -175,6 +176,7 @@ impl AsgiCall {
             }
         }
     }
+    // ANCHOR_END: step
 
     /// The coroutine ended (`err`: with an exception). Makes sure the
     /// client gets a complete response or a closed connection.

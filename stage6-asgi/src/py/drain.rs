@@ -11,6 +11,7 @@ use crate::shared::{Event, STATS};
 use super::start::start_call;
 use super::{AsgiCall, PyCtx, ctx};
 
+// ANCHOR: drain
 /// `loop.add_reader(inbox_fd, Drain())`: called by the loop when the I/O
 /// thread has queued events.
 #[pyclass(module = "stage6_asgi", frozen)]
@@ -44,6 +45,7 @@ impl Drain {
         Ok(())
     }
 }
+// ANCHOR_END: drain
 
 /// `loop.call_later(interval, Beat(...))`: the heartbeat, sent from the
 /// loop itself, so a loop blocked by the app stops beating.

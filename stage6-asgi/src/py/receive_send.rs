@@ -194,6 +194,7 @@ pub(super) fn done(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     })
 }
 
+// ANCHOR: receive
 /// The `receive` callable given to the app.
 #[pyclass(module = "stage6_asgi", frozen)]
 pub struct Receive {
@@ -230,6 +231,7 @@ impl Receive {
         Ok(fut.into_any())
     }
 }
+// ANCHOR_END: receive
 
 /// The `send` callable given to the app. The message is handled when
 /// `send()` is called; what it returns is awaited only to wait for room

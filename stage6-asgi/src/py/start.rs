@@ -70,6 +70,7 @@ pub(super) fn start_call(py: Python<'_>, ctx: &PyCtx, start: Start) {
     }
 }
 
+// ANCHOR: start_bare
 /// The first step from Rust, in a context of its own (a Task copies the
 /// context it is created in; without one, a ContextVar set by one request
 /// would be seen by the next).
@@ -105,6 +106,7 @@ pub(super) fn start_bare(py: Python<'_>, ctx: &PyCtx, call: &Bound<'_, AsgiCall>
         }
     }
 }
+// ANCHOR_END: start_bare
 
 /// Creates the Task first and runs the step it scheduled at once: what
 /// `asyncio.Task(..., eager_start=True)` does on Python 3.12.

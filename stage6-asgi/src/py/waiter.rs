@@ -49,6 +49,7 @@ impl Waiter {
         !matches!(self.state, WaitState::Pending)
     }
 
+    // ANCHOR: waiter_resolve
     /// Sets the outcome and runs the done callbacks now, each in its context.
     pub(super) fn resolve(slf: &Bound<'_, Waiter>, outcome: PyResult<Bound<'_, PyAny>>) {
         let py = slf.py();
@@ -78,6 +79,7 @@ impl Waiter {
             }
         }
     }
+    // ANCHOR_END: waiter_resolve
 }
 
 #[pymethods]
