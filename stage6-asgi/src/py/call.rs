@@ -217,7 +217,13 @@ impl AsgiCall {
                     let server = ctx.config.server_header.clone();
                     call.queue_error(500, "Internal Server Error", &server);
                 } else if !call.resp.complete {
-                    if err.is_none() {
+                    // An app that stops streaming because the client left
+                    // (SSE, a long download) did the right thing: no error.
+                    let client_left = {
+                        let s = call.x.lock();
+                        s.disconnected || s.client_eof
+                    };
+                    if err.is_none() && !client_left {
                         log::error!(
                             "{}: the app returned before its response was complete: closing the connection",
                             call.label()
