@@ -446,6 +446,27 @@ fn a_blocked_loop_is_warned_about_naming_the_request() {
     );
 }
 
+#[test]
+fn a_blocking_call_moved_to_a_thread_leaves_the_loop_free() {
+    // The fixes the book shows for the pitfall above: asyncio.to_thread and
+    // loop.run_in_executor. The hello page answers while they sleep.
+    let server = start(&[]);
+    for route in ["/block/thread?ms=1500", "/block/executor?ms=1500"] {
+        let addr = server.addr();
+        let slow = std::thread::spawn(move || get(addr, route));
+        std::thread::sleep(Duration::from_millis(200));
+        let began = std::time::Instant::now();
+        assert_eq!(get(server.addr(), "/").status, 200);
+        assert!(
+            began.elapsed() < Duration::from_millis(1000),
+            "{route} held the loop: / took {:?}",
+            began.elapsed()
+        );
+        assert_eq!(slow.join().unwrap().status, 200);
+    }
+    assert!(!server.stderr_text().contains("held the event loop"));
+}
+
 // ---------------------------------------------------------------------------
 // WebSocket.
 

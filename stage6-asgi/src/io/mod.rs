@@ -93,9 +93,10 @@ async fn serve(
         all_closed: Notify::new(),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut accepting = true;
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = listener.accept(), if accepting => match accepted {
                 Ok((stream, peer)) => {
                     ctx.live.fetch_add(1, Ordering::Relaxed);
                     let ctx = ctx.clone();
@@ -107,6 +108,11 @@ async fn serve(
                         }
                     });
                 }
+                // The listening socket was shut down: stage 3's master does
+                // that when it stops (`-k asgi`), so that new clients are
+                // refused at once. Stop accepting; the stop itself (TERM,
+                // then `stop_fd`) is on its way, and running requests finish.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => accepting = false,
                 Err(e) => {
                     // Out of descriptors, or a connection reset before it was
                     // taken: not a reason to stop serving.
