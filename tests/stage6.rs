@@ -317,6 +317,10 @@ fn an_sse_stream_ends_when_its_client_leaves_and_the_app_sees_it() {
     assert!(eventually(Duration::from_secs(5), || server
         .stdout_text()
         .contains("lab: /sse client left after")));
+    // The app stopped because the client left: that is not an app error.
+    std::thread::sleep(Duration::from_millis(200));
+    let log = server.stderr_text();
+    assert!(!log.contains("ERROR"), "{log}");
 }
 
 #[test]
