@@ -4,6 +4,8 @@
     /cpu?ms=N       N milliseconds of pure-Python work (holds the loop)
     /io?ms=N        await asyncio.sleep(N ms): waiting, the loop serves others
     /block?ms=N     time.sleep(N ms) inside async def: the pitfall, the whole loop stops
+    /block/thread?ms=N    the fix: the same time.sleep in a thread (asyncio.to_thread)
+    /block/executor?ms=N  the same fix with loop.run_in_executor (before Python 3.9)
     /counter        a global read, an await, a write: loses updates under concurrency
     /counter/reset  sets the counter back to 0
     /echo           the request body back (read whole first, like apps/lab.py)
@@ -304,6 +306,15 @@ async def app(scope, receive, send):
     if path == "/block":
         time.sleep(_int(params, "ms", 100) / 1000.0)  # the pitfall: blocks the loop
         return await respond(send, b"blocked the loop\n")
+    if path == "/block/thread":
+        # The blocking call runs in the default thread pool; this coroutine
+        # waits for it like any other future, and the loop serves others.
+        await asyncio.to_thread(time.sleep, _int(params, "ms", 100) / 1000)
+        return await respond(send, b"blocked a thread, not the loop\n")
+    if path == "/block/executor":
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, time.sleep, _int(params, "ms", 100) / 1000)
+        return await respond(send, b"blocked a thread, not the loop\n")
     if path == "/counter":
         seen = counter
         await asyncio.sleep(0.001)

@@ -317,6 +317,10 @@ fn an_sse_stream_ends_when_its_client_leaves_and_the_app_sees_it() {
     assert!(eventually(Duration::from_secs(5), || server
         .stdout_text()
         .contains("lab: /sse client left after")));
+    // The app stopped because the client left: that is not an app error.
+    std::thread::sleep(Duration::from_millis(200));
+    let log = server.stderr_text();
+    assert!(!log.contains("ERROR"), "{log}");
 }
 
 #[test]
@@ -444,6 +448,27 @@ fn a_blocked_loop_is_warned_about_naming_the_request() {
             .wait_for_stderr_from(n, "held the event loop", Duration::from_millis(500))
             .is_none()
     );
+}
+
+#[test]
+fn a_blocking_call_moved_to_a_thread_leaves_the_loop_free() {
+    // The fixes the book shows for the pitfall above: asyncio.to_thread and
+    // loop.run_in_executor. The hello page answers while they sleep.
+    let server = start(&[]);
+    for route in ["/block/thread?ms=1500", "/block/executor?ms=1500"] {
+        let addr = server.addr();
+        let slow = std::thread::spawn(move || get(addr, route));
+        std::thread::sleep(Duration::from_millis(200));
+        let began = std::time::Instant::now();
+        assert_eq!(get(server.addr(), "/").status, 200);
+        assert!(
+            began.elapsed() < Duration::from_millis(1000),
+            "{route} held the loop: / took {:?}",
+            began.elapsed()
+        );
+        assert_eq!(slow.join().unwrap().status, 200);
+    }
+    assert!(!server.stderr_text().contains("held the event loop"));
 }
 
 // ---------------------------------------------------------------------------

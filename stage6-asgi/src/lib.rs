@@ -387,6 +387,7 @@ pub fn serve_forever(
         shared::STATS
             .attaches
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // ANCHOR: loop_thread
         let ran = Python::attach(|py| -> PyResult<()> {
             let lp = event_loop.bind(py);
             lp.call_method1("add_reader", (inbox.fd(), Bound::new(py, py::Drain)?))?;
@@ -399,6 +400,7 @@ pub fn serve_forever(
             lp.call_method1("call_soon", (beat,))?;
             // The loop runs here until the I/O thread says it is drained.
             lp.call_method0("run_forever")?;
+            // ANCHOR_END: loop_thread
             lp.call_method1("remove_reader", (inbox.fd(),))?;
             lp.call_method1(
                 "run_until_complete",

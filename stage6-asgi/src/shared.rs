@@ -98,6 +98,7 @@ impl Inbox {
         self.efd.as_raw_fd()
     }
 
+    // ANCHOR: inbox
     pub fn push(&self, event: Event) {
         let wake = {
             let mut q = lock(&self.queue);
@@ -121,6 +122,7 @@ impl Inbox {
         q.signalled = false;
         std::mem::swap(&mut q.events, into);
     }
+    // ANCHOR_END: inbox
 }
 
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
