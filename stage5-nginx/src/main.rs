@@ -255,6 +255,7 @@ impl Site {
                 .as_ref()
                 .map(|u| (u.user.clone(), u.group.clone())),
             max_temp_file: args.max_temp_file_size,
+            upstream: Default::default(),
         };
         Ok(Site {
             run_dir,
