@@ -337,7 +337,7 @@ fn down() -> Result<(), String> {
         println!("Stopping cluster up (pid {pid})");
         let _ = kill(pid, Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(40);
-        while kill(pid, None).is_ok() {
+        while cluster::alive(pid) {
             if Instant::now() >= deadline {
                 println!("cluster up (pid {pid}) did not stop in 40 s: killing it");
                 let _ = kill(pid, Signal::SIGKILL);
@@ -374,8 +374,7 @@ fn sweep(whose: &str) -> bool {
     }
     // A namespace goes once its last process has.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while killed.iter().any(|p| kill(Pid::from_raw(*p), None).is_ok()) && Instant::now() < deadline
-    {
+    while killed.iter().any(|p| cluster::alive(Pid::from_raw(*p))) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     let (namespaces, links) = net::remove_all();

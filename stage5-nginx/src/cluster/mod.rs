@@ -107,7 +107,18 @@ pub fn live_pid(path: &Path) -> Option<Pid> {
         .parse::<i32>()
         .ok()?;
     let pid = Pid::from_raw(pid);
-    (pid.as_raw() > 0 && kill(pid, None).is_ok()).then_some(pid)
+    (pid.as_raw() > 0 && alive(pid)).then_some(pid)
+}
+
+/// Whether `pid` runs: it exists and is not a zombie (exited, waiting for
+/// its parent to collect its status).
+pub fn alive(pid: Pid) -> bool {
+    kill(pid, None).is_ok()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            // `pid (comm) S …`: the state follows the last parenthesis.
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with(['Z', 'X']))
+        })
 }
 
 /// The running `up`, if any.

@@ -56,6 +56,8 @@ struct Lab {
     stage4: Vec<(Host, Option<Pid>)>,
     nginx: Option<Pid>,
     plan: Plan,
+    /// Stopping: exits are expected, not news.
+    stopping: bool,
 }
 
 /// Runs the whole life of the cluster; the exit status.
@@ -70,6 +72,7 @@ pub fn run(plan: Plan) -> Result<i32, String> {
         stage4: plan.hosts.iter().map(|h| (*h, None)).collect(),
         nginx: None,
         plan,
+        stopping: false,
     };
     let outcome = lab.start().and_then(|()| {
         lab.announce();
@@ -230,12 +233,17 @@ impl Lab {
             let pid = status.pid();
             if self.nginx.is_some() && self.nginx == pid {
                 self.nginx = None;
-                log::error!("nginx exited ({})", describe_exit(status));
+                if !self.stopping {
+                    log::error!("nginx exited ({})", describe_exit(status));
+                }
                 ours.push(format!("nginx: {}", describe_exit(status)));
             }
             for (host, p) in &mut self.stage4 {
                 if p.is_some() && *p == pid {
                     *p = None;
+                    if self.stopping {
+                        continue;
+                    }
                     log::warn!(
                         "{}: stage 4 exited ({}): the host is down until `cluster restart {}`",
                         host.name(),
@@ -262,6 +270,7 @@ impl Lab {
     /// time, and to anything else left in the namespaces.
     fn stop(&mut self) {
         log::info!("Stopping nginx, then stage 4 on every host");
+        self.stopping = true;
         if let Some(pid) = self.nginx {
             let _ = kill(pid, Signal::SIGQUIT);
         }
