@@ -62,6 +62,7 @@ pub fn create(hosts: &[Host]) -> Result<(), String> {
     Ok(())
 }
 
+// ANCHOR: add_host
 /// `wcl-h1` in the root namespace, plugged into the bridge; its other end
 /// is `eth0` in namespace `wcl-h1`, with the host's address.
 fn add_host(host: Host) -> Result<(), String> {
@@ -79,6 +80,7 @@ fn add_host(host: Host) -> Result<(), String> {
     ip(&["link", "set", &link, "up"])?;
     Ok(())
 }
+// ANCHOR_END: add_host
 
 /// The lab's namespaces (`ip netns list`).
 pub fn namespaces() -> Vec<String> {
@@ -192,7 +194,7 @@ pub fn heal(host: Host) -> Result<(), String> {
 }
 
 /// The qdisc slowing the host's link, as `tc qdisc show` says it
-/// (`netem delay 50ms loss 1%`, `tbf rate 100Kbit burst 4Kb lat 1s`), if any.
+/// (`netem delay 50ms loss 1%`, `tbf rate 100Kbit`), if any.
 pub fn shaping(host: Host) -> Option<String> {
     let out = tc(&["qdisc", "show", "dev", &host.netns()]).ok()?;
     out.lines().find_map(|line| {
@@ -207,6 +209,10 @@ pub fn shaping(host: Host) -> Option<String> {
         let mut settings: Vec<&str> = words.get(at..)?.to_vec();
         if settings.first() == Some(&"limit") {
             settings.drain(..2.min(settings.len()));
+        }
+        // tbf: its rate; the bucket's size and queue are ours, not news.
+        if let Some(burst) = settings.iter().position(|w| *w == "burst") {
+            settings.truncate(burst);
         }
         Some(format!("{kind} {}", settings.join(" ")))
     })

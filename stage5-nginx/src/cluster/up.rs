@@ -82,9 +82,13 @@ pub fn run(plan: Plan) -> Result<i32, String> {
     let (namespaces, links) = net::remove_all();
     let _ = std::fs::remove_dir_all(super::dir());
     log::info!(
-        "Removed {} namespaces, {} links and {}",
-        namespaces.len(),
-        links.len(),
+        "Removed namespaces {}, links {} and {}",
+        namespaces.join(" "),
+        if links.is_empty() {
+            "(gone with them)".to_string()
+        } else {
+            links.join(" ")
+        },
         super::DIR
     );
     log::info!("Shutting down: cluster");
