@@ -247,6 +247,9 @@ fn up(args: UpArgs) -> Result<(), String> {
     let nginx_version = programs::nginx_version(&nginx)?;
     settings.listen = cluster::up::listen_addr(&args.listen)?;
     let stage4 = programs::find_stage4()?;
+    // From here on, Ctrl-C is handled: whatever is made gets removed.
+    let signals = supervise::signals::SignalQueue::install()
+        .map_err(|e| format!("cannot install the signal handlers: {e}"))?;
     sweep("a cluster that did not stop cleanly");
     let worker_user = config::unprivileged_user(None)?;
     config::make_run_dir(&cluster::dir(), worker_user.as_ref().map(|u| u.gid))?;
@@ -270,7 +273,7 @@ fn up(args: UpArgs) -> Result<(), String> {
         },
     };
     log::info!("Starting cluster {}", env!("CARGO_PKG_VERSION"));
-    cluster::up::run(plan).map(drop)
+    cluster::up::run(plan, signals).map(drop)
 }
 
 /// The upstream flags, as nginx's settings; one sentence for what nginx

@@ -61,9 +61,9 @@ struct Lab {
 }
 
 /// Runs the whole life of the cluster; the exit status.
-pub fn run(plan: Plan) -> Result<i32, String> {
-    let signals =
-        SignalQueue::install().map_err(|e| format!("cannot install the signal handlers: {e}"))?;
+/// `signals` are installed before anything is created, so that a Ctrl-C
+/// at any point ends here, in the clean-up.
+pub fn run(plan: Plan, signals: SignalQueue) -> Result<i32, String> {
     // Stage 4's workers outlive a killed master for a moment: make them
     // ours to reap rather than init's.
     let _ = nix::sys::prctl::set_child_subreaper(true);
@@ -245,7 +245,8 @@ impl Lab {
             for (host, p) in &mut self.stage4 {
                 if p.is_some() && *p == pid {
                     *p = None;
-                    if self.stopping {
+                    // While starting or stopping, the caller says what happened.
+                    if self.stopping || self.nginx.is_none() {
                         continue;
                     }
                     log::warn!(
