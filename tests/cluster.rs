@@ -216,6 +216,7 @@ fn a_killed_host_costs_no_get_with_retries_and_none_after_fail_timeout() {
     let lab = Cluster::up(&["--hosts", "3", "--fail-timeout", "2"]);
     let mut cfg = loadgen::LoadConfig::new(lab.addr);
     cfg.connections = 8;
+    cfg.requests = Some(200_000);
     cfg.duration = Some(Duration::from_secs(3));
     let load = std::thread::spawn(move || loadgen::run_blocking(&cfg));
     std::thread::sleep(Duration::from_millis(1000));
@@ -258,10 +259,12 @@ fn a_rolling_restart_under_load_fails_no_request() {
     let lab = Cluster::up(&["--hosts", "3"]);
     let mut cfg = loadgen::LoadConfig::new(lab.addr);
     cfg.connections = 16;
-    cfg.requests = Some(12_000);
-    cfg.duration = Some(Duration::from_secs(60));
+    // 3 s of load, whatever the machine's speed (at most 200,000
+    // requests); the restart starts half a second in.
+    cfg.requests = Some(200_000);
+    cfg.duration = Some(Duration::from_secs(3));
     let load = std::thread::spawn(move || loadgen::run_blocking(&cfg));
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(500));
     let (ok, out) = cluster(&["restart", "--rolling"]);
     let load_still_running = !load.is_finished();
     let report = load.join().unwrap();
