@@ -267,10 +267,7 @@ fn up(args: UpArgs) -> Result<(), String> {
         },
         nginx,
         nginx_version,
-        settings: NginxSettings {
-            access_log: Some(cluster::dir().join("access.log")),
-            ..settings
-        },
+        settings,
     };
     log::info!("Starting cluster {}", env!("CARGO_PKG_VERSION"));
     cluster::up::run(plan, signals).map(drop)
