@@ -611,6 +611,10 @@ fn usr1_makes_workers_reopen_their_access_log() {
     for _ in 0..20 {
         assert_eq!(client::get(server.addr(), "/after").unwrap().status, 404);
     }
+    // Each line is written once its response is out: wait for the last.
+    wait_until("20 lines in the new file", Duration::from_secs(5), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.matches("GET /after").count() >= 20)
+    });
     let old = std::fs::read_to_string(&rotated).unwrap();
     let new = std::fs::read_to_string(&log).unwrap_or_default();
     let _ = std::fs::remove_dir_all(&dir);

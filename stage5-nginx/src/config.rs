@@ -40,6 +40,119 @@ pub struct NginxSettings {
     pub max_temp_file: u64,
     /// The URLs the static files (and uploads) are served at, and caching.
     pub files: FileOptions,
+    /// How the upstream block picks a server, and what nginx does when one
+    /// fails; the default writes nginx's defaults (nothing).
+    pub upstream: UpstreamSettings,
+}
+
+/// The upstream block's settings, with nginx's names: the cluster lab
+/// (`src/bin/cluster.rs`) sets them; stage 5 keeps nginx's defaults.
+#[derive(Clone, Debug, Default)]
+pub struct UpstreamSettings {
+    /// The balancing method.
+    pub method: Balance,
+    /// Each server's parameters, in the order of `upstreams` (missing: none).
+    pub servers: Vec<ServerParams>,
+    /// `uwsgi_next_upstream` (e.g. `error timeout`, or `off`); `None`:
+    /// nginx's default, `error timeout`.
+    pub next_upstream: Option<String>,
+    /// `uwsgi_next_upstream_tries`: how many servers one request may try
+    /// (0: all of them, nginx's default).
+    pub next_upstream_tries: Option<u32>,
+    /// `uwsgi_connect_timeout`, in seconds; `None`: nginx's 60 s.
+    pub connect_timeout: Option<u64>,
+}
+
+/// How nginx picks the server for a request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Balance {
+    /// Each server in turn (in proportion to its weight): nginx's default.
+    #[default]
+    RoundRobin,
+    /// The server with the fewest requests in flight (`least_conn`).
+    LeastConn,
+    /// The server chosen by the client's address (`ip_hash`): a client
+    /// always reaches the same server while it is up.
+    IpHash,
+}
+
+impl Balance {
+    /// The directive in the upstream block; round robin has none.
+    pub fn directive(self) -> Option<&'static str> {
+        match self {
+            Balance::RoundRobin => None,
+            Balance::LeastConn => Some("least_conn"),
+            Balance::IpHash => Some("ip_hash"),
+        }
+    }
+}
+
+/// One `server` line's parameters, as nginx names them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServerParams {
+    /// `weight=N`: N requests for every 1 of a weight-1 server (default 1).
+    pub weight: Option<u32>,
+    /// `max_fails=N`: this many failures within `fail_timeout` and the
+    /// server is left out for `fail_timeout` (default 1; 0: never).
+    pub max_fails: Option<u32>,
+    /// `fail_timeout=Ns` (default 10 s).
+    pub fail_timeout: Option<u64>,
+    /// `backup`: used only when every other server is down.
+    pub backup: bool,
+}
+
+impl ServerParams {
+    /// ` weight=3 max_fails=1 fail_timeout=5s backup`, or nothing.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Some(w) = self.weight {
+            let _ = write!(out, " weight={w}");
+        }
+        if let Some(n) = self.max_fails {
+            let _ = write!(out, " max_fails={n}");
+        }
+        if let Some(t) = self.fail_timeout {
+            let _ = write!(out, " fail_timeout={t}s");
+        }
+        if self.backup {
+            out.push_str(" backup");
+        }
+        out
+    }
+}
+
+impl UpstreamSettings {
+    /// The lines on top of the upstream block (the balancing method).
+    fn method_lines(&self) -> String {
+        match self.method.directive() {
+            Some(d) => format!("        {d};\n"),
+            None => String::new(),
+        }
+    }
+
+    /// The retry and connect lines of `location /`, when set.
+    fn location_lines(&self) -> String {
+        let mut out = String::new();
+        if let Some(t) = self.connect_timeout {
+            out.push_str(
+                "            # A host that does not answer at all (its link cut) costs\n\
+                 \x20           # this much before nginx tries the next one.\n",
+            );
+            let _ = writeln!(out, "            uwsgi_connect_timeout {t}s;");
+        }
+        if let Some(next) = &self.next_upstream {
+            out.push_str(
+                "            # When nginx passes a request on to the next server. A POST\n\
+                 \x20           # already sent is never passed on unless this also says\n\
+                 \x20           # non_idempotent: it may have taken effect once already.\n",
+            );
+            let _ = writeln!(out, "            uwsgi_next_upstream {next};");
+        }
+        if let Some(n) = self.next_upstream_tries {
+            let _ = writeln!(out, "            uwsgi_next_upstream_tries {n};");
+        }
+        out
+    }
 }
 
 /// How nginx serves files itself: `static_dir` at `static_url`, a media
@@ -193,7 +306,11 @@ pub fn nginx_conf_with(header: &str, s: &NginxSettings) -> String {
     let servers: String = s
         .upstreams
         .iter()
-        .map(|u| format!("        server {u};\n"))
+        .enumerate()
+        .map(|(i, u)| {
+            let params = s.upstream.servers.get(i).map(ServerParams::render);
+            format!("        server {u}{};\n", params.unwrap_or_default())
+        })
         .collect();
     format!(
         r#"{header}{user}worker_processes {workers};
@@ -242,7 +359,7 @@ http {{
     # Where the app runs: stage 4's workers, on their socket. With more
     # servers here, nginx spreads requests across them (round robin).
     upstream app {{
-{servers}    }}
+{method}{servers}    }}
 
     server {{
         listen {listen};
@@ -264,7 +381,7 @@ http {{
             # nginx answers 502. Shorter, nginx would give up first (504)
             # while the worker works on for nobody.
             uwsgi_read_timeout {read_timeout}s;
-        }}
+{retries}        }}
     }}
 }}
 "#,
@@ -281,6 +398,8 @@ http {{
         worker_connections = UPSTREAM_BACKLOG,
         listen = s.listen,
         params = quoted(&s.params_path().display().to_string()),
+        method = s.upstream.method_lines(),
+        retries = s.upstream.location_lines(),
     )
 }
 // ANCHOR_END: config_template
@@ -476,6 +595,7 @@ mod tests {
             user: Some(("root".into(), "root".into())),
             max_temp_file: 4 << 20,
             files: FileOptions::default(),
+            upstream: UpstreamSettings::default(),
         }
     }
 
@@ -566,6 +686,39 @@ mod tests {
             ..settings()
         });
         assert!(!conf.contains("\nuser "));
+    }
+
+    #[test]
+    fn upstream_settings_use_nginx_names() {
+        let plain = nginx_conf(&settings());
+        assert!(!plain.contains("least_conn") && !plain.contains("uwsgi_next_upstream"));
+        let conf = nginx_conf(&NginxSettings {
+            upstream: UpstreamSettings {
+                method: Balance::LeastConn,
+                servers: vec![
+                    ServerParams {
+                        weight: Some(3),
+                        max_fails: Some(2),
+                        fail_timeout: Some(5),
+                        backup: false,
+                    },
+                    ServerParams {
+                        backup: true,
+                        ..ServerParams::default()
+                    },
+                ],
+                next_upstream: Some("error timeout http_502".into()),
+                next_upstream_tries: Some(2),
+                connect_timeout: Some(1),
+            },
+            ..settings()
+        });
+        assert!(conf.contains(
+            "upstream app {\n        least_conn;\n        server unix:/run/x/app.sock weight=3 max_fails=2 fail_timeout=5s;\n        server 10.0.0.2:3031 backup;\n    }"
+        ));
+        assert!(conf.contains("            uwsgi_next_upstream error timeout http_502;\n"));
+        assert!(conf.contains("            uwsgi_next_upstream_tries 2;\n"));
+        assert!(conf.contains("            uwsgi_connect_timeout 1s;\n"));
     }
 
     #[test]

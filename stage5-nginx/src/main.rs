@@ -279,6 +279,7 @@ impl Site {
                 .map(|u| (u.user.clone(), u.group.clone())),
             max_temp_file: args.max_temp_file_size,
             files: file_options(args)?,
+            upstream: Default::default(),
         };
         Ok(Site {
             run_dir,
