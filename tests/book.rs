@@ -734,3 +734,109 @@ fn the_labs_nginx_config_is_what_stage5_writes() {
         );
     }
 }
+
+/// One `$ ls …` or `$ wc -l …` shown in a `console` block of the book, with
+/// the output printed under it.
+struct ShownListing {
+    place: String,
+    command: String,
+    output: String,
+}
+
+/// The console blocks that list the workspace's own files: `ls` or `wc -l`
+/// of relative paths (listings of /tmp or of a student's machine are
+/// examples of a run, not of this tree).
+fn workspace_listings(chapter: &Path, text: &str) -> Vec<ShownListing> {
+    let mut found = Vec::new();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        let is_listing = line
+            .strip_prefix("$ ")
+            .map(|cmd| {
+                let mut words = cmd.split_whitespace();
+                let tool = words.next();
+                let args: Vec<&str> = words.collect();
+                let relative = args
+                    .iter()
+                    .filter(|a| !a.starts_with('-'))
+                    .all(|a| !a.starts_with('/') && !a.starts_with('~'));
+                match tool {
+                    Some("ls") => relative && args.iter().all(|a| !a.starts_with('-')),
+                    Some("wc") => relative && args.first() == Some(&"-l"),
+                    _ => false,
+                }
+            })
+            .unwrap_or(false);
+        if !is_listing {
+            i += 1;
+            continue;
+        }
+        let mut output = String::new();
+        let mut j = i + 1;
+        while j < lines.len() && !lines[j].starts_with("```") && !lines[j].starts_with("$ ") {
+            output.push_str(lines[j]);
+            output.push('\n');
+            j += 1;
+        }
+        found.push(ShownListing {
+            place: format!("{}:{}", shown(chapter), i + 1),
+            command: line[2..].to_string(),
+            output,
+        });
+        i = j;
+    }
+    found
+}
+
+/// What a listing says, independent of layout: `ls -C` fills columns to
+/// the terminal's width, so only the words count, sorted; `target` is
+/// there once something was built and is never required.
+fn listing_words(text: &str) -> Vec<String> {
+    let mut words: Vec<String> = text
+        .split_whitespace()
+        .filter(|w| *w != "target")
+        .map(str::to_string)
+        .collect();
+    words.sort();
+    words
+}
+
+#[test]
+fn the_workspace_listings_in_the_book_are_the_workspace() {
+    // `ls` of the tree and `wc -l` of a stage drift silently as files are
+    // added and grow; run them again and compare.
+    let src = book_src();
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for chapter in markdown_files(&src) {
+        for listing in workspace_listings(&chapter, &read(&chapter)) {
+            checked += 1;
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg(&listing.command)
+                .current_dir(repo_root())
+                .env("LC_ALL", "C")
+                .output()
+                .expect("sh runs");
+            let now = String::from_utf8_lossy(&out.stdout);
+            if listing_words(&now) != listing_words(&listing.output) {
+                problems.push(format!(
+                    "{}: `{}` shows\n{}  but prints now\n{}",
+                    listing.place, listing.command, listing.output, now
+                ));
+            }
+        }
+    }
+    assert!(
+        checked >= 3,
+        "expected the workspace chapter's listings, found {checked}"
+    );
+    assert!(
+        problems.is_empty(),
+        "{} listing(s) in the book no longer match the tree:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+}
