@@ -8,4 +8,5 @@ pub mod nginx;
 pub mod procs;
 pub mod server;
 pub mod testutil;
+pub mod trace;
 pub mod uwsgi;

@@ -182,6 +182,8 @@ pub(crate) fn run(spec: WorkerSpec<'_>) -> i32 {
     };
     hooks.heartbeat();
 
+    // With --trace: this worker's requests go to the master's trace file.
+    wsgi_bridge::trace::start_flusher();
     let (server_name, server_port) = spec.listeners.server_name_port();
     let result = spec.worker_class.serve(WorkerContext {
         listener,
@@ -195,6 +197,7 @@ pub(crate) fn run(spec: WorkerSpec<'_>) -> i32 {
         server_software: config.server_software,
     });
     flush_python_output();
+    wsgi_bridge::trace::flush();
     match result {
         Ok(()) => {
             log::info!("Worker exiting (pid: {pid})");

@@ -19,6 +19,7 @@ pub mod conn;
 pub mod embed;
 pub mod logging;
 pub mod serve;
+pub mod trace;
 pub mod worker;
 pub mod wsgi;
 

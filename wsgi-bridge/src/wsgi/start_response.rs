@@ -19,6 +19,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use super::request::ResponseRules;
 use super::response_head::ResponseHead;
 use crate::conn::Stream;
+use crate::trace;
 use crate::http::request::Version;
 use crate::http::response::{
     Framing, LAST_CHUNK, error_response, push_chunk_size, push_decimal,
@@ -340,7 +341,12 @@ impl ResponseWriter {
             return;
         }
         let out = &self.out;
-        let result = py.detach(|| write_all_vectored(stream, &mut [out.as_slice(), data, trailer]));
+        let result = py.detach(|| {
+            let t = trace::start();
+            let written = write_all_vectored(stream, &mut [out.as_slice(), data, trailer]);
+            trace::end_io(t, "write");
+            written
+        });
         self.out.clear();
         if let Err(e) = result {
             self.must_close = true;
@@ -490,7 +496,9 @@ impl StartResponse {
                 }
                 None => {}
             }
+            let t = trace::start();
             this.writer.head = Some(ResponseHead::check(status, headers)?);
+            trace::end(t, "start_response");
             // The same `write` for every call: looked up once, then kept.
             if let Some(write) = &this.write {
                 return Ok(write.bind(slf.py()).clone());
