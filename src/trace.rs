@@ -42,7 +42,8 @@ impl Trace {
             let mut next = || parts.next().ok_or(format!("line {}: too short", n + 1));
             let kind = next()?.to_string();
             let num = |s: &str| -> Result<u64, String> {
-                s.parse().map_err(|_| format!("line {}: {s:?} is not a number", n + 1))
+                s.parse()
+                    .map_err(|_| format!("line {}: {s:?} is not a number", n + 1))
             };
             let pid = num(next()?)? as i32;
             let tid = num(next()?)? as i32;
@@ -188,7 +189,10 @@ pub fn gil_lanes(trace: &Trace) -> Vec<Lane> {
     let mut holds: BTreeMap<(i32, u64), Vec<(u64, u64)>> = BTreeMap::new();
     for r in &trace.records {
         if r.kind == "gil" {
-            holds.entry((r.pid, r.arg)).or_default().push((r.start, r.end));
+            holds
+                .entry((r.pid, r.arg))
+                .or_default()
+                .push((r.start, r.end));
         } else if ["wait", "py", "write", "read", "c_call", "req"].contains(&r.kind.as_str()) {
             threads.entry((r.pid, r.tid)).or_default().push(r);
         }
@@ -289,12 +293,14 @@ fn fmt_num(v: f64) -> String {
 struct Scale {
     t0: u64,
     t1: u64,
+    /// Where the plot ends on the right.
+    right: f64,
 }
 
 impl Scale {
     fn x(&self, t: u64) -> f64 {
         let t = t.clamp(self.t0, self.t1);
-        LEFT + (t - self.t0) as f64 / (self.t1 - self.t0).max(1) as f64 * (WIDTH - LEFT - RIGHT)
+        LEFT + (t - self.t0) as f64 / (self.t1 - self.t0).max(1) as f64 * (self.right - LEFT)
     }
 
     /// A time axis at `y`, ticks down to `bottom`, in `unit` (ns per unit).
@@ -305,7 +311,7 @@ impl Scale {
         let _ = writeln!(
             svg,
             r##"<line x1="{LEFT}" y1="{y}" x2="{:.1}" y2="{y}" stroke="#333"/>"##,
-            WIDTH - RIGHT
+            self.right
         );
         let mut v = (from / step).ceil() * step;
         while v <= to + 1e-9 {
@@ -323,7 +329,7 @@ impl Scale {
         let _ = writeln!(
             svg,
             r##"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-weight="bold">time ({unit_name})</text>"##,
-            (LEFT + WIDTH - RIGHT) / 2.0,
+            (LEFT + self.right) / 2.0,
             y + 36.0
         );
     }
@@ -378,7 +384,11 @@ pub fn gil_svg(trace: &Trace, title: &str, window: Window) -> String {
         .max()
         .unwrap_or(origin + 1);
     let (t0, t1) = window_ns(window, origin, origin, hi);
-    let scale = Scale { t0, t1 };
+    let scale = Scale {
+        t0,
+        t1,
+        right: WIDTH - RIGHT,
+    };
     let lane_h = 34.0;
     let top = 90.0;
     let height = top + lanes.len() as f64 * (lane_h + 14.0) + 60.0;
@@ -468,6 +478,8 @@ pub struct WorkerLife {
     /// When it died and how (the master's words).
     pub died: Option<(u64, String)>,
     pub requests: Vec<(u64, u64)>,
+    /// Requests begun and never finished: (start, label).
+    pub unfinished: Vec<(u64, String)>,
 }
 
 /// Stage 3's workers, in order of birth.
@@ -481,6 +493,7 @@ pub fn workers(trace: &Trace) -> Vec<WorkerLife> {
             born: r.start,
             died: None,
             requests: Vec::new(),
+            unfinished: Vec::new(),
         })
         .collect();
     for r in trace.of_kind("exit") {
@@ -493,6 +506,14 @@ pub fn workers(trace: &Trace) -> Vec<WorkerLife> {
             life.requests.push((r.start, r.end));
         }
     }
+    for r in trace.of_kind("begin") {
+        let finished = trace
+            .of_kind("req")
+            .any(|q| q.pid == r.pid && q.tid == r.tid && q.start == r.start);
+        if !finished && let Some(life) = lives.iter_mut().find(|l| l.pid == r.pid) {
+            life.unfinished.push((r.start, r.label.clone()));
+        }
+    }
     lives
 }
 
@@ -502,7 +523,12 @@ pub fn workers_svg(trace: &Trace, title: &str, window: Window) -> String {
     let origin = trace.first();
     let hi = trace.records.iter().map(|r| r.end).max().unwrap_or(origin) + 200_000_000;
     let (t0, t1) = window_ns(window, origin, origin, hi);
-    let scale = Scale { t0, t1 };
+    // The right-hand column says how each worker died.
+    let scale = Scale {
+        t0,
+        t1,
+        right: WIDTH - 250.0,
+    };
     let lane_h = 22.0;
     let top = 110.0;
     let height = top + lives.len() as f64 * (lane_h + 8.0) + 60.0;
@@ -523,10 +549,17 @@ pub fn workers_svg(trace: &Trace, title: &str, window: Window) -> String {
             ("#c6f6d5", "alive, idle"),
             ("#2b6cb0", "serving a request"),
             ("#38a169", "born (forked)"),
-            ("#e53e3e", "died (the master's reason on the right)"),
+            ("#dd6b20", "a request that never finished"),
+            ("#e53e3e", "died (the master's reason)"),
         ],
     );
     let bottom = top + lives.len() as f64 * (lane_h + 8.0);
+    let _ = writeln!(
+        svg,
+        r##"<text x="{:.1}" y="{:.1}" font-weight="bold">how it ended</text>"##,
+        scale.right + 14.0,
+        top - 8.0
+    );
     for r in trace.of_kind("signal") {
         let x = scale.x(r.start);
         let _ = writeln!(
@@ -567,6 +600,19 @@ pub fn workers_svg(trace: &Trace, title: &str, window: Window) -> String {
                 lane_h - 6.0
             );
         }
+        for (s, label) in &life.unfinished {
+            let (a, b) = (scale.x(*s), scale.x(life.died.as_ref().map_or(t1, |d| d.0)));
+            let _ = writeln!(
+                svg,
+                r##"<rect x="{a:.2}" y="{:.1}" width="{:.2}" height="{:.1}" fill="#dd6b20"/><text x="{:.1}" y="{:.1}" font-size="11" fill="white">{} (hung)</text>"##,
+                y + 3.0,
+                (b - a).max(0.6),
+                lane_h - 6.0,
+                a + 4.0,
+                y + lane_h - 7.0,
+                escape(label)
+            );
+        }
         if life.born >= t0 {
             let _ = writeln!(
                 svg,
@@ -582,13 +628,20 @@ pub fn workers_svg(trace: &Trace, title: &str, window: Window) -> String {
                 r##"<path d="M{:.1} {:.1} l10 10 m0 -10 l-10 10" stroke="#e53e3e" stroke-width="3"/><text x="{:.1}" y="{:.1}" fill="#c53030" font-size="12">{}</text>"##,
                 x - 5.0,
                 cy - 5.0,
-                x + 9.0,
+                scale.right + 14.0,
                 cy + 4.0,
                 escape(why)
             );
         }
     }
-    scale.axis(&mut svg, top, bottom + 2.0, 1e9, "s since the master started", origin);
+    scale.axis(
+        &mut svg,
+        top,
+        bottom + 2.0,
+        1e9,
+        "s since the master started",
+        origin,
+    );
     svg.push_str("</svg>\n");
     svg
 }
@@ -596,20 +649,39 @@ pub fn workers_svg(trace: &Trace, title: &str, window: Window) -> String {
 /// The steps of a request, in order, and whether the GIL is held in each.
 pub const STEPS: [(&str, &str, Option<State>); 8] = [
     ("parse", "parse the head (http-codec)", None),
-    ("wait", "Python::attach: wait for the GIL", Some(State::Waiting)),
+    (
+        "wait",
+        "Python::attach: wait for the GIL",
+        Some(State::Waiting),
+    ),
     ("environ", "build environ", Some(State::Holding)),
     ("app", "app(environ, start_response)", Some(State::Holding)),
-    ("start_response", "  of which start_response", Some(State::Holding)),
+    (
+        "start_response",
+        "  of which start_response",
+        Some(State::Holding),
+    ),
     ("body", "iterate the body", Some(State::Holding)),
-    ("release", "iterable.close(), let go of the GIL", Some(State::Holding)),
-    ("write", "write the response (GIL released)", Some(State::Io)),
+    (
+        "release",
+        "iterable.close(), let go of the GIL",
+        Some(State::Holding),
+    ),
+    (
+        "write",
+        "write the response (GIL released)",
+        Some(State::Io),
+    ),
 ];
 
 /// Per step: (kind, median ns, mean ns, count).
 pub fn step_times(trace: &Trace) -> Vec<(&'static str, f64, f64, usize)> {
     let mut by_kind: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
     for r in &trace.records {
-        by_kind.entry(r.kind.as_str()).or_default().push(r.end - r.start);
+        by_kind
+            .entry(r.kind.as_str())
+            .or_default()
+            .push(r.end - r.start);
     }
     // What is left of a py span after environ, app and body: the close,
     // giving the objects back, and the bookkeeping.
@@ -707,14 +779,19 @@ pub fn request_svg(trace: &Trace, title: &str) -> String {
         );
     }
     let axis_y = top + steps.len() as f64 * row_h + 4.0;
-    let step = nice_step(total / 1000.0, 8.0);
+    let (unit, unit_name) = if total > 10_000_000.0 {
+        (1e6, "ms")
+    } else {
+        (1e3, "µs")
+    };
+    let step = nice_step(total / unit, 8.0);
     let _ = writeln!(
         svg,
         r##"<line x1="{plot_left:.1}" y1="{axis_y:.1}" x2="{plot_right:.1}" y2="{axis_y:.1}" stroke="#333"/>"##
     );
     let mut v = 0.0;
-    while v <= total / 1000.0 + 1e-9 {
-        let xx = x(v * 1000.0);
+    while v <= total / unit + 1e-9 {
+        let xx = x(v * unit);
         let _ = writeln!(
             svg,
             r##"<line x1="{xx:.1}" y1="{top:.1}" x2="{xx:.1}" y2="{axis_y:.1}" stroke="#ddd"/><text x="{xx:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
@@ -725,7 +802,7 @@ pub fn request_svg(trace: &Trace, title: &str) -> String {
     }
     let _ = writeln!(
         svg,
-        r##"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-weight="bold">time into the request (µs, medians laid end to end)</text><text x="{:.1}" y="{:.1}" text-anchor="middle" font-weight="bold">median / mean</text>"##,
+        r##"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-weight="bold">time into the request ({unit_name}, medians laid end to end)</text><text x="{:.1}" y="{:.1}" text-anchor="middle" font-weight="bold">median / mean</text>"##,
         (plot_left + plot_right) / 2.0,
         axis_y + 38.0,
         plot_right + 80.0,
@@ -741,6 +818,60 @@ fn micros(ns: f64) -> String {
     } else {
         format!("{:.1} µs", ns / 1e3)
     }
+}
+
+/// How many times the GIL passed from one thread to another (per the
+/// sampler), in all processes of the trace.
+pub fn handovers(trace: &Trace) -> usize {
+    let mut last: BTreeMap<i32, u64> = BTreeMap::new();
+    let mut count = 0;
+    for r in trace.of_kind("gil") {
+        if let Some(prev) = last.insert(r.pid, r.arg)
+            && prev != r.arg
+        {
+            count += 1;
+        }
+    }
+    count
+}
+
+/// A few lines on a GIL trace: per thread, its time in each state; the
+/// hand-overs of the GIL and how long a thread kept it (median).
+pub fn gil_summary(trace: &Trace) -> String {
+    let lanes = gil_lanes(trace);
+    let mut out = String::new();
+    let mut slices: Vec<u64> = Vec::new();
+    for (i, lane) in lanes.iter().enumerate() {
+        let ms = |s| lane.time_in(s) as f64 / 1e6;
+        let _ = writeln!(
+            out,
+            "thread {} (tid {}): {} requests; GIL held {:.1} ms, waiting {:.1} ms, C code without the GIL {:.1} ms, socket I/O {:.2} ms",
+            i + 1,
+            lane.tid,
+            lane.requests.len(),
+            ms(State::Holding),
+            ms(State::Waiting),
+            ms(State::Released),
+            ms(State::Io)
+        );
+        slices.extend(
+            lane.segments
+                .iter()
+                .filter(|s| s.2 == State::Holding)
+                .map(|s| s.1 - s.0),
+        );
+    }
+    slices.sort_unstable();
+    if !slices.is_empty() {
+        let _ = writeln!(
+            out,
+            "the GIL changed hands {} times; a thread kept it {:.2} ms (median of {} holds)",
+            handovers(trace),
+            slices[slices.len() / 2] as f64 / 1e6,
+            slices.len()
+        );
+    }
+    out
 }
 
 /// Checks a trace of a GIL build: no two threads of a process hold the GIL
@@ -767,7 +898,25 @@ pub fn check_gil(trace: &Trace) -> Result<(), String> {
             ));
         }
     }
-    for r in trace.records.iter().filter(|r| r.kind == "write" || r.kind == "read") {
+    for lane in &lanes {
+        for io in lane.segments.iter().filter(|s| s.2 == State::Io) {
+            if let Some(h) = lane
+                .segments
+                .iter()
+                .find(|h| h.2 == State::Holding && h.0 < io.1 && io.0 < h.1)
+            {
+                return Err(format!(
+                    "thread {} held the GIL ({}..{} ns) during socket I/O",
+                    lane.tid, h.0, h.1
+                ));
+            }
+        }
+    }
+    for r in trace
+        .records
+        .iter()
+        .filter(|r| r.kind == "write" || r.kind == "read")
+    {
         if r.arg != 0 {
             return Err(format!(
                 "thread {} did socket I/O with the GIL held at {} ns",

@@ -90,9 +90,16 @@ fn main() {
         eprintln!("trace-view: cannot write {}: {e}", args.output.display());
         std::process::exit(1);
     }
+    if view == View::Gil {
+        print!("{}", trace::gil_summary(&trace));
+    }
     if view == View::Request {
         for (kind, median, mean, n) in trace::step_times(&trace) {
-            println!("{kind:>15}: median {:>9.1} µs, mean {:>9.1} µs ({n})", median / 1e3, mean / 1e3);
+            println!(
+                "{kind:>15}: median {:>9.1} µs, mean {:>9.1} µs ({n})",
+                median / 1e3,
+                mean / 1e3
+            );
         }
     }
 }

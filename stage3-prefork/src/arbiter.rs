@@ -705,7 +705,10 @@ fn exit_reason(worker: &WorkerProcess, status: WaitStatus, max_requests: u64) ->
             "exited: --max-requests".into()
         }
         (_, WaitStatus::Signaled(_, signal, _)) => {
-            format!("killed by {} (not the master)", signals::name(signal as i32))
+            format!(
+                "killed by {} (not the master)",
+                signals::name(signal as i32)
+            )
         }
         _ => describe_exit(status),
     }

@@ -214,6 +214,7 @@ impl HttpConnection {
             max_body: limits.max_body,
         };
         let t = crate::trace::start();
+        crate::trace::begin(t, || format!("{} {}", head.method, head.target));
         let outcome = call_app(app, exchange);
         crate::trace::request(t, || format!("{} {}", head.method, head.target));
         self.log_access(head, &outcome);

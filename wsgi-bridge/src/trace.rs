@@ -179,7 +179,11 @@ unsafe fn c_function_name(func: *mut pyo3::ffi::PyObject) -> String {
                 ffi::PyErr_Clear();
                 None
             } else {
-                Some(std::ffi::CStr::from_ptr(text).to_string_lossy().into_owned())
+                Some(
+                    std::ffi::CStr::from_ptr(text)
+                        .to_string_lossy()
+                        .into_owned(),
+                )
             };
             ffi::Py_DecRef(value);
             out
@@ -199,6 +203,14 @@ pub fn release_gil(held_since: Option<u64>) {
         // SAFETY: called with the GIL held: this thread's state exists.
         let tstate = unsafe { pyo3::ffi::PyThreadState_Get() } as u64;
         record("py", t, now(), tstate, None);
+    }
+}
+
+/// A request begins (a request that never ends, in a worker killed for
+/// it, is still seen).
+pub fn begin(started: Option<u64>, label: impl FnOnce() -> String) {
+    if let Some(t) = started {
+        record("begin", t, t, 0, Some(label().into()));
     }
 }
 

@@ -19,12 +19,12 @@ use pyo3::{PyTraverseError, PyVisit};
 use super::request::ResponseRules;
 use super::response_head::ResponseHead;
 use crate::conn::Stream;
-use crate::trace;
 use crate::http::request::Version;
 use crate::http::response::{
     Framing, LAST_CHUNK, error_response, push_chunk_size, push_decimal,
     push_status_and_common_headers, status_forbids_body,
 };
+use crate::trace;
 
 /// Buffered bytes are written out once they pass this size, so a large list
 /// body is not held whole in memory.

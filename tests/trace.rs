@@ -1,0 +1,206 @@
+//! `--trace`: a trace of a known run holds what the book's pictures show.
+//!
+//! - stage 2, four threads, pure-Python CPU: no two threads ever hold the
+//!   GIL at once, each thread gets it in turn, and the GIL changes hands
+//!   many times per request (the switch interval), never during a socket
+//!   write;
+//! - stage 2, four threads, sleeps: the requests overlap, and the threads
+//!   spend their time in `time.sleep`, with the GIL released;
+//! - stage 3 with a worker killed by SIGKILL: the trace has its death and the
+//!   birth of its replacement.
+
+use std::path::PathBuf;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use wsgi_course::client;
+use wsgi_course::procs;
+use wsgi_course::server::{ServerProcess, workspace_bin};
+use wsgi_course::trace::{self, State, Trace};
+
+fn trace_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("wsgi-course-{}-{name}.trace", std::process::id()))
+}
+
+/// Runs `clients` clients at once, each sending `each` requests for `path`.
+fn load(server: &ServerProcess, path: &str, clients: usize, each: usize) {
+    let addr = server.addr();
+    let handles: Vec<_> = (0..clients)
+        .map(|_| {
+            let path = path.to_string();
+            thread::spawn(move || {
+                for _ in 0..each {
+                    let r = client::get(addr, &path).expect("a response");
+                    assert_eq!(r.status, 200);
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+}
+
+/// Stops the server (its trace is flushed at a graceful stop) and reads it.
+fn stop_and_read(mut server: ServerProcess, path: &PathBuf) -> Trace {
+    server.signal(libc::SIGTERM);
+    server.wait_timeout(Duration::from_secs(10));
+    let trace = Trace::read(path).expect("the trace is readable");
+    let _ = std::fs::remove_file(path);
+    trace
+}
+
+fn stage2_with_trace(name: &str) -> (ServerProcess, PathBuf) {
+    let path = trace_path(name);
+    let server = ServerProcess::start(
+        "stage2-threads",
+        &[
+            "apps.lab:app",
+            "-b",
+            "127.0.0.1:0",
+            "--threads",
+            "4",
+            "--trace",
+            path.to_str().unwrap(),
+        ],
+    )
+    .expect("stage 2 starts with --trace");
+    (server, path)
+}
+
+#[test]
+fn cpu_work_on_four_threads_holds_the_gil_one_thread_at_a_time() {
+    let (server, path) = stage2_with_trace("cpu");
+    load(&server, "/cpu?ms=30", 4, 2);
+    let trace = stop_and_read(server, &path);
+
+    assert!(
+        trace.of_kind("gil").count() > 0,
+        "the GIL sampler recorded who held the GIL"
+    );
+    trace::check_gil(&trace).expect("one holder at a time, no I/O with the GIL");
+    let lanes = trace::gil_lanes(&trace);
+    assert_eq!(lanes.len(), 4, "four threads served the requests");
+    for lane in &lanes {
+        assert!(lane.time_in(State::Holding) > 0, "thread {} ran", lane.tid);
+        assert!(
+            lane.time_in(State::Waiting) > 0,
+            "thread {} waited for the GIL",
+            lane.tid
+        );
+    }
+    // 8 requests of 30 ms of CPU, 4 at a time: with a 5 ms switch interval
+    // the GIL changes hands far more often than once per request.
+    let handovers = trace::handovers(&trace);
+    assert!(handovers >= 16, "only {handovers} hand-overs of the GIL");
+}
+
+#[test]
+fn sleeping_requests_overlap_with_the_gil_released() {
+    let (server, path) = stage2_with_trace("io");
+    load(&server, "/io?ms=50", 4, 2);
+    let trace = stop_and_read(server, &path);
+    trace::check_gil(&trace).expect("one holder at a time, no I/O with the GIL");
+
+    let lanes = trace::gil_lanes(&trace);
+    assert_eq!(lanes.len(), 4);
+    let mut requests: Vec<(u64, u64)> = lanes
+        .iter()
+        .flat_map(|l| l.requests.iter().map(|r| (r.0, r.1)))
+        .collect();
+    requests.sort();
+    let overlapping = requests.windows(2).filter(|w| w[1].0 < w[0].1).count();
+    assert!(overlapping >= 4, "the sleeps overlap ({overlapping})");
+    for lane in &lanes {
+        let released = lane.time_in(State::Released);
+        let held = lane.time_in(State::Holding);
+        assert!(
+            released > 10 * held,
+            "thread {}: {released} ns in time.sleep, {held} ns with the GIL",
+            lane.tid
+        );
+    }
+    assert!(
+        trace.of_kind("c_call").any(|r| r.label == "time.sleep"),
+        "the long C calls are named"
+    );
+}
+
+#[test]
+fn the_workers_timeline_of_a_kill_9_shows_a_death_and_a_birth() {
+    let path = trace_path("workers");
+    let server = ServerProcess::start(
+        "stage3-prefork",
+        &[
+            "apps.lab:app",
+            "-b",
+            "127.0.0.1:0",
+            "-w",
+            "2",
+            "--trace",
+            path.to_str().unwrap(),
+        ],
+    )
+    .expect("stage 3 starts with --trace");
+    load(&server, "/", 2, 5);
+    let workers = procs::children(server.pid());
+    assert_eq!(workers.len(), 2, "two workers: {workers:?}");
+    let victim = workers[0];
+    // SAFETY: kill(2) on a worker this test started.
+    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let now = procs::children(server.pid());
+        if now.len() == 2 && !now.contains(&victim) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    load(&server, "/", 2, 5);
+    let trace = stop_and_read(server, &path);
+
+    let lives = trace::workers(&trace);
+    let dead = lives
+        .iter()
+        .find(|l| l.pid == victim as i32)
+        .expect("the killed worker is in the trace");
+    let (died, why) = dead.died.clone().expect("its death is in the trace");
+    assert!(why.contains("SIGKILL"), "{why}");
+    assert!(
+        lives.iter().any(|l| l.born > died && l.slot == dead.slot),
+        "a worker was born in its place"
+    );
+    assert!(
+        lives.iter().map(|l| l.requests.len()).sum::<usize>() >= 10,
+        "the workers' requests are in the master's trace"
+    );
+    let svg = trace::workers_svg(&trace, "kill -9", Default::default());
+    assert!(svg.contains("killed by SIGKILL"));
+}
+
+#[test]
+fn trace_view_draws_an_svg_of_a_trace() {
+    let dir = std::env::temp_dir();
+    let input = dir.join(format!("wsgi-course-{}-tiny.trace", std::process::id()));
+    let output = input.with_extension("svg");
+    std::fs::write(
+        &input,
+        "wait 1 7 1000 2000 0\npy 1 7 2000 900000 42\ngil 1 9 2000 900000 42\nwrite 1 7 900000 950000 0\nreq 1 7 1000 950000 0 GET /\n",
+    )
+    .unwrap();
+    let status = std::process::Command::new(workspace_bin("trace-view"))
+        .args([
+            input.to_str().unwrap(),
+            "-o",
+            output.to_str().unwrap(),
+            "--check",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let svg = std::fs::read_to_string(&output).unwrap();
+    assert!(svg.starts_with("<svg"), "{svg}");
+    assert!(svg.contains("holds the GIL") && svg.contains("time (ms"));
+    let _ = std::fs::remove_file(&input);
+    let _ = std::fs::remove_file(&output);
+}
