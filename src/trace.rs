@@ -180,73 +180,134 @@ fn merged(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
     out
 }
 
-/// The threads that served requests, with what they did when. Who held
-/// the GIL comes from the sampler's `gil` records, matched to a thread by
-/// its Python thread state during its `py` spans; the rest of a `py` span
-/// is waiting (or C code that released the GIL, for long C calls).
+/// The threads that served requests, with what they did when.
+///
+/// Who held the GIL comes from the sampler's `gil` records (CPython's own
+/// state), matched to a thread by its Python thread state during its `py`
+/// spans (inside `Python::attach`). The rest of a `py` span is:
+/// - C code that released the GIL, during a long C call (`time.sleep`);
+/// - waiting, while the sampler saw another thread hold the GIL;
+/// - otherwise the sampler saw nobody (the GIL changing hands, or a hold
+///   shorter than its period): holding if this thread was the only one
+///   that could be running Python then, waiting if several could.
 pub fn gil_lanes(trace: &Trace) -> Vec<Lane> {
     let mut threads: BTreeMap<(i32, i32), Vec<&Record>> = BTreeMap::new();
     let mut holds: BTreeMap<(i32, u64), Vec<(u64, u64)>> = BTreeMap::new();
+    let mut any_hold: BTreeMap<i32, Vec<(u64, u64)>> = BTreeMap::new();
     for r in &trace.records {
         if r.kind == "gil" {
             holds
                 .entry((r.pid, r.arg))
                 .or_default()
                 .push((r.start, r.end));
+            any_hold.entry(r.pid).or_default().push((r.start, r.end));
         } else if ["wait", "py", "write", "read", "c_call", "req"].contains(&r.kind.as_str()) {
             threads.entry((r.pid, r.tid)).or_default().push(r);
         }
     }
+    for v in holds.values_mut() {
+        *v = merged(std::mem::take(v));
+    }
+    for v in any_hold.values_mut() {
+        *v = merged(std::mem::take(v));
+    }
     let sampled = !holds.is_empty();
-    threads
-        .into_iter()
-        .map(|((pid, tid), records)| {
-            let mut segments = Vec::new();
-            let c_calls = merged(
-                records
-                    .iter()
-                    .filter(|r| r.kind == "c_call")
-                    .map(|r| (r.start, r.end))
-                    .collect(),
-            );
-            for r in &records {
-                match r.kind.as_str() {
-                    "wait" => segments.push((r.start, r.end, State::Waiting)),
-                    "write" | "read" => segments.push((r.start, r.end, State::Io)),
-                    "py" if !sampled => segments.push((r.start, r.end, State::Holding)),
-                    "py" => {
-                        let mine = holds.get(&(pid, r.arg)).cloned().unwrap_or_default();
-                        let held = intersect(r.start, r.end, &mine);
-                        for &(s, e) in &held {
-                            segments.push((s, e, State::Holding));
+    let mut lanes = Vec::new();
+    // Per thread, the times nobody was seen holding the GIL while it was
+    // in Python: settled below, across the threads of its process.
+    let mut unknown: Vec<Vec<(u64, u64)>> = Vec::new();
+    for ((pid, tid), records) in threads {
+        let mut segments = Vec::new();
+        let mut open = Vec::new();
+        let c_calls = merged(
+            records
+                .iter()
+                .filter(|r| r.kind == "c_call")
+                .map(|r| (r.start, r.end))
+                .collect(),
+        );
+        let others = any_hold.get(&pid).cloned().unwrap_or_default();
+        for r in &records {
+            match r.kind.as_str() {
+                "wait" => segments.push((r.start, r.end, State::Waiting)),
+                "write" | "read" => segments.push((r.start, r.end, State::Io)),
+                "py" if !sampled => segments.push((r.start, r.end, State::Holding)),
+                "py" => {
+                    let mine = holds.get(&(pid, r.arg)).cloned().unwrap_or_default();
+                    let held = intersect(r.start, r.end, &mine);
+                    for &(s, e) in &held {
+                        segments.push((s, e, State::Holding));
+                    }
+                    for (s, e) in subtract(r.start, r.end, &held) {
+                        for &(cs, ce) in &intersect(s, e, &c_calls) {
+                            segments.push((cs, ce, State::Released));
                         }
-                        for (s, e) in subtract(r.start, r.end, &held) {
-                            for &(cs, ce) in &intersect(s, e, &c_calls) {
-                                segments.push((cs, ce, State::Released));
+                        for (ws, we) in subtract(s, e, &c_calls) {
+                            for &(hs, he) in &intersect(ws, we, &others) {
+                                segments.push((hs, he, State::Waiting));
                             }
-                            for (ws, we) in subtract(s, e, &c_calls) {
-                                segments.push((ws, we, State::Waiting));
-                            }
+                            open.extend(subtract(ws, we, &others));
                         }
                     }
-                    _ => {}
                 }
+                _ => {}
             }
-            segments.sort_by_key(|s| s.0);
-            let requests = records
-                .iter()
-                .filter(|r| r.kind == "req")
-                .map(|r| (r.start, r.end, r.label.clone()))
-                .collect();
-            Lane {
-                pid,
-                tid,
-                segments,
-                requests,
+        }
+        let requests = records
+            .iter()
+            .filter(|r| r.kind == "req")
+            .map(|r| (r.start, r.end, r.label.clone()))
+            .collect();
+        lanes.push(Lane {
+            pid,
+            tid,
+            segments,
+            requests,
+        });
+        unknown.push(open);
+    }
+    settle_unknown(&mut lanes, &unknown);
+    for lane in &mut lanes {
+        lane.segments.sort_by_key(|s| s.0);
+    }
+    lanes.retain(|lane| !lane.requests.is_empty());
+    lanes
+}
+
+/// Times no sampled holder covers: a thread alone in Python then held the
+/// GIL; several at once were handing it over (waiting).
+fn settle_unknown(lanes: &mut [Lane], unknown: &[Vec<(u64, u64)>]) {
+    let mut edges: Vec<(u64, i32, usize, bool)> = Vec::new();
+    for (i, spans) in unknown.iter().enumerate() {
+        for &(s, e) in spans {
+            edges.push((s, lanes[i].pid, i, true));
+            edges.push((e, lanes[i].pid, i, false));
+        }
+    }
+    edges.sort_by_key(|e| (e.1, e.0, !e.3));
+    let mut inside: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
+    let mut last: BTreeMap<i32, u64> = BTreeMap::new();
+    for (t, pid, lane, starts) in edges {
+        let now = inside.entry(pid).or_default();
+        if let Some(&from) = last.get(&pid)
+            && t > from
+        {
+            let state = if now.len() == 1 {
+                State::Holding
+            } else {
+                State::Waiting
+            };
+            for &i in now.iter() {
+                lanes[i].segments.push((from, t, state));
             }
-        })
-        .filter(|lane: &Lane| !lane.requests.is_empty())
-        .collect()
+        }
+        if starts {
+            now.push(lane);
+        } else if let Some(k) = now.iter().position(|&i| i == lane) {
+            now.swap_remove(k);
+        }
+        last.insert(pid, t);
+    }
 }
 
 /// The time window to draw, in ms since the trace's first request.
@@ -647,12 +708,17 @@ pub fn workers_svg(trace: &Trace, title: &str, window: Window) -> String {
 }
 
 /// The steps of a request, in order, and whether the GIL is held in each.
-pub const STEPS: [(&str, &str, Option<State>); 8] = [
+pub const STEPS: [(&str, &str, Option<State>); 10] = [
     ("parse", "parse the head (http-codec)", None),
     (
         "wait",
         "Python::attach: wait for the GIL",
         Some(State::Waiting),
+    ),
+    (
+        "objects",
+        "wsgi.input, start_response objects",
+        Some(State::Holding),
     ),
     ("environ", "build environ", Some(State::Holding)),
     ("app", "app(environ, start_response)", Some(State::Holding)),
@@ -662,9 +728,10 @@ pub const STEPS: [(&str, &str, Option<State>); 8] = [
         Some(State::Holding),
     ),
     ("body", "iterate the body", Some(State::Holding)),
+    ("head", "the response head, buffered", Some(State::Holding)),
     (
         "release",
-        "iterable.close(), let go of the GIL",
+        "the rest: close(), objects kept",
         Some(State::Holding),
     ),
     (
@@ -683,23 +750,30 @@ pub fn step_times(trace: &Trace) -> Vec<(&'static str, f64, f64, usize)> {
             .or_default()
             .push(r.end - r.start);
     }
-    // What is left of a py span after environ, app and body: the close,
-    // giving the objects back, and the bookkeeping.
-    let sum = |kind: &str| -> u64 { by_kind.get(kind).map_or(0, |v| v.iter().sum()) };
-    let py_count = by_kind.get("py").map_or(0, Vec::len);
-    let rest = sum("py")
-        .saturating_sub(sum("environ"))
-        .saturating_sub(sum("app"))
-        .saturating_sub(sum("body"));
+    // What is left of each py span after the steps above: close(), the
+    // objects kept for the next request, the bookkeeping.
+    let mut rest: Vec<u64> = Vec::new();
+    let mut inner: BTreeMap<(i32, i32), Vec<&Record>> = BTreeMap::new();
+    for r in &trace.records {
+        if ["objects", "environ", "app", "body", "head"].contains(&r.kind.as_str()) {
+            inner.entry((r.pid, r.tid)).or_default().push(r);
+        }
+    }
+    for py in trace.of_kind("py") {
+        let steps: u64 = inner.get(&(py.pid, py.tid)).map_or(0, |v| {
+            v.iter()
+                .filter(|r| r.start >= py.start && r.end <= py.end)
+                .map(|r| r.end - r.start)
+                .sum()
+        });
+        rest.push((py.end - py.start).saturating_sub(steps));
+    }
+    if !rest.is_empty() {
+        by_kind.insert("release", rest);
+    }
     STEPS
         .iter()
         .filter_map(|&(kind, _, _)| {
-            if kind == "release" {
-                return (py_count > 0).then(|| {
-                    let mean = rest as f64 / py_count as f64;
-                    (kind, mean, mean, py_count)
-                });
-            }
             let mut v = by_kind.get(kind)?.clone();
             v.sort_unstable();
             let median = v[v.len() / 2] as f64;

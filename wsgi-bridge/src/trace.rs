@@ -31,7 +31,7 @@ use std::cell::{Cell, RefCell};
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -39,6 +39,8 @@ use pyo3::prelude::*;
 
 static ON: AtomicBool = AtomicBool::new(false);
 static SINK: OnceLock<Sink> = OnceLock::new();
+/// Requests inside `Python::attach` now: the GIL sampler sleeps when none is.
+static IN_PYTHON: AtomicUsize = AtomicUsize::new(0);
 
 struct Sink {
     file: Mutex<File>,
@@ -116,6 +118,7 @@ pub fn got_gil(asked: Option<u64>) -> Option<u64> {
     let t = now();
     record("wait", asked, t, 0, None);
     watch_c_calls();
+    IN_PYTHON.fetch_add(1, Ordering::Relaxed);
     Some(t)
 }
 
@@ -203,6 +206,7 @@ pub fn release_gil(held_since: Option<u64>) {
         // SAFETY: called with the GIL held: this thread's state exists.
         let tstate = unsafe { pyo3::ffi::PyThreadState_Get() } as u64;
         record("py", t, now(), tstate, None);
+        IN_PYTHON.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -416,6 +420,18 @@ fn sample_gil(runtime: usize) {
     };
     let (mut holder, mut since) = (read(), now());
     loop {
+        if IN_PYTHON.load(Ordering::Relaxed) == 0 {
+            // No request in Python: look again in half a millisecond (a
+            // sampler at full speed all the time would take a third of a
+            // core). A short request missed meanwhile held the GIL alone:
+            // `trace-view` sees that from its `py` span.
+            if holder != 0 {
+                record("gil", since, now(), holder, None);
+            }
+            std::thread::sleep(Duration::from_micros(500));
+            (holder, since) = (read(), now());
+            continue;
+        }
         std::thread::sleep(SAMPLE_EVERY);
         let current = read();
         if current != holder {

@@ -212,7 +212,10 @@ fn call_app_with_gil<'a, R: Request>(
     ex: Exchange<'a, R>,
 ) -> AfterApp<'a, R> {
     let (request, stream) = (ex.request, ex.stream.clone());
-    let (input, start_response) = match wsgi_objects(py, app, ex) {
+    let t = trace::start();
+    let objects = wsgi_objects(py, app, ex);
+    trace::end(t, "objects");
+    let (input, start_response) = match objects {
         Ok(objects) => objects,
         Err(e) => {
             // Only an out-of-memory interpreter fails here.
@@ -228,7 +231,9 @@ fn call_app_with_gil<'a, R: Request>(
     let response = {
         let mut sr = start_response.borrow_mut();
         let writer = sr.writer_mut();
+        let t = trace::start();
         complete_response(py, request, result, &reader, writer);
+        trace::end(t, "head");
         writer.take_rest()
     };
     app.recycle(input, start_response);
