@@ -60,6 +60,8 @@ pub fn front_settings(dir: &Path, port: u16, upstream: &str, max_body: u64) -> N
         access_log: None,
         user: config::user_when_root(),
         max_temp_file: config::DEFAULT_MAX_TEMP_FILE,
+        files: config::FileOptions::default(),
+        upstream: Default::default(),
     }
 }
 

@@ -639,6 +639,7 @@ fn package_of(bin: &str) -> &str {
     match bin {
         "uwsgi-dump" => "stage4-uwsgi-socket",
         "trace-view" | "conformance-report" => "wsgi-course",
+        "cluster" => "stage5-nginx",
         other => other,
     }
 }

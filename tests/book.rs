@@ -707,6 +707,8 @@ fn the_labs_nginx_config_is_what_stage5_writes() {
         access_log: Some(PathBuf::from("/dev/stdout")),
         user: None,
         max_temp_file: config::DEFAULT_MAX_TEMP_FILE,
+        files: config::FileOptions::default(),
+        upstream: Default::default(),
     };
     let examples = repo_root().join("book").join("examples");
     let files = [

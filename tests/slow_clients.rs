@@ -118,3 +118,69 @@ fn gthread_workers_serve_normal_requests_while_slow_clients_drip() {
     .expect("stage 3 starts");
     check("stage 3 gthread, 2 x 4 threads", &server);
 }
+
+#[test]
+fn a_body_that_trickles_is_cut_off() {
+    // The head is complete, so a thread reads the body: a body sent one byte
+    // a second must not hold it for ever. After 10 s, a body must average
+    // 500 bytes a second (Apache's mod_reqtimeout rule): this one is cut
+    // between 10 and 12 s (the 1,000 bytes sent at once buy up to 2 s more).
+    let server = ServerProcess::start(
+        "stage2-threads",
+        &[
+            "apps.lab:app",
+            "-b",
+            "127.0.0.1:0",
+            "--threads",
+            "1",
+            "--timeout",
+            "30",
+        ],
+    )
+    .expect("stage 2 starts");
+    let mut s = TcpStream::connect(server.addr()).unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\n")
+        .unwrap();
+    s.write_all(&[b'x'; 1000]).unwrap();
+    let started = Instant::now();
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let mut answer = Vec::new();
+    let ended = loop {
+        if started.elapsed() > Duration::from_secs(25) {
+            break None;
+        }
+        // One byte a second, as long as the server takes them.
+        if s.write_all(b"x").is_err() {
+            break Some(started.elapsed());
+        }
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut closed = false;
+        while Instant::now() < deadline {
+            let mut buf = [0u8; 4096];
+            match std::io::Read::read(&mut s, &mut buf) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+        }
+        if closed {
+            break Some(started.elapsed());
+        }
+    };
+    let text = String::from_utf8_lossy(&answer).to_string();
+    println!(
+        "the trickling body was cut after {ended:?}: {}",
+        text.lines().next().unwrap_or("")
+    );
+    let ended = ended.expect("the server went on reading a body sent at one byte a second");
+    assert!(ended < Duration::from_secs(20), "{ended:?}");
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    // The one thread is free again.
+    assert_eq!(
+        wsgi_course::client::get(server.addr(), "/").unwrap().status,
+        200
+    );
+}

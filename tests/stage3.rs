@@ -611,6 +611,10 @@ fn usr1_makes_workers_reopen_their_access_log() {
     for _ in 0..20 {
         assert_eq!(client::get(server.addr(), "/after").unwrap().status, 404);
     }
+    // Each line is written once its response is out: wait for the last.
+    wait_until("20 lines in the new file", Duration::from_secs(5), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.matches("GET /after").count() >= 20)
+    });
     let old = std::fs::read_to_string(&rotated).unwrap();
     let new = std::fs::read_to_string(&log).unwrap_or_default();
     let _ = std::fs::remove_dir_all(&dir);
@@ -620,4 +624,231 @@ fn usr1_makes_workers_reopen_their_access_log() {
         "a line went to the rotated file:\n{old}"
     );
     assert_eq!(new.matches("GET /after").count(), 20, "{new}");
+}
+
+#[test]
+fn the_address_forms_students_type() {
+    // `PORT` alone is a port on loopback (gunicorn would read it as a host
+    // name: 0.0.31.64); `:PORT` is every interface, as gunicorn means it.
+    let port = wsgi_course::nginx::free_port();
+    let server = ServerProcess::start(BIN, &["-b", &port.to_string(), "-w", "1"]).unwrap();
+    assert_eq!(server.addr(), format!("127.0.0.1:{port}").parse().unwrap());
+    assert_eq!(client::get(server.addr(), "/").unwrap().status, 200);
+    drop(server);
+    let port = wsgi_course::nginx::free_port();
+    let server = ServerProcess::start(BIN, &["-b", &format!(":{port}"), "-w", "1"]).unwrap();
+    assert!(
+        server.listen_text().contains(&format!("0.0.0.0:{port}")),
+        "{}",
+        server.listen_text()
+    );
+    let loopback = format!("127.0.0.1:{port}").parse().unwrap();
+    assert_eq!(client::get(loopback, "/").unwrap().status, 200);
+}
+
+#[test]
+fn an_inherited_socket_is_served_with_fd_n() {
+    // What systemd's socket activation does: the socket is bound and
+    // listening before the server starts, passed as fd 3.
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fd = listener.as_raw_fd();
+    let mut cmd = std::process::Command::new(workspace_bin(BIN));
+    cmd.args(["-b", "fd://3", "-w", "1"])
+        .current_dir(repo_root());
+    // SAFETY: dup2 and fcntl are async-signal-safe, as pre_exec requires.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::fcntl(3, libc::F_SETFD, 0);
+            Ok(())
+        });
+    }
+    let server = ServerProcess::start_command("stage3-prefork fd://3", cmd).unwrap();
+    drop(listener);
+    assert_eq!(server.addr(), addr);
+    assert_eq!(client::get(addr, "/").unwrap().status, 200);
+}
+
+#[test]
+fn gunicorn_flags_the_course_has_not_are_one_sentence() {
+    for (flag, says) in [
+        ("--daemon", "foreground"),
+        ("--certfile=cert.pem", "TLS"),
+        ("--statsd-host=localhost:8125", "--stats"),
+        ("--reload-engine=poll", "inotify"),
+    ] {
+        let out = Command::new(workspace_bin(BIN)).arg(flag).assert().code(2);
+        let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("is gunicorn's, not this course's") && stderr.contains(says),
+            "{stderr}"
+        );
+    }
+    let out = Command::new(workspace_bin(BIN))
+        .args(["-b", "127.0.0.1:1", "-b", "127.0.0.1:2"])
+        .assert()
+        .code(1);
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(stderr.contains("--bind given 2 times"), "{stderr}");
+}
+
+#[test]
+fn reload_restarts_workers_when_the_app_changes() {
+    let dir = std::env::temp_dir().join(format!("stage3-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let app = |version: &str| {
+        format!(
+            "def app(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'{version}']\n"
+        )
+    };
+    std::fs::write(dir.join("devapp.py"), app("v1")).unwrap();
+    let server = ServerProcess::start(
+        BIN,
+        &[
+            "devapp:app",
+            "--chdir",
+            dir.to_str().unwrap(),
+            "-b",
+            "127.0.0.1:0",
+            "-w",
+            "1",
+            "--reload",
+        ],
+    )
+    .unwrap();
+    assert_eq!(client::get(server.addr(), "/").unwrap().body, b"v1");
+    // Let the worker set its watches up, then save a new version.
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(dir.join("devapp.py"), app("v2")).unwrap();
+    let saved = Instant::now();
+    let mut seen = Vec::new();
+    while saved.elapsed() < Duration::from_secs(10) {
+        if let Ok(r) = client::get(server.addr(), "/") {
+            seen = r.body;
+            if seen == b"v2" {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = saved.elapsed();
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "the new code answered {:.2} s after the file was saved",
+        took.as_secs_f64()
+    );
+    assert_eq!(seen, b"v2", "{}", server.stderr_text());
+    assert!(
+        server.stderr_text().contains("Worker reloading:"),
+        "{}",
+        server.stderr_text()
+    );
+}
+
+#[test]
+fn reload_with_preload_is_one_sentence() {
+    let out = Command::new(workspace_bin(BIN))
+        .args(["--reload", "--preload"])
+        .assert()
+        .code(1);
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(
+        stderr.contains("--reload and --preload do not go together"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_relative_chdir_means_the_same_in_the_master_and_its_workers() {
+    // The master changes to --chdir before forking; each worker then starts
+    // Python there. A relative path must not be applied twice.
+    let server = ServerProcess::start(
+        BIN,
+        &["hello", "--chdir", "apps", "-b", "127.0.0.1:0", "-w", "1"],
+    )
+    .unwrap();
+    assert_eq!(
+        client::get(server.addr(), "/").unwrap().body,
+        b"Hello, World!\n"
+    );
+}
+
+#[test]
+fn asgi_workers_serve_and_a_blocked_loop_is_killed_by_the_timeout() {
+    // `-k asgi`: stage 6's event loop in each worker. Its heartbeat comes
+    // from the loop itself: `time.sleep` inside `async def` silences it, and
+    // the master's --timeout replaces the worker.
+    let server = ServerProcess::start(
+        BIN,
+        &[
+            "apps.asgi_lab:app",
+            "-k",
+            "asgi",
+            "-w",
+            "2",
+            "-b",
+            "127.0.0.1:0",
+            "--timeout",
+            "2",
+        ],
+    )
+    .unwrap();
+    let addr = server.addr();
+    assert!(
+        server
+            .wait_for_stderr("Using worker: asgi", Duration::from_secs(5))
+            .is_some()
+    );
+    assert_eq!(client::get(addr, "/io?ms=10").unwrap().body, b"io done\n");
+    let blocked = std::thread::spawn(move || client::get(addr, "/block?ms=8000"));
+    server
+        .wait_for_stderr("WORKER TIMEOUT", Duration::from_secs(10))
+        .expect("the master notices the blocked loop");
+    assert!(
+        blocked.join().unwrap().is_err(),
+        "the blocked request dies with its worker"
+    );
+    wait_until("two workers again", Duration::from_secs(10), || {
+        children(server.pid()).len() == 2
+    });
+    assert_eq!(client::get(addr, "/").unwrap().status, 200);
+}
+
+#[test]
+fn forwarded_headers_are_believed_from_trusted_proxies_only() {
+    let environ = |server: &ServerProcess, headers: &str| -> (u16, Value) {
+        let raw = format!("GET /environ HTTP/1.1\r\nHost: t\r\n{headers}Connection: close\r\n\r\n");
+        let r = client::request(server.addr(), raw.as_bytes()).unwrap();
+        (
+            r.status,
+            serde_json::from_slice(&r.body).unwrap_or(Value::Null),
+        )
+    };
+    // gunicorn's default: the loopback addresses are trusted proxies.
+    let trusting = start(&["-w", "1", "--proxy-headers"]);
+    let (_, env) = environ(
+        &trusting,
+        "X-Forwarded-Proto: https\r\nX-Forwarded-For: 203.0.113.7\r\n",
+    );
+    assert_eq!(env["wsgi.url_scheme"], "https", "{env}");
+    assert_eq!(env["REMOTE_ADDR"], "203.0.113.7", "{env}");
+    let (status, _) = environ(
+        &trusting,
+        "X-Forwarded-Proto: https\r\nX-Forwarded-Ssl: off\r\n",
+    );
+    assert_eq!(status, 400, "contradictory scheme headers");
+    // Anyone else's headers change nothing.
+    let wary = start(&["-w", "1", "--forwarded-allow-ips", "10.0.0.0/8"]);
+    let (_, env) = environ(
+        &wary,
+        "X-Forwarded-Proto: https\r\nX-Forwarded-For: 203.0.113.7\r\n",
+    );
+    assert_eq!(env["wsgi.url_scheme"], "http", "{env}");
+    assert_eq!(env["REMOTE_ADDR"], "127.0.0.1", "{env}");
 }

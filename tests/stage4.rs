@@ -374,3 +374,97 @@ fn a_request_nginx_gave_up_on_is_not_run() {
         "the abandoned request ran the app"
     );
 }
+
+#[test]
+fn usr1_prints_the_statistics_as_uwsgi_does() {
+    let (server, _sock) = start("usr1", &[]);
+    server.signal(libc::SIGUSR1);
+    let line = server
+        .wait_for_stderr("Handling signal: usr1: statistics:", Duration::from_secs(5))
+        .expect("the master prints its statistics");
+    assert!(line.contains("\"workers\""), "{line}");
+    // And the master is still there, serving.
+    assert!(procs::alive(server.pid()));
+}
+
+#[test]
+fn threads_overlap_sleeping_requests() {
+    // The course notes' `--processes 4 --threads 2`, in small: one process
+    // with four threads serves four sleeping requests at once.
+    let sock = socket_path("threads");
+    let server = ServerProcess::start(
+        BIN,
+        &[
+            "--socket",
+            sock.to_str().unwrap(),
+            "--module",
+            "apps.lab:app",
+            "--processes",
+            "1",
+            "--threads",
+            "4",
+            "--enable-threads",
+        ],
+    )
+    .expect("stage 4 starts");
+    assert!(
+        server.stderr_text().contains("4 threads each"),
+        "{}",
+        server.stderr_text()
+    );
+    let started = std::time::Instant::now();
+    let requests: Vec<_> = (0..4)
+        .map(|_| {
+            let sock = sock.clone();
+            std::thread::spawn(move || {
+                uwsgi::request(&sock, "GET", "/io?ms=1000", &[("Host", "t")], b"")
+            })
+        })
+        .collect();
+    for r in requests {
+        assert_eq!(r.join().unwrap().unwrap().status, 200);
+    }
+    // One after another they would take 4 s.
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(2500),
+        "four 1 s requests took {took:?}"
+    );
+}
+
+#[test]
+fn an_ini_file_is_its_flags_and_the_command_line_wins() {
+    let dir = std::env::temp_dir().join(format!("stage4-ini-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ini = dir.join("site.ini");
+    std::fs::write(
+        &ini,
+        "# as the course notes ship it\n[uwsgi]\nmodule = apps.lab:app\nsocket = %d%n.sock\nprocesses = 4\nchmod-socket = 660\nmaster = true\nvacuum = true\n",
+    )
+    .unwrap();
+    let server = ServerProcess::start(
+        BIN,
+        &[ini.to_str().unwrap(), "--processes", "1", "--show-config"],
+    )
+    .expect("stage 4 starts from an ini file");
+    let sock = dir.join("site.sock");
+    assert_eq!(server.unix_path().as_deref(), Some(sock.as_path()));
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+    assert!(
+        server
+            .wait_for_stderr(": 1 worker", Duration::from_secs(5))
+            .is_some(),
+        "the command line's --processes 1 wins over the file's 4: {}",
+        server.stderr_text()
+    );
+    assert!(
+        server.stdout_text().contains("processes = 1"),
+        "{}",
+        server.stdout_text()
+    );
+    let r = uwsgi::request(&sock, "GET", "/", &[("Host", "t")], b"").unwrap();
+    assert_eq!(r.status, 200);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,6 +1,6 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use wsgi_bridge::worker::WorkerHooks;
+use wsgi_bridge::hooks::WorkerHooks;
 
 /// Counts the requests served, and asks the loop to stop after `max` of
 /// them (0: never).

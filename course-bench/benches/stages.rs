@@ -70,6 +70,9 @@ fn stages(c: &mut Criterion) {
         // cost (connecting), which a linear fit would not need to see.
         group.sampling_mode(SamplingMode::Flat);
         for (i, spec) in available.iter().enumerate() {
+            if workload.asgi_only && !spec.asgi {
+                continue;
+            }
             let samples: RefCell<Vec<(u64, Measurement)>> = RefCell::new(Vec::new());
             let per_request: Cell<Option<Duration>> = Cell::new(None);
             let patience = RefCell::new(settings.patience);

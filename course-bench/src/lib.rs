@@ -25,6 +25,9 @@ use serde_json::{Value, json};
 
 /// The app every server serves: all workloads are routes of it.
 pub const APP: &str = "apps.lab:app";
+/// The same routes for the ASGI servers (stage 6, `-k asgi`, uvicorn,
+/// granian's ASGI interface, hypercorn): `apps/asgi_lab.py`.
+pub const ASGI_APP: &str = "apps.asgi_lab:app";
 
 // ANCHOR: settings
 /// What every server is given, from the environment (defaults in brackets).
@@ -96,6 +99,11 @@ pub struct Workload {
     /// Bytes of request body (sent as `x`s).
     pub body: usize,
     pub about: &'static str,
+    /// Concurrent connections, when not the settings' (0).
+    pub connections: usize,
+    /// Only for the ASGI servers (a load the WSGI servers would take
+    /// minutes to get through at their pace, for a figure already known).
+    pub asgi_only: bool,
 }
 
 pub const WORKLOADS: &[Workload] = &[
@@ -105,6 +113,8 @@ pub const WORKLOADS: &[Workload] = &[
         path: "/",
         body: 0,
         about: "`GET /`: Hello, World! (what the server itself costs)",
+        connections: 0,
+        asgi_only: false,
     },
     Workload {
         id: "cpu",
@@ -112,6 +122,8 @@ pub const WORKLOADS: &[Workload] = &[
         path: "/cpu?ms=1",
         body: 0,
         about: "`GET /cpu?ms=1`: 1 ms of pure-Python work (holds the GIL)",
+        connections: 0,
+        asgi_only: false,
     },
     Workload {
         id: "io",
@@ -119,6 +131,8 @@ pub const WORKLOADS: &[Workload] = &[
         path: "/io?ms=10",
         body: 0,
         about: "`GET /io?ms=10`: `time.sleep(0.01)`, like waiting on a database (releases the GIL)",
+        connections: 0,
+        asgi_only: false,
     },
     Workload {
         id: "bytes64k",
@@ -126,6 +140,8 @@ pub const WORKLOADS: &[Workload] = &[
         path: "/bytes?n=65536",
         body: 0,
         about: "`GET /bytes?n=65536`: a 64 KiB response",
+        connections: 0,
+        asgi_only: false,
     },
     Workload {
         id: "echo64k",
@@ -133,6 +149,17 @@ pub const WORKLOADS: &[Workload] = &[
         path: "/echo",
         body: 64 * 1024,
         about: "`POST /echo` with 64 KiB: the upload read through `wsgi.input` and sent back",
+        connections: 0,
+        asgi_only: false,
+    },
+    Workload {
+        id: "io256",
+        method: "GET",
+        path: "/io?ms=10",
+        body: 0,
+        about: "`GET /io?ms=10` from 256 connections at once, `asyncio.sleep(0.01)` (what an event loop is for; ASGI servers only; the bound is 25,600 requests/s)",
+        connections: 256,
+        asgi_only: true,
     },
 ];
 // ANCHOR_END: workloads

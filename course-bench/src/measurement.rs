@@ -64,24 +64,7 @@ pub fn machine_busy() -> Duration {
     Duration::from_micros(ticks * 1_000_000 / hz).saturating_sub(kernel_threads)
 }
 
-/// Resident memory of a process, in KiB.
-pub fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-/// Proportional set size of a process, in KiB (`/proc/PID/smaps_rollup`,
-/// Linux 4.14 and later).
-pub fn pss_kib(pid: u32) -> Option<u64> {
-    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    rollup
-        .lines()
-        .find_map(|l| l.strip_prefix("Pss:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
+pub use supervise::memory::{pss_kib, rss_kib};
 
 /// CPU time of the calling thread (the load generator runs on it).
 pub fn thread_cpu() -> Duration {
@@ -124,7 +107,11 @@ pub fn measure(
     cfg.method = workload.method.into();
     cfg.path = workload.path.into();
     cfg.body = vec![b'x'; workload.body];
-    cfg.connections = settings.connections;
+    cfg.connections = if workload.connections > 0 {
+        workload.connections
+    } else {
+        settings.connections
+    };
     match budget {
         Budget::Requests(n) => cfg.requests = Some(n),
         Budget::Time(d) => cfg.duration = Some(d),

@@ -11,7 +11,7 @@ use wsgi_course::procs::{parent_map, process_tree};
 use wsgi_course::server::{ServerProcess, repo_root, try_workspace_bin};
 
 use crate::measurement::{process_cpu, tree_cpu};
-use crate::{APP, Settings};
+use crate::{APP, ASGI_APP, Settings};
 
 /// Course stage or real-world server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,6 +80,8 @@ pub struct ServerSpec {
     pub runs: Option<&'static str>,
     /// It starts nginx itself: skipped when nginx is not installed.
     pub needs_nginx: bool,
+    /// It serves ASGI apps: `{app}` is [`ASGI_APP`].
+    pub asgi: bool,
 }
 
 /// A course stage: a workspace binary with a banner, its workers the
@@ -103,6 +105,7 @@ const fn stage(
         front: Front::Direct,
         runs: None,
         needs_nginx: false,
+        asgi: false,
     }
 }
 
@@ -132,6 +135,7 @@ const fn peer(
         front: Front::Direct,
         runs: None,
         needs_nginx: false,
+        asgi: false,
     }
 }
 
@@ -158,6 +162,17 @@ impl ServerSpec {
         self.front = Front::Nginx;
         self.needs_nginx = true;
         self
+    }
+
+    /// It serves the ASGI twin of the lab app.
+    const fn asgi(mut self) -> ServerSpec {
+        self.asgi = true;
+        self
+    }
+
+    /// The app it serves.
+    pub fn app(&self) -> &'static str {
+        if self.asgi { ASGI_APP } else { APP }
     }
 
     /// It runs nginx and the workspace binary `bin` itself (stage 5).
@@ -187,17 +202,29 @@ pub fn servers() -> Vec<ServerSpec> {
         peer("uwsgi-http", "uWSGI --http (its HTTP router in front)", "uwsgi", "pyuwsgi", "pip install pyuwsgi", "--http {addr} --master --processes {workers} --module {app} --need-app --disable-logging", "router + {workers} workers x 1 thread").no_banner().workers_are(uwsgi_workers),
         peer("uwsgi-socket", "uWSGI --socket behind nginx (as stage 4)", "uwsgi", "pyuwsgi", "pip install pyuwsgi", "--socket {socket} --master --processes {workers} --module {app} --need-app --disable-logging", "nginx (1 worker) + {workers} workers x 1 thread").no_banner().behind_nginx(),
         peer("granian", "granian --interface wsgi (Rust: tokio + hyper)", "granian", "granian", "pip install granian", "--interface wsgi --workers {workers} --host {host} --port {port} {app}", "{workers} workers (tokio + blocking threads)").no_banner(),
+        // ASGI: one event loop per process, the app apps/asgi_lab.py.
+        stage("stage6", "stage 6: one event loop (ASGI)", "stage6-asgi", "-b {addr} {app}", "1 process, 1 asyncio loop + 1 I/O thread").single_process().asgi(),
+        stage("stage3-asgi", "stage 3: prefork, asgi workers (stage 6's loop)", "stage3-prefork", "-w {workers} -k asgi -b {addr} {app}", "{workers} workers x 1 loop").asgi(),
+        peer("uvicorn", "uvicorn (uvloop + httptools)", "uvicorn", "uvicorn", "pip install 'uvicorn[standard]'", "--workers {workers} --loop uvloop --http httptools --no-access-log --log-level warning --host {host} --port {port} {app}", "{workers} workers x 1 loop").no_banner().asgi(),
+        peer("granian-asgi", "granian --interface asgi", "granian", "granian", "pip install granian", "--interface asgi --workers {workers} --host {host} --port {port} {app}", "{workers} workers (tokio + 1 loop)").no_banner().asgi(),
+        peer("hypercorn", "hypercorn (asyncio)", "hypercorn", "hypercorn", "pip install hypercorn", "--workers {workers} --bind {addr} {app}", "{workers} workers x 1 loop").no_banner().asgi(),
     ]
 }
 // ANCHOR_END: servers
 
 /// `template` with the placeholders of [`ServerSpec::args`] filled in.
-pub fn expand(template: &str, settings: &Settings, addr: SocketAddr, socket: &str) -> String {
+pub fn expand(
+    template: &str,
+    settings: &Settings,
+    addr: SocketAddr,
+    socket: &str,
+    app: &str,
+) -> String {
     template
         .replace("{socket}", socket)
         .replace("{workers}", &settings.workers.to_string())
         .replace("{threads}", &settings.threads.to_string())
-        .replace("{app}", APP)
+        .replace("{app}", app)
         .replace("{addr}", &addr.to_string())
         .replace("{host}", &addr.ip().to_string())
         .replace("{port}", &addr.port().to_string())
@@ -250,6 +277,7 @@ impl ServerSpec {
             settings,
             SocketAddr::from(([127, 0, 0, 1], 0)),
             "",
+            self.app(),
         )
     }
 
@@ -318,6 +346,7 @@ impl ServerSpec {
             settings,
             addr,
             socket_text.as_deref().unwrap_or("{socket}"),
+            self.app(),
         );
         cmd.args(args.split_whitespace()).current_dir(&root);
         let process = match &socket {
@@ -575,7 +604,8 @@ mod tests {
         let settings = Settings::from_env();
         let addr = SocketAddr::from(([127, 0, 0, 1], 8000));
         for s in &servers {
-            let line = expand(s.args, &settings, addr, "/tmp/app.sock") + &s.shape(&settings);
+            let line =
+                expand(s.args, &settings, addr, "/tmp/app.sock", s.app()) + &s.shape(&settings);
             assert!(
                 !line.contains('{'),
                 "{}: a placeholder is left in {line:?}",

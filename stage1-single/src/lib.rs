@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use wsgi_bridge::conn::Stream;
+use wsgi_bridge::hooks::WorkerHooks;
 use wsgi_bridge::http::request::Limits;
 use wsgi_bridge::serve::{HttpConnection, Next};
-use wsgi_bridge::worker::WorkerHooks;
 use wsgi_bridge::wsgi::call::WsgiApp;
 use wsgi_bridge::wsgi::environ::Peer;
 

@@ -14,7 +14,7 @@ use stage1_single::{SyncConfig, serve_forever};
 use wsgi_bridge::boot;
 use wsgi_bridge::cli::{AppArgs, LimitArgs, LogArgs};
 use wsgi_bridge::embed::StartError;
-use wsgi_bridge::worker::NoHooks;
+use wsgi_bridge::hooks::NoHooks;
 use wsgi_bridge::wsgi::call::WsgiApp;
 use wsgi_bridge::wsgi::environ::ServerInfo;
 

@@ -49,9 +49,9 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use wsgi_bridge::conn::Stream;
+use wsgi_bridge::hooks::WorkerHooks;
 use wsgi_bridge::http::request::Limits;
 use wsgi_bridge::serve::{Arrived, HttpConnection};
-use wsgi_bridge::worker::WorkerHooks;
 use wsgi_bridge::wsgi::call::WsgiApp;
 use wsgi_bridge::wsgi::environ::Peer;
 

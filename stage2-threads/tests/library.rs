@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use pyo3::Python;
 use stage2_threads::{ThreadConfig, serve_forever};
 use wsgi_bridge::embed::{self, AppSource, PythonSetup};
+use wsgi_bridge::hooks::WorkerHooks;
 use wsgi_bridge::http::request::Limits;
-use wsgi_bridge::worker::WorkerHooks;
 use wsgi_bridge::wsgi::call::WsgiApp;
 use wsgi_bridge::wsgi::environ::ServerInfo;
 

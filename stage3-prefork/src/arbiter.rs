@@ -618,8 +618,16 @@ impl Arbiter {
     }
     // ANCHOR_END: stop
 
-    /// USR1: the workers reopen their log files (logrotate has moved them).
+    /// USR1: the workers reopen their log files (logrotate has moved them),
+    /// as in gunicorn; or, as in uWSGI, the master prints its statistics.
     fn reopen_logs(&mut self) {
+        if self.config.usr1 == crate::config::Usr1::PrintStats {
+            log::info!(
+                "Handling signal: usr1: statistics: {}",
+                stats::snapshot(self)
+            );
+            return;
+        }
         log::info!("Handling signal: usr1: workers reopen their log files");
         for worker in &self.workers {
             let _ = kill(worker.pid, Signal::SIGUSR1);

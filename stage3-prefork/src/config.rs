@@ -11,7 +11,7 @@ use wsgi_bridge::boot;
 use wsgi_bridge::cli::{AppArgs, LimitArgs, LogArgs};
 use wsgi_bridge::embed::{AppSource, StartError};
 
-use crate::http_workers::{SyncWorker, ThreadWorker};
+use crate::http_workers::{AsgiWorker, SyncWorker, ThreadWorker};
 
 /// How each worker serves its connections (`-k`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -20,6 +20,9 @@ pub enum WorkerKind {
     Sync,
     /// Stage 2's loop: a pool of threads per worker (with --threads).
     Gthread,
+    /// Stage 6's event loop: an ASGI app on one asyncio loop per worker
+    /// (gunicorn's `-k uvicorn.workers.UvicornWorker`).
+    Asgi,
 }
 
 /// A pre-fork WSGI server: a master process that forks, watches and replaces
@@ -27,15 +30,18 @@ pub enum WorkerKind {
 #[derive(Parser, Debug)]
 #[command(name = "stage3-prefork", version)]
 pub struct Args {
-    /// The address to listen on (HOST:PORT).
+    /// The address to listen on: HOST:PORT, [::1]:PORT, :PORT (every
+    /// interface), PORT (on 127.0.0.1), or fd://N (a socket this process
+    /// inherited, as systemd's socket activation passes it).
     #[arg(short, long, value_name = "ADDRESS", default_value = "127.0.0.1:8000")]
-    pub bind: String,
+    pub bind: Vec<String>,
 
     /// How many worker processes [default: 2 x CPU cores + 1].
     #[arg(short, long, value_name = "N")]
     pub workers: Option<usize>,
 
-    /// The worker loop: sync (one connection at a time) or gthread (threads).
+    /// The worker loop: sync (one connection at a time), gthread (threads),
+    /// or asgi (stage 6's event loop, for an ASGI app).
     #[arg(short = 'k', long, value_enum, default_value = "sync")]
     pub worker_class: WorkerKind,
 
@@ -72,6 +78,26 @@ pub struct Args {
     /// memory pages (copy-on-write) and start faster.
     #[arg(long)]
     pub preload: bool,
+
+    /// Proxies whose X-Forwarded-Proto (and -Ssl, -Protocol) headers are
+    /// believed, as gunicorn's: addresses, networks (10.0.0.0/8) or '*'.
+    #[arg(
+        long,
+        value_name = "ADDRS",
+        default_value = "127.0.0.1,::1",
+        env = "FORWARDED_ALLOW_IPS"
+    )]
+    pub forwarded_allow_ips: String,
+
+    /// Also take the client's address (REMOTE_ADDR) from X-Forwarded-For
+    /// sent by those proxies, as uvicorn's --proxy-headers does.
+    #[arg(long)]
+    pub proxy_headers: bool,
+
+    /// Restart workers when a source file of the app changes (for
+    /// development). Not with --preload, which imports the app once.
+    #[arg(long)]
+    pub reload: bool,
 
     /// Give each worker its own listening socket (SO_REUSEPORT) instead of
     /// one shared socket.
@@ -119,10 +145,26 @@ pub struct Config {
     pub max_requests: u64,
     pub max_requests_jitter: u64,
     pub preload: bool,
+    /// Workers exit when a source file of the app changes (`--reload`).
+    pub reload: bool,
+    /// Proxies whose forwarded headers the HTTP workers believe.
+    pub forwarded: Option<wsgi_bridge::wsgi::forwarded::Forwarded>,
     pub pid_file: Option<PathBuf>,
     pub stats: Option<SocketAddr>,
     pub app: AppArgs,
     pub source: AppSource,
+    /// What USR1 does: gunicorn's "reopen the log files" (workers reopen
+    /// their access log), or uWSGI's "print statistics" (stage 4).
+    pub usr1: Usr1,
+}
+
+/// The meaning of SIGUSR1, which gunicorn and uWSGI disagree on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Usr1 {
+    /// gunicorn: the workers reopen their log files (logrotate).
+    ReopenLogs,
+    /// uWSGI: the master prints its statistics to the log.
+    PrintStats,
 }
 
 /// Stage 3's command line, read: the master's settings, the worker class,
@@ -130,8 +172,29 @@ pub struct Config {
 pub struct Setup {
     pub config: Config,
     pub worker_class: Box<dyn crate::WorkerClass>,
-    pub bind: SocketAddr,
+    pub bind: Bind,
     pub reuse_port: bool,
+}
+
+/// Where stage 3 listens.
+#[derive(Clone, Copy, Debug)]
+pub enum Bind {
+    Tcp(SocketAddr),
+    /// A listening socket inherited as this file descriptor (`fd://N`).
+    Fd(i32),
+}
+
+impl Bind {
+    fn parse(text: &str) -> Result<Bind, StartError> {
+        match text.strip_prefix("fd://") {
+            Some(n) => n.parse().map(Bind::Fd).map_err(|_| {
+                StartError::new(format!(
+                    "--bind {text}: fd://N takes a file descriptor number"
+                ))
+            }),
+            None => boot::resolve_bind(text).map(Bind::Tcp),
+        }
+    }
 }
 
 /// How long a client may stall on a socket before a worker gives up on it.
@@ -151,7 +214,15 @@ pub fn default_workers() -> usize {
 impl Args {
     pub fn setup(self) -> Result<Setup, StartError> {
         let args = self;
-        let bind = boot::resolve_bind(&args.bind)?;
+        let bind = match args.bind.as_slice() {
+            [one] => Bind::parse(one)?,
+            _ => {
+                return Err(StartError::new(format!(
+                    "--bind given {} times: gunicorn listens on several addresses, this course's stage 3 on one (run one server per address, or put nginx in front of one)",
+                    args.bind.len()
+                )));
+            }
+        };
         let stats = args.stats.as_deref().map(boot::resolve_bind).transpose()?;
         let workers = args.workers.unwrap_or_else(default_workers);
         if workers == 0 {
@@ -162,6 +233,11 @@ impl Args {
                 "--workers {workers} is more than this server runs ({})",
                 crate::scoreboard::MAX_WORKERS
             )));
+        }
+        if args.reload && args.preload {
+            return Err(StartError::new(
+                "--reload and --preload do not go together: with --preload the master imports the app once, before forking, so a new worker would run the old code again (drop --preload while you develop)",
+            ));
         }
         if args.threads == 0 {
             return Err(StartError::new("--threads must be at least 1"));
@@ -187,9 +263,19 @@ impl Args {
             worker_connections: args.worker_connections,
             graceful_timeout: Duration::from_secs(args.graceful_timeout),
         };
+        let asgi = stage6_asgi::AsgiConfig {
+            limits: limits.clone(),
+            keep_alive: (args.keep_alive > 0).then(|| Duration::from_secs(args.keep_alive)),
+            timeout: io_timeout(args.timeout),
+            graceful_timeout: Duration::from_secs(args.graceful_timeout),
+            root_path: args.app.script_name(),
+            server_header: concat!("stage3-prefork/", env!("CARGO_PKG_VERSION")).to_string(),
+            ..stage6_asgi::AsgiConfig::default()
+        };
         let worker_class: Box<dyn crate::WorkerClass> = match worker_class {
             WorkerKind::Sync => Box::new(SyncWorker(sync)),
             WorkerKind::Gthread => Box::new(ThreadWorker(threads)),
+            WorkerKind::Asgi => Box::new(AsgiWorker(asgi)),
         };
         let config = Config {
             server_software: concat!("stage3-prefork/", env!("CARGO_PKG_VERSION")),
@@ -199,10 +285,19 @@ impl Args {
             max_requests: args.max_requests,
             max_requests_jitter: args.max_requests_jitter,
             preload: args.preload,
+            reload: args.reload,
+            forwarded: Some(
+                wsgi_bridge::wsgi::forwarded::Forwarded::parse(
+                    &args.forwarded_allow_ips,
+                    args.proxy_headers,
+                )
+                .map_err(StartError::new)?,
+            ),
             pid_file: args.pid,
             stats,
             app: args.app,
             source,
+            usr1: Usr1::ReopenLogs,
         };
         Ok(Setup {
             config,

@@ -1,5 +1,5 @@
-//! Stage 3's worker classes: stage 1's loop (`-k sync`) and stage 2's
-//! (`-k gthread`), reused as they are.
+//! Stage 3's worker classes: stage 1's loop (`-k sync`), stage 2's
+//! (`-k gthread`) and stage 6's event loop (`-k asgi`), reused as they are.
 
 use std::io;
 
@@ -40,6 +40,34 @@ impl WorkerClass for ThreadWorker {
     }
 }
 // ANCHOR_END: worker_classes
+
+// ANCHOR: asgi_worker
+/// An ASGI app on stage 6's event loop, one per worker process: what
+/// `gunicorn -k uvicorn.workers.UvicornWorker` runs. The loop itself calls
+/// the heartbeat, so a loop blocked by `time.sleep` is a silent worker, and
+/// `--timeout` kills it.
+pub struct AsgiWorker(pub stage6_asgi::AsgiConfig);
+
+impl WorkerClass for AsgiWorker {
+    fn name(&self) -> String {
+        "asgi".to_string()
+    }
+
+    fn load_app(
+        &self,
+        args: &wsgi_bridge::cli::AppArgs,
+        _source: &wsgi_bridge::embed::AppSource,
+    ) -> Result<pyo3::Py<pyo3::PyAny>, wsgi_bridge::embed::StartError> {
+        // Without an app: stage 6's built-in hello app, an ASGI one.
+        stage6_asgi::load_app(args)
+    }
+
+    fn serve(&self, worker: WorkerContext<'_>) -> io::Result<()> {
+        let listener = tcp(worker.listener)?;
+        stage6_asgi::serve_forever(listener, worker.app, &self.0, worker.stop, worker.hooks)
+    }
+}
+// ANCHOR_END: asgi_worker
 
 fn tcp(listener: WorkerListener) -> io::Result<std::net::TcpListener> {
     match listener {

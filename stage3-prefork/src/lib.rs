@@ -24,7 +24,7 @@
 //!     worker_class: setup.worker_class,
 //!     extra_children: Vec::new(),
 //! };
-//! let status = master.run(|| Listeners::bind(setup.bind, setup.reuse_port))?;
+//! let status = master.run(|| Listeners::open(setup.bind, setup.reuse_port))?;
 //! # Ok(()) }
 //! ```
 
@@ -32,14 +32,16 @@ mod arbiter;
 pub mod config;
 mod http_workers;
 pub mod listen;
+mod reload;
 mod scoreboard;
 mod start;
 mod stats;
+pub mod unsupported;
 mod upgrade;
 mod worker;
 
-pub use config::{Args, Config, Setup, WorkerKind, default_workers};
-pub use http_workers::{SyncWorker, ThreadWorker};
+pub use config::{Args, Bind, Config, Setup, Usr1, WorkerKind, default_workers};
+pub use http_workers::{AsgiWorker, SyncWorker, ThreadWorker};
 pub use listen::{Listeners, WorkerListener};
 pub use start::{ExtraChild, Master};
 pub use worker::{WorkerClass, WorkerContext};

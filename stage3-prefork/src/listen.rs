@@ -122,6 +122,19 @@ impl Listeners {
         }
     }
 
+    /// Where `bind` says: a TCP address (see [`Listeners::bind`]), or a
+    /// socket this process inherited (`fd://N`).
+    pub fn open(bind: crate::config::Bind, reuse_port: bool) -> Result<Listeners, StartError> {
+        match bind {
+            crate::config::Bind::Tcp(addr) => Listeners::bind(addr, reuse_port),
+            crate::config::Bind::Fd(fd) => {
+                let listener = crate::upgrade::adopt_fd(fd)
+                    .map_err(|e| StartError::new(format!("--bind fd://{fd}: {e}")))?;
+                Ok(Listeners::Shared(WorkerListener::Tcp(listener)))
+            }
+        }
+    }
+
     /// The shared socket, if there is one (with `--reuse-port` each worker
     /// has its own).
     pub fn shared_fd(&self) -> Option<BorrowedFd<'_>> {

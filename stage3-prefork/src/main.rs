@@ -12,6 +12,11 @@ use wsgi_bridge::boot;
 use wsgi_bridge::embed::StartError;
 
 fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if let Some(sentence) = stage3_prefork::unsupported::refusal(&argv) {
+        eprintln!("error: {sentence}");
+        std::process::exit(2);
+    }
     let args = Args::parse();
     match run(args) {
         Ok(status) => std::process::exit(status),
@@ -33,5 +38,5 @@ fn run(args: Args) -> Result<i32, StartError> {
         worker_class: setup.worker_class,
         extra_children: Vec::new(),
     };
-    master.run(|| Listeners::bind(setup.bind, setup.reuse_port))
+    master.run(|| Listeners::open(setup.bind, setup.reuse_port))
 }

@@ -43,9 +43,13 @@ impl Master {
 }
 
 fn run(
-    master: Master,
+    mut master: Master,
     bind: impl FnOnce() -> Result<Listeners, StartError>,
 ) -> Result<i32, StartError> {
+    // The master changes directory before forking, and each worker starts
+    // Python from there: relative paths must mean what they meant where the
+    // server was started.
+    master.config.app.make_paths_absolute();
     let config = &master.config;
     // Before anything changes directory: how to start this server again.
     let relaunch = crate::upgrade::Relaunch::capture();
@@ -58,7 +62,7 @@ fn run(
     // import error stops everything here, and workers inherit the loaded
     // app's memory instead of each importing it again.
     let preloaded = if config.preload {
-        Some(boot::load_app_from(&config.app, &config.source)?)
+        Some(master.worker_class.load_app(&config.app, &config.source)?)
     } else {
         // Without it the master never starts Python; change directory as
         // workers will, so relative paths mean the same everywhere.

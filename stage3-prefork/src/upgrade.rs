@@ -84,15 +84,38 @@ fn adopt(value: &str) -> std::io::Result<std::net::TcpListener> {
     let fd: i32 = value
         .parse()
         .map_err(|_| std::io::Error::other(format!("{LISTEN_FD_ENV}={value} is not an fd")))?;
+    adopt_fd(fd)
+}
+
+/// Takes an inherited fd as this process's listening socket, after checking
+/// that it is one.
+pub(crate) fn adopt_fd(fd: i32) -> std::io::Result<std::net::TcpListener> {
     // SAFETY: fstat on an fd number, which fails cleanly if it is not open.
     let mut stat: libc::stat = unsafe { std::mem::zeroed() };
     if unsafe { libc::fstat(fd, &mut stat) } != 0 || stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
         return Err(std::io::Error::other(format!(
-            "{LISTEN_FD_ENV}={fd} is not an open socket"
+            "fd {fd} is not an open socket"
         )));
     }
-    // SAFETY: the fd is an open socket that the old master gave this
-    // process, and nothing else in it owns.
+    let mut listening: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt into a c_int of the right size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&mut listening as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 || listening == 0 {
+        return Err(std::io::Error::other(format!(
+            "fd {fd} is a socket, but not a listening one"
+        )));
+    }
+    // SAFETY: the fd is an open listening socket this process inherited,
+    // and nothing else in it owns.
     let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
     // Not to be passed on to whatever this process starts.
     // SAFETY: fcntl on an fd we own.

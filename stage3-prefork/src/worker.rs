@@ -9,7 +9,9 @@ use std::sync::atomic::Ordering;
 
 use pyo3::prelude::*;
 use wsgi_bridge::boot;
-use wsgi_bridge::worker::WorkerHooks;
+use wsgi_bridge::cli::AppArgs;
+use wsgi_bridge::embed::{AppSource, StartError};
+use wsgi_bridge::hooks::WorkerHooks;
 use wsgi_bridge::wsgi::call::WsgiApp;
 use wsgi_bridge::wsgi::environ::ServerInfo;
 
@@ -37,6 +39,13 @@ pub trait WorkerClass {
         "http"
     }
 
+    /// Imports the app (in each worker, or once in the master with
+    /// `--preload`). The WSGI classes import `module:callable` (or the
+    /// built-in hello app); the ASGI class has its own hello app.
+    fn load_app(&self, args: &AppArgs, source: &AppSource) -> Result<Py<PyAny>, StartError> {
+        boot::load_app_from(args, source)
+    }
+
     /// Accepts on the worker's listener and serves until `worker.stop` is
     /// readable or the hooks ask to stop. Runs in the forked worker.
     fn serve(&self, worker: WorkerContext<'_>) -> io::Result<()>;
@@ -61,6 +70,8 @@ pub struct WorkerContext<'a> {
     pub multiprocess: bool,
     /// The `Server` header.
     pub server_software: &'static str,
+    /// Proxies whose forwarded headers the app's environ believes.
+    pub forwarded: Option<wsgi_bridge::wsgi::forwarded::Forwarded>,
 }
 
 impl WorkerContext<'_> {
@@ -74,8 +85,14 @@ impl WorkerContext<'_> {
             multithread,
             multiprocess: self.multiprocess,
         };
-        Python::attach(|py| WsgiApp::new(py, self.app.clone_ref(py), info, self.server_software))
-            .map_err(|e| io::Error::other(format!("cannot prepare the app: {e}")))
+        let mut app = Python::attach(|py| {
+            WsgiApp::new(py, self.app.clone_ref(py), info, self.server_software)
+        })
+        .map_err(|e| io::Error::other(format!("cannot prepare the app: {e}")))?;
+        if let Some(forwarded) = &self.forwarded {
+            app.trust_proxies(forwarded.clone());
+        }
+        Ok(app)
     }
 }
 // ANCHOR_END: worker_class
@@ -158,7 +175,7 @@ pub(crate) fn run(spec: WorkerSpec<'_>) -> i32 {
 
     let app = match spec.preloaded {
         Some(app) => Python::attach(|py| app.clone_ref(py)),
-        None => match boot::load_app_from(&config.app, &config.source) {
+        None => match spec.worker_class.load_app(&config.app, &config.source) {
             Ok(app) => app,
             Err(e) => {
                 if let Some(tb) = &e.traceback {
@@ -181,6 +198,12 @@ pub(crate) fn run(spec: WorkerSpec<'_>) -> i32 {
         max_requests: spec.max_requests,
     };
     hooks.heartbeat();
+    if config.reload {
+        match crate::reload::watch_sources() {
+            Ok(n) => log::debug!("Watching {n} source files for changes"),
+            Err(e) => log::warn!("--reload: cannot watch the source files: {e}"),
+        }
+    }
 
     // With --trace: this worker's requests go to the master's trace file.
     wsgi_bridge::trace::start_flusher();
@@ -195,6 +218,7 @@ pub(crate) fn run(spec: WorkerSpec<'_>) -> i32 {
         script_name: config.app.script_name(),
         multiprocess: spec.multiprocess,
         server_software: config.server_software,
+        forwarded: config.forwarded.clone(),
     });
     flush_python_output();
     wsgi_bridge::trace::flush();

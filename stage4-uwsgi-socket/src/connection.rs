@@ -7,9 +7,9 @@ use std::net::Shutdown;
 use std::sync::Arc;
 
 use wsgi_bridge::conn::{ReadBuf, Stream};
+use wsgi_bridge::hooks::WorkerHooks;
 use wsgi_bridge::http::response::error_response;
 use wsgi_bridge::logging::{AccessEntry, access_log};
-use wsgi_bridge::worker::WorkerHooks;
 use wsgi_bridge::wsgi::call::{Exchange, Outcome, WsgiApp, call_app};
 use wsgi_bridge::wsgi::request::Request;
 

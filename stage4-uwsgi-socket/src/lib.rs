@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use stage3_prefork::listen::WorkerListener;
 use wsgi_bridge::conn::Stream;
+use wsgi_bridge::hooks::WorkerHooks;
 use wsgi_bridge::http::request::Limits;
-use wsgi_bridge::worker::WorkerHooks;
 use wsgi_bridge::wsgi::call::WsgiApp;
 
 use crate::connection::UwsgiConnection;
@@ -38,6 +38,38 @@ pub struct UwsgiConfig {
     pub limits: Limits,
     /// How long the peer may take to send its packet or take the answer.
     pub timeout: Duration,
+    /// Threads per worker process (uWSGI's `--threads`), each taking
+    /// packets from the socket in turn.
+    pub threads: usize,
+}
+
+/// A worker with `--threads N`: N threads, each running the one-connection
+/// loop below on the same socket, as uWSGI's threads each `accept` in turn.
+/// Python runs in one of them at a time (the GIL); a thread waiting on the
+/// network or in `time.sleep` lets another run.
+pub fn serve_forever_threads(
+    listener: &WorkerListener,
+    app: &WsgiApp,
+    config: &UwsgiConfig,
+    stop: BorrowedFd<'_>,
+    hooks: &dyn WorkerHooks,
+) -> io::Result<()> {
+    if config.threads <= 1 {
+        return serve_forever(listener, app, config, stop, hooks);
+    }
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..config.threads)
+            .map(|i| {
+                std::thread::Builder::new()
+                    .name(format!("uwsgi-{i}"))
+                    .spawn_scoped(scope, || serve_forever(listener, app, config, stop, hooks))
+            })
+            .collect::<io::Result<_>>()?;
+        threads.into_iter().try_for_each(|t| {
+            t.join()
+                .unwrap_or_else(|_| Err(io::Error::other("a thread panicked")))
+        })
+    })
 }
 
 // ANCHOR: serve_forever

@@ -6,6 +6,7 @@
 //! cargo run -p stage4-uwsgi-socket -- --http 127.0.0.1:8000     # plus a router, to try it with curl
 //! ```
 
+mod ini;
 mod socket;
 
 use std::io;
@@ -14,10 +15,10 @@ use std::time::Duration;
 
 use clap::Parser;
 use stage3_prefork::{
-    Config, ExtraChild, Listeners, Master, WorkerClass, WorkerContext, WorkerListener,
+    Config, ExtraChild, Listeners, Master, Usr1, WorkerClass, WorkerContext, WorkerListener,
 };
 use stage4_uwsgi_socket::router::{self, Upstream};
-use stage4_uwsgi_socket::{UwsgiConfig, serve_forever};
+use stage4_uwsgi_socket::{UwsgiConfig, serve_forever_threads};
 use wsgi_bridge::boot;
 use wsgi_bridge::cli::{AppArgs, LimitArgs, LogArgs};
 use wsgi_bridge::embed::{AppSource, StartError};
@@ -26,8 +27,26 @@ use wsgi_bridge::http::request::Limits;
 /// A pre-fork WSGI server fed by nginx's uwsgi protocol, like
 /// `uwsgi --socket PATH --master --processes N`.
 #[derive(Parser, Debug)]
-#[command(name = "stage4-uwsgi-socket", version)]
+#[command(name = "stage4-uwsgi-socket", version, args_override_self = true)]
 struct Args {
+    /// Read flags from this uWSGI ini file (its `[uwsgi]` section); the
+    /// command line wins. A bare `FILE.ini` argument means the same.
+    #[arg(long, value_name = "FILE")]
+    ini: Option<PathBuf>,
+
+    /// Print the configuration this run uses, as an ini file, then start.
+    #[arg(long)]
+    show_config: bool,
+
+    /// Accepted for familiarity: the socket file is always removed at exit.
+    #[arg(long)]
+    vacuum: bool,
+
+    /// Accepted for familiarity: TERM stops stage 4 (gracefully), as uWSGI
+    /// 2.1 does; uWSGI 2.0 needed this flag not to reload on TERM.
+    #[arg(long)]
+    die_on_term: bool,
+
     /// Where to listen for uwsgi packets: a unix socket path, or HOST:PORT.
     #[arg(
         short,
@@ -48,6 +67,16 @@ struct Args {
     /// workers, say) may connect. Needs root unless it is you.
     #[arg(long, value_name = "USER[:GROUP]")]
     chown_socket: Option<String>,
+
+    /// Threads per worker process, each serving one request at a time
+    /// (uWSGI's --threads; the course notes' `--processes 4 --threads 2`).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    threads: usize,
+
+    /// Accepted for familiarity: uWSGI needs it before an app may start
+    /// threads of its own; an embedded Python here always allows them.
+    #[arg(long)]
+    enable_threads: bool,
 
     /// How many worker processes.
     #[arg(short, long, alias = "workers", value_name = "N", default_value_t = 1)]
@@ -141,11 +170,74 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 }
 
 fn main() {
-    let args = Args::parse();
+    let args = match args_with_ini(std::env::args().collect()) {
+        Ok(argv) => Args::parse_from(argv),
+        Err(e) => boot::exit_with(StartError::new(e)),
+    };
+    if args.show_config {
+        print!("{}", show_config(&args));
+    }
     match run(args) {
         Ok(status) => std::process::exit(status),
         Err(e) => boot::exit_with(e),
     }
+}
+
+/// The command line with an ini file's flags before it: `--ini FILE`, or
+/// a bare `FILE.ini` (uWSGI's `uwsgi app.ini`).
+fn args_with_ini(argv: Vec<String>) -> Result<Vec<String>, String> {
+    let mut rest = Vec::new();
+    let mut files = Vec::new();
+    let mut it = argv.into_iter();
+    let program = it.next().unwrap_or_default();
+    while let Some(arg) = it.next() {
+        if arg == "--ini" {
+            files.push(it.next().ok_or("--ini needs a file")?);
+        } else if let Some(file) = arg.strip_prefix("--ini=") {
+            files.push(file.to_string());
+        } else if arg.ends_with(".ini") && !arg.starts_with('-') {
+            files.push(arg);
+        } else {
+            rest.push(arg);
+        }
+    }
+    let mut all = vec![program];
+    for file in &files {
+        all.extend(ini::to_args(std::path::Path::new(file))?);
+    }
+    all.extend(rest);
+    Ok(all)
+}
+
+/// `--show-config`: the settings this run uses, as an ini file.
+fn show_config(args: &Args) -> String {
+    let mut out = String::from(";uWSGI instance configuration\n[uwsgi]\n");
+    let mut line = |key: &str, value: String| out.push_str(&format!("{key} = {value}\n"));
+    line("socket", args.socket.clone());
+    line("chmod-socket", format!("{:o}", args.chmod_socket));
+    if let Some(owner) = &args.chown_socket {
+        line("chown-socket", owner.clone());
+    }
+    line("processes", args.processes.to_string());
+    line("threads", args.threads.to_string());
+    if let Some(module) = &args.module {
+        line("module", module.clone());
+    }
+    if let Some(file) = &args.wsgi_file {
+        line("wsgi-file", file.display().to_string());
+    }
+    line("chdir", args.chdir.display().to_string());
+    line("lazy-apps", args.lazy_apps.to_string());
+    line("harakiri", args.harakiri.to_string());
+    line("max-requests", args.max_requests.to_string());
+    line("listen", args.listen.to_string());
+    line("buffer-size", args.buffer_size.to_string());
+    if let Some(http) = &args.http {
+        line("http", http.clone());
+    }
+    line("master", "true".to_string());
+    out.push_str(";end of configuration\n");
+    out
 }
 
 /// A unix socket path, or a TCP address (`HOST:PORT`, as uWSGI tells them apart).
@@ -169,7 +261,10 @@ struct UwsgiWorker(UwsgiConfig);
 
 impl WorkerClass for UwsgiWorker {
     fn name(&self) -> String {
-        "sync".to_string()
+        match self.0.threads {
+            1 => "sync".to_string(),
+            n => format!("sync, {n} threads each"),
+        }
     }
 
     fn protocol(&self) -> &'static str {
@@ -177,8 +272,8 @@ impl WorkerClass for UwsgiWorker {
     }
 
     fn serve(&self, worker: WorkerContext<'_>) -> io::Result<()> {
-        let app = worker.wsgi_app(false)?;
-        serve_forever(&worker.listener, &app, &self.0, worker.stop, worker.hooks)
+        let app = worker.wsgi_app(self.0.threads > 1)?;
+        serve_forever_threads(&worker.listener, &app, &self.0, worker.stop, worker.hooks)
     }
 }
 // ANCHOR_END: worker_class
@@ -188,12 +283,16 @@ fn run(args: Args) -> Result<i32, StartError> {
     if args.processes == 0 {
         return Err(StartError::new("--processes must be at least 1"));
     }
+    if args.threads == 0 {
+        return Err(StartError::new("--threads must be at least 1"));
+    }
     let socket = socket_spec(&args.socket)?;
     let limits = args.limits.limits();
     let uwsgi = UwsgiConfig {
         buffer_size: usize::from(args.buffer_size),
         limits: limits.clone(),
         timeout: Duration::from_secs(30),
+        threads: args.threads,
     };
     let extra_children = match args.http.as_deref() {
         Some(addr) => vec![http_router(addr, &socket, &args.socket, limits)?],
@@ -253,6 +352,11 @@ fn master_config(args: &Args) -> Result<Config, StartError> {
         stats: args.stats.as_deref().map(boot::resolve_bind).transpose()?,
         app,
         source,
+        // uWSGI's USR1 prints the statistics.
+        usr1: Usr1::PrintStats,
+        reload: false,
+        // nginx passes the client's address and scheme in the uwsgi vars.
+        forwarded: None,
     })
 }
 // ANCHOR_END: uwsgi_config

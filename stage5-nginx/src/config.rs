@@ -38,7 +38,164 @@ pub struct NginxSettings {
     /// `uwsgi_max_temp_file_size`, in bytes: how much of one response
     /// nginx may keep on disk for a client slower than the app.
     pub max_temp_file: u64,
+    /// The URLs the static files (and uploads) are served at, and caching.
+    pub files: FileOptions,
+    /// How the upstream block picks a server, and what nginx does when one
+    /// fails; the default writes nginx's defaults (nothing).
+    pub upstream: UpstreamSettings,
 }
+
+/// The upstream block's settings, with nginx's names: the cluster lab
+/// (`src/bin/cluster.rs`) sets them; stage 5 keeps nginx's defaults.
+#[derive(Clone, Debug, Default)]
+pub struct UpstreamSettings {
+    /// The balancing method.
+    pub method: Balance,
+    /// Each server's parameters, in the order of `upstreams` (missing: none).
+    pub servers: Vec<ServerParams>,
+    /// `uwsgi_next_upstream` (e.g. `error timeout`, or `off`); `None`:
+    /// nginx's default, `error timeout`.
+    pub next_upstream: Option<String>,
+    /// `uwsgi_next_upstream_tries`: how many servers one request may try
+    /// (0: all of them, nginx's default).
+    pub next_upstream_tries: Option<u32>,
+    /// `uwsgi_connect_timeout`, in seconds; `None`: nginx's 60 s.
+    pub connect_timeout: Option<u64>,
+}
+
+/// How nginx picks the server for a request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Balance {
+    /// Each server in turn (in proportion to its weight): nginx's default.
+    #[default]
+    RoundRobin,
+    /// The server with the fewest requests in flight (`least_conn`).
+    LeastConn,
+    /// The server chosen by the client's address (`ip_hash`): a client
+    /// always reaches the same server while it is up.
+    IpHash,
+}
+
+impl Balance {
+    /// The directive in the upstream block; round robin has none.
+    pub fn directive(self) -> Option<&'static str> {
+        match self {
+            Balance::RoundRobin => None,
+            Balance::LeastConn => Some("least_conn"),
+            Balance::IpHash => Some("ip_hash"),
+        }
+    }
+}
+
+/// One `server` line's parameters, as nginx names them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServerParams {
+    /// `weight=N`: N requests for every 1 of a weight-1 server (default 1).
+    pub weight: Option<u32>,
+    /// `max_fails=N`: this many failures within `fail_timeout` and the
+    /// server is left out for `fail_timeout` (default 1; 0: never).
+    pub max_fails: Option<u32>,
+    /// `fail_timeout=Ns` (default 10 s).
+    pub fail_timeout: Option<u64>,
+    /// `backup`: used only when every other server is down.
+    pub backup: bool,
+}
+
+impl ServerParams {
+    /// ` weight=3 max_fails=1 fail_timeout=5s backup`, or nothing.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Some(w) = self.weight {
+            let _ = write!(out, " weight={w}");
+        }
+        if let Some(n) = self.max_fails {
+            let _ = write!(out, " max_fails={n}");
+        }
+        if let Some(t) = self.fail_timeout {
+            let _ = write!(out, " fail_timeout={t}s");
+        }
+        if self.backup {
+            out.push_str(" backup");
+        }
+        out
+    }
+}
+
+impl UpstreamSettings {
+    /// The lines on top of the upstream block (the balancing method).
+    fn method_lines(&self) -> String {
+        match self.method.directive() {
+            Some(d) => format!("        {d};\n"),
+            None => String::new(),
+        }
+    }
+
+    /// The retry and connect lines of `location /`, when set.
+    fn location_lines(&self) -> String {
+        let mut out = String::new();
+        if let Some(t) = self.connect_timeout {
+            out.push_str(
+                "            # A host that does not answer at all (its link cut) costs\n\
+                 \x20           # this much before nginx tries the next one.\n",
+            );
+            let _ = writeln!(out, "            uwsgi_connect_timeout {t}s;");
+        }
+        if let Some(next) = &self.next_upstream {
+            out.push_str(
+                "            # When nginx passes a request on to the next server. A POST\n\
+                 \x20           # already sent is never passed on unless this also says\n\
+                 \x20           # non_idempotent: it may have taken effect once already.\n",
+            );
+            let _ = writeln!(out, "            uwsgi_next_upstream {next};");
+        }
+        if let Some(n) = self.next_upstream_tries {
+            let _ = writeln!(out, "            uwsgi_next_upstream_tries {n};");
+        }
+        out
+    }
+}
+
+/// How nginx serves files itself: `static_dir` at `static_url`, a media
+/// directory (uploads: Django's `MEDIA_ROOT`) at `media_url`, and how long
+/// browsers may keep static files.
+#[derive(Clone, Debug)]
+pub struct FileOptions {
+    /// Where `static_dir` appears (Django's `STATIC_URL`): `/static/`.
+    pub static_url: String,
+    /// nginx's `expires` for static files (`1h`, `7d`, `max`): an `Expires`
+    /// header and `Cache-Control: max-age`. `None`: no caching headers.
+    pub static_expires: Option<String>,
+    /// A directory of uploaded files (Django's `MEDIA_ROOT`), served at
+    /// `media_url` without caching headers (an upload may be replaced).
+    pub media_dir: Option<PathBuf>,
+    pub media_url: String,
+}
+
+impl Default for FileOptions {
+    fn default() -> FileOptions {
+        FileOptions {
+            static_url: "/static/".into(),
+            static_expires: Some("1h".into()),
+            media_dir: None,
+            media_url: "/media/".into(),
+        }
+    }
+}
+
+/// A URL prefix as a `location` wants it for `alias`: one leading and one
+/// trailing slash (`static` and `/static` become `/static/`).
+pub fn url_prefix(url: &str) -> String {
+    let inner = url.trim_matches('/');
+    if inner.is_empty() {
+        "/".into()
+    } else {
+        format!("/{inner}/")
+    }
+}
+
+/// nginx's table of Content-Types by file extension (its `conf/mime.types`,
+/// completed), written into the run directory as `mime.types`.
+pub const MIME_TYPES: &str = include_str!("../mime.types");
 
 impl NginxSettings {
     pub fn conf_path(&self) -> PathBuf {
@@ -51,6 +208,15 @@ impl NginxSettings {
 
     pub fn params_path(&self) -> PathBuf {
         self.run_dir.join("uwsgi_params")
+    }
+
+    pub fn mime_types_path(&self) -> PathBuf {
+        self.run_dir.join("mime.types")
+    }
+
+    /// Whether nginx sends any file itself (and so needs `mime.types`).
+    pub fn serves_files(&self) -> bool {
+        self.static_dir.is_some() || self.files.media_dir.is_some()
     }
 }
 
@@ -88,24 +254,63 @@ pub fn nginx_conf_with(header: &str, s: &NginxSettings) -> String {
         ),
         None => String::new(),
     };
-    // The `location /static/` of the server block, when there is a
-    // directory to serve.
-    let static_files = match &s.static_dir {
-        Some(dir) => format!(
+    // The `location /static/` (and `/media/`) of the server block, when
+    // there is a directory to serve.
+    let files = &s.files;
+    let mut static_files = String::new();
+    if let Some(dir) = &s.static_dir {
+        let expires = match &files.static_expires {
+            Some(time) => format!(
+                "            # Browsers may keep them {time} without asking again (Expires,\n\
+                 \x20           # Cache-Control: max-age); after that, If-Modified-Since.\n\
+                 \x20           expires {time};\n"
+            ),
+            None => String::new(),
+        };
+        let _ = write!(
+            static_files,
             r#"        # Static files: nginx reads them and sends them itself.
-        location /static/ {{
+        location {url} {{
+            alias {dir}/;
+{expires}        }}
+
+"#,
+            url = quoted(&url_prefix(&files.static_url)),
+            dir = quoted(&dir.display().to_string())
+        );
+    }
+    if let Some(dir) = &files.media_dir {
+        let _ = write!(
+            static_files,
+            r#"        # Uploaded files (Django's MEDIA_ROOT): nginx sends them too.
+        location {url} {{
             alias {dir}/;
         }}
 
 "#,
+            url = quoted(&url_prefix(&files.media_url)),
             dir = quoted(&dir.display().to_string())
-        ),
-        None => String::new(),
+        );
+    }
+    // The Content-Type of a file nginx sends, by its extension.
+    let types = if s.serves_files() {
+        format!(
+            "    # The Content-Type of a static file, by its extension: nginx's full\n\
+             \x20   # list, written next to this file.\n\
+             \x20   include {};\n",
+            quoted(&s.mime_types_path().display().to_string())
+        )
+    } else {
+        String::new()
     };
     let servers: String = s
         .upstreams
         .iter()
-        .map(|u| format!("        server {u};\n"))
+        .enumerate()
+        .map(|(i, u)| {
+            let params = s.upstream.servers.get(i).map(ServerParams::render);
+            format!("        server {u}{};\n", params.unwrap_or_default())
+        })
         .collect();
     format!(
         r#"{header}{user}worker_processes {workers};
@@ -119,22 +324,7 @@ events {{
 }}
 
 http {{
-    # The Content-Type of a static file, by its extension.
-    types {{
-        text/html                html htm;
-        text/css                 css;
-        text/plain               txt;
-        text/javascript          js mjs;
-        application/json         json;
-        image/svg+xml            svg;
-        image/png                png;
-        image/jpeg               jpg jpeg;
-        image/gif                gif;
-        image/x-icon             ico;
-        image/webp               webp;
-        font/woff2               woff2;
-    }}
-    default_type application/octet-stream;
+{types}    default_type application/octet-stream;
 
     # Apache's combined format (gunicorn's too), plus who answered:
     # upstream=- for a file nginx sent itself, the socket for the app.
@@ -169,7 +359,7 @@ http {{
     # Where the app runs: stage 4's workers, on their socket. With more
     # servers here, nginx spreads requests across them (round robin).
     upstream app {{
-{servers}    }}
+{method}{servers}    }}
 
     server {{
         listen {listen};
@@ -191,7 +381,7 @@ http {{
             # nginx answers 502. Shorter, nginx would give up first (504)
             # while the worker works on for nobody.
             uwsgi_read_timeout {read_timeout}s;
-        }}
+{retries}        }}
     }}
 }}
 "#,
@@ -208,6 +398,8 @@ http {{
         worker_connections = UPSTREAM_BACKLOG,
         listen = s.listen,
         params = quoted(&s.params_path().display().to_string()),
+        method = s.upstream.method_lines(),
+        retries = s.upstream.location_lines(),
     )
 }
 // ANCHOR_END: config_template
@@ -299,6 +491,7 @@ pub fn write_files(s: &NginxSettings) -> Result<(), String> {
     for (path, text) in [
         (s.conf_path(), nginx_conf(s)),
         (s.params_path(), uwsgi_params()),
+        (s.mime_types_path(), MIME_TYPES.to_string()),
     ] {
         std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
@@ -401,6 +594,8 @@ mod tests {
             access_log: Some(PathBuf::from("/dev/stdout")),
             user: Some(("root".into(), "root".into())),
             max_temp_file: 4 << 20,
+            files: FileOptions::default(),
+            upstream: UpstreamSettings::default(),
         }
     }
 
@@ -421,6 +616,57 @@ mod tests {
     }
 
     #[test]
+    fn static_files_get_their_types_and_caching_headers() {
+        let conf = nginx_conf(&NginxSettings {
+            files: FileOptions {
+                static_url: "assets".into(),
+                static_expires: Some("7d".into()),
+                media_dir: Some(PathBuf::from("/srv/uploads")),
+                media_url: "/files".into(),
+            },
+            ..settings()
+        });
+        assert!(conf.contains("include /run/x/mime.types;"));
+        assert!(conf.contains("location /assets/ {\n            alias \"/srv/my site\"/;"));
+        assert!(conf.contains("expires 7d;"));
+        assert!(conf.contains("location /files/ {\n            alias /srv/uploads/;\n        }"));
+        let no_cache = nginx_conf(&NginxSettings {
+            files: FileOptions {
+                static_expires: None,
+                ..FileOptions::default()
+            },
+            ..settings()
+        });
+        assert!(no_cache.contains("location /static/ {") && !no_cache.contains("expires"));
+        assert!(!no_cache.contains("/media/"));
+    }
+
+    #[test]
+    fn the_mime_types_cover_what_web_sites_ship() {
+        for (ext, ty) in [
+            ("css", "text/css"),
+            ("js", "text/javascript"),
+            ("woff", "font/woff"),
+            ("woff2", "font/woff2"),
+            ("ttf", "font/ttf"),
+            ("map", "application/json"),
+            ("svg", "image/svg+xml"),
+            ("wasm", "application/wasm"),
+        ] {
+            let line = MIME_TYPES
+                .lines()
+                .find(|l| {
+                    let l = l.trim().trim_end_matches(';');
+                    !l.starts_with('#') && l.split_whitespace().skip(1).any(|e| e == ext)
+                })
+                .unwrap_or_else(|| panic!("no type for .{ext}"));
+            assert_eq!(line.split_whitespace().next(), Some(ty), ".{ext}");
+        }
+        assert_eq!(url_prefix("static"), "/static/");
+        assert_eq!(url_prefix("/s/x/"), "/s/x/");
+    }
+
+    #[test]
     fn without_a_static_dir_everything_goes_to_the_app() {
         let conf = nginx_conf(&NginxSettings {
             static_dir: None,
@@ -428,6 +674,7 @@ mod tests {
             ..settings()
         });
         assert!(!conf.contains("/static/"));
+        assert!(!conf.contains("mime.types"));
         assert!(conf.contains("worker_processes 1;"));
         assert!(conf.contains("location / {"));
     }
@@ -439,6 +686,39 @@ mod tests {
             ..settings()
         });
         assert!(!conf.contains("\nuser "));
+    }
+
+    #[test]
+    fn upstream_settings_use_nginx_names() {
+        let plain = nginx_conf(&settings());
+        assert!(!plain.contains("least_conn") && !plain.contains("uwsgi_next_upstream"));
+        let conf = nginx_conf(&NginxSettings {
+            upstream: UpstreamSettings {
+                method: Balance::LeastConn,
+                servers: vec![
+                    ServerParams {
+                        weight: Some(3),
+                        max_fails: Some(2),
+                        fail_timeout: Some(5),
+                        backup: false,
+                    },
+                    ServerParams {
+                        backup: true,
+                        ..ServerParams::default()
+                    },
+                ],
+                next_upstream: Some("error timeout http_502".into()),
+                next_upstream_tries: Some(2),
+                connect_timeout: Some(1),
+            },
+            ..settings()
+        });
+        assert!(conf.contains(
+            "upstream app {\n        least_conn;\n        server unix:/run/x/app.sock weight=3 max_fails=2 fail_timeout=5s;\n        server 10.0.0.2:3031 backup;\n    }"
+        ));
+        assert!(conf.contains("            uwsgi_next_upstream error timeout http_502;\n"));
+        assert!(conf.contains("            uwsgi_next_upstream_tries 2;\n"));
+        assert!(conf.contains("            uwsgi_connect_timeout 1s;\n"));
     }
 
     #[test]

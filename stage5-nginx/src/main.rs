@@ -60,6 +60,10 @@ struct Args {
     #[arg(long)]
     lazy_apps: bool,
 
+    /// Threads per stage 4 worker process (uWSGI's --threads).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    threads: usize,
+
     /// How many stage 4 worker processes.
     #[arg(
         short,
@@ -90,6 +94,25 @@ struct Args {
     /// into stage5-nginx).
     #[arg(long = "static", value_name = "DIR")]
     static_dir: Option<PathBuf>,
+
+    /// The URL the static directory is served at (Django's STATIC_URL).
+    #[arg(long, value_name = "URL", default_value = "/static/")]
+    static_url: String,
+
+    /// How long browsers may keep static files without asking again, as
+    /// nginx's `expires` takes it (30m, 1h, 7d, max); 'off': no caching
+    /// headers.
+    #[arg(long, value_name = "TIME", default_value = "1h")]
+    static_expires: String,
+
+    /// A directory of uploaded files (Django's MEDIA_ROOT) for nginx to
+    /// serve at --media-url.
+    #[arg(long = "media", value_name = "DIR")]
+    media_dir: Option<PathBuf>,
+
+    /// The URL the media directory is served at (Django's MEDIA_URL).
+    #[arg(long, value_name = "URL", default_value = "/media/")]
+    media_url: String,
 
     /// Where nginx.conf, the socket and nginx's files go (default: a new
     /// private directory in /tmp, removed at exit).
@@ -255,6 +278,8 @@ impl Site {
                 .as_ref()
                 .map(|u| (u.user.clone(), u.group.clone())),
             max_temp_file: args.max_temp_file_size,
+            files: file_options(args)?,
+            upstream: Default::default(),
         };
         Ok(Site {
             run_dir,
@@ -302,7 +327,19 @@ fn announce(supervisor: &Supervisor, site: &Site, nginx: &Path, version: &str, w
         nginx.display(),
         pid(Role::Nginx)
     );
-    log::info!("Static files: /static/ -> {}", site.static_dir.display());
+    let files = &site.nginx.files;
+    log::info!(
+        "Static files: {} -> {}",
+        config::url_prefix(&files.static_url),
+        site.static_dir.display()
+    );
+    if let Some(media) = &files.media_dir {
+        log::info!(
+            "Media files: {} -> {}",
+            config::url_prefix(&files.media_url),
+            media.display()
+        );
+    }
     let upstreams = &site.nginx.upstreams;
     match supervisor.pid(Role::Master) {
         Some(master) => log::info!(
@@ -316,6 +353,47 @@ fn announce(supervisor: &Supervisor, site: &Site, nginx: &Path, version: &str, w
         site.nginx.listen,
         std::process::id()
     );
+}
+
+/// `--static-url`, `--static-expires`, `--media` and `--media-url`, checked.
+fn file_options(args: &Args) -> Result<config::FileOptions, StartError> {
+    let url = |flag: &str, text: &str| {
+        if text
+            .chars()
+            .all(|c| c.is_ascii_graphic() && !matches!(c, '{' | '}' | ';' | '"' | '\'' | '#' | '?'))
+        {
+            Ok(text.to_string())
+        } else {
+            Err(StartError::new(format!(
+                "{flag} {text:?}: a URL path like /static/ is needed"
+            )))
+        }
+    };
+    let expires = args.static_expires.trim();
+    let valid_time = expires == "max"
+        || expires
+            .strip_suffix(['s', 'm', 'h', 'd', 'w', 'M', 'y'])
+            .unwrap_or(expires)
+            .parse::<u64>()
+            .is_ok();
+    if expires != "off" && !valid_time {
+        return Err(StartError::new(format!(
+            "--static-expires {expires:?}: a time like 30m, 1h, 7d, max, or off"
+        )));
+    }
+    let media_dir = match &args.media_dir {
+        Some(dir) => Some(
+            dir.canonicalize()
+                .map_err(|e| StartError::new(format!("--media {}: {e}", dir.display())))?,
+        ),
+        None => None,
+    };
+    Ok(config::FileOptions {
+        static_url: url("--static-url", &args.static_url)?,
+        static_expires: (expires != "off").then(|| expires.to_string()),
+        media_dir,
+        media_url: url("--media-url", &args.media_url)?,
+    })
 }
 
 /// `--listen`; port 0 means a free port, chosen now (nginx cannot report
@@ -405,6 +483,7 @@ fn stage4_command(bin: &Path, args: &Args, site: &Site) -> Vec<OsString> {
         flag("--chmod-socket", "660".into());
     }
     flag("--processes", args.workers.to_string().into());
+    flag("--threads", args.threads.to_string().into());
     // Requests wait in the socket's queue while every worker is busy.
     // uWSGI's default queue (100) is soon full under load, and nginx then
     // answers 502 at once; nginx can have as many requests in flight as
@@ -502,6 +581,24 @@ mod tests {
         assert_eq!(nginx_upstream("/run/a.sock"), "unix:/run/a.sock");
         assert_eq!(nginx_upstream("10.0.0.2:3031"), "10.0.0.2:3031");
         assert!(nginx_upstream("a.sock").starts_with("unix:/"));
+    }
+
+    #[test]
+    fn file_flags_are_checked() {
+        let args = |extra: &[&str]| {
+            let mut all = vec!["stage5-nginx"];
+            all.extend_from_slice(extra);
+            Args::try_parse_from(all).unwrap()
+        };
+        let files =
+            file_options(&args(&["--static-url", "assets", "--static-expires", "7d"])).unwrap();
+        assert_eq!(files.static_url, "assets");
+        assert_eq!(files.static_expires.as_deref(), Some("7d"));
+        let off = file_options(&args(&["--static-expires", "off"])).unwrap();
+        assert_eq!(off.static_expires, None);
+        assert!(file_options(&args(&["--static-expires", "soon"])).is_err());
+        assert!(file_options(&args(&["--static-url", "/a b/"])).is_err());
+        assert!(file_options(&args(&["--media", "/no/such/dir"])).is_err());
     }
 
     #[test]

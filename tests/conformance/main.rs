@@ -59,7 +59,20 @@ pub fn run_suite(stage: &Stage) {
     ));
     let socket_text = socket.to_string_lossy().to_string();
     let mut args: Vec<&str> = if stage.front == Front::Direct {
-        COMMON.to_vec()
+        // An ASGI stage serves the ASGI twin of the lab app (apps/asgi_lab.py:
+        // the same routes; /environ shows the environ a WSGI-on-ASGI adapter
+        // builds from the scope, so the environ cases check the scope).
+        let asgi = stage.bin == "stage6-asgi" || stage.args.contains(&"asgi");
+        COMMON
+            .iter()
+            .map(|a| {
+                if asgi && *a == "apps.lab:app" {
+                    "apps.asgi_lab:app"
+                } else {
+                    a
+                }
+            })
+            .collect()
     } else {
         Vec::new()
     };
@@ -258,5 +271,27 @@ fn stage5_nginx() {
         ],
         keep_alive: true,
         front: Front::OwnNginx,
+    });
+}
+
+#[test]
+fn stage6_asgi() {
+    run_suite(&Stage {
+        bin: "stage6-asgi",
+        args: &[],
+        keep_alive: true,
+        front: Front::Direct,
+    });
+}
+
+#[test]
+fn stage3_prefork_asgi() {
+    // Stage 3's master with stage 6's loop in each worker (gunicorn's
+    // `-k uvicorn.workers.UvicornWorker`), serving the ASGI lab app.
+    run_suite(&Stage {
+        bin: "stage3-prefork",
+        args: &["-w", "2", "-k", "asgi"],
+        keep_alive: true,
+        front: Front::Direct,
     });
 }

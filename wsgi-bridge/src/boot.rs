@@ -112,14 +112,24 @@ pub fn exit_with(err: StartError) -> ! {
     std::process::exit(1)
 }
 
-/// Parses gunicorn's `--bind` forms for TCP: `HOST:PORT`, `[::1]:PORT`, or `HOST`
-/// alone (port 8000).
+/// Parses the address forms gunicorn and uWSGI users type, for TCP:
+/// `HOST:PORT`, `[::1]:PORT`, `HOST` alone (port 8000), `:PORT` (every
+/// interface, as gunicorn's `-b :8000` and uWSGI's `--http :5000` mean) and
+/// `PORT` alone (on 127.0.0.1: gunicorn would read `8000` as a host name,
+/// the IPv4 address 0.0.31.64, which nobody means).
 pub fn resolve_bind(bind: &str) -> Result<SocketAddr, StartError> {
     let bind = bind.trim();
     if bind.starts_with("unix:") {
         return Err(StartError::new(format!(
             "this server listens on TCP only, so --bind {bind} cannot be used: give HOST:PORT (stage 4 is the one that speaks on unix sockets)"
         )));
+    }
+    let is_port = |p: &str| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit());
+    if let Some(port) = bind.strip_prefix(':').filter(|p| is_port(p)) {
+        return resolve_bind(&format!("0.0.0.0:{port}"));
+    }
+    if is_port(bind) {
+        return resolve_bind(&format!("127.0.0.1:{bind}"));
     }
     let with_port = if bind.rsplit_once(':').is_some_and(|(h, p)| {
         !p.is_empty()
@@ -223,6 +233,14 @@ mod tests {
         assert_eq!(resolve_bind("127.0.0.1").unwrap().port(), 8000);
         assert_eq!(resolve_bind("[::1]:9000").unwrap().port(), 9000);
         assert!(resolve_bind("unix:/tmp/x.sock").is_err());
+        assert_eq!(
+            resolve_bind(":9000").unwrap(),
+            "0.0.0.0:9000".parse().unwrap()
+        );
+        assert_eq!(
+            resolve_bind("9000").unwrap(),
+            "127.0.0.1:9000".parse().unwrap()
+        );
         assert!(resolve_bind("127.0.0.1:notaport").is_err());
     }
 }

@@ -57,6 +57,17 @@ impl AppArgs {
         }
     }
 
+    /// Resolves `--chdir`, `--pythonpath` and `--virtualenv` against the
+    /// current directory, for a server that changes directory before it
+    /// uses them (stage 3's master, then its workers).
+    pub fn make_paths_absolute(&mut self) {
+        let absolute =
+            |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        self.chdir = absolute(&self.chdir);
+        self.pythonpath = self.pythonpath.iter().map(|p| absolute(p)).collect();
+        self.virtualenv = self.virtualenv.as_deref().map(absolute);
+    }
+
     /// `SCRIPT_NAME` as PEP 3333 wants it: "" or a path without a trailing slash.
     pub fn script_name(&self) -> String {
         let s = self.script_name.trim_end_matches('/');

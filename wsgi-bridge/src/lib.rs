@@ -17,10 +17,10 @@ pub mod boot;
 pub mod cli;
 pub mod conn;
 pub mod embed;
+pub mod hooks;
 pub mod logging;
 pub mod serve;
 pub mod trace;
-pub mod worker;
 pub mod wsgi;
 
 pub use http_codec as http;

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use pyo3::sync::PyOnceLock;
 
 use crate::conn::{ReadBuf, Stream, WithoutWaiting};
+use crate::hooks::WorkerHooks;
 use crate::http::request::{HttpError, Limits, RequestHead, parse_head};
 use crate::http::response::error_response;
 use crate::logging::{AccessEntry, access_log};
-use crate::worker::WorkerHooks;
 use crate::wsgi::call::{Exchange, Outcome, WsgiApp, call_app};
 use crate::wsgi::environ::{Peer, PeerStrings};
 use crate::wsgi::request::HttpRequest;
@@ -201,10 +201,21 @@ impl HttpConnection {
         limits: &Limits,
         keep_alive: bool,
     ) -> Next {
+        // A trusted proxy's headers, read before the app is called: two
+        // that contradict each other are a 400, not a guess.
+        let said = match app.forwarded().map(|f| f.read(&self.peer.addr, head)) {
+            Some(Err(e)) => {
+                self.reject(&e, &app.server_software);
+                return Next::Close;
+            }
+            Some(Ok(said)) => said,
+            None => None,
+        };
         let request = HttpRequest {
             head,
             peer: &self.peer,
             peer_strings: &self.peer_strings,
+            forwarded: said.as_ref(),
         };
         let exchange = Exchange {
             request: &request,

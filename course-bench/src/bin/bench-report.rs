@@ -344,6 +344,47 @@ impl<'a> Report<'a> {
         }
     }
 
+    /// Stage 6's targets (issue 18): `-k asgi` (2 workers) against uvicorn
+    /// and granian's ASGI interface, same run.
+    fn asgi_targets(&self, md: &mut String, mark: &dyn Fn(bool) -> &'static str) {
+        let rps = |w: &str, id: &str| self.row(w, id).map(|r| r.rps);
+        for (peer, at_least) in [("uvicorn", 1.3), ("granian-asgi", 1.5)] {
+            if let (Some(v), Some(p)) = (rps("hello", "stage3-asgi"), rps("hello", peer)) {
+                let x = v / p;
+                let _ = writeln!(
+                    md,
+                    "| stage3-asgi, hello: at least {at_least}x {peer} | {x:.2}x ({} vs {} req/s) | {} |",
+                    thousands(v),
+                    thousands(p),
+                    mark(x >= at_least)
+                );
+            }
+        }
+        if let Some(v) = rps("io256", "stage3-asgi") {
+            // 256 connections each waiting 10 ms: at most 25,600 a second.
+            let share = v / 25_600.0;
+            let _ = writeln!(
+                md,
+                "| stage3-asgi, `/io?ms=10` with 256 connections: at least 90% of the sleep bound (25,600/s) | {:.0}% ({} req/s) | {} |",
+                share * 100.0,
+                thousands(v),
+                mark(share >= 0.9)
+            );
+            for peer in ["uvicorn", "granian-asgi"] {
+                if let Some(p) = rps("io256", peer) {
+                    let _ = writeln!(
+                        md,
+                        "| stage3-asgi, `/io?ms=10` with 256 connections: at least as fast as {peer} | {:.2}x ({} vs {} req/s) | {} |",
+                        v / p,
+                        thousands(v),
+                        thousands(p),
+                        mark(v >= p)
+                    );
+                }
+            }
+        }
+    }
+
     /// The course's targets, checked against this run.
     fn targets(&self, md: &mut String) {
         let _ = writeln!(md, "## The targets\n");
@@ -391,6 +432,7 @@ impl<'a> Report<'a> {
                 }
             }
         }
+        self.asgi_targets(md, &mark);
         // Behind the same nginx, the app server is the only difference.
         if let (Some(ours), Some(uwsgi)) = (hello("stage4-nginx"), hello("uwsgi-socket")) {
             let x = ours / uwsgi;

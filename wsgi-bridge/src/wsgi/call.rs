@@ -49,6 +49,8 @@ pub struct WsgiApp {
     http_template: Py<PyDict>,
     pub info: ServerInfo,
     pub server_software: Arc<str>,
+    /// Proxies whose forwarded headers are believed (`--forwarded-allow-ips`).
+    forwarded: Option<super::forwarded::Forwarded>,
 }
 
 impl WsgiApp {
@@ -68,6 +70,7 @@ impl WsgiApp {
             http_template,
             info,
             server_software: server_software.into(),
+            forwarded: None,
         })
     }
 
@@ -102,6 +105,18 @@ struct RequestObjects {
 /// Spare [`RequestObjects`] kept at most: more than the requests a process
 /// has in flight at once.
 const MAX_SPARE: usize = 64;
+
+impl WsgiApp {
+    /// Believes the forwarded headers of these proxies (their scheme, and
+    /// with `proxy_headers` the client's address).
+    pub fn trust_proxies(&mut self, forwarded: super::forwarded::Forwarded) {
+        self.forwarded = Some(forwarded);
+    }
+
+    pub fn forwarded(&self) -> Option<&super::forwarded::Forwarded> {
+        self.forwarded.as_ref()
+    }
+}
 
 impl WsgiApp {
     /// The objects for one request: spare ones if there are any.

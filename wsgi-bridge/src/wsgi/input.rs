@@ -52,7 +52,18 @@ pub struct BodyReader {
     response_started: Arc<AtomicBool>,
     /// Why reading failed, for the status the server answers with.
     pub failure: Option<HttpError>,
+    /// When the first read for the body began (see [`MIN_BODY_RATE`]).
+    started: Option<std::time::Instant>,
 }
+
+/// A body must arrive at an average of at least this many bytes a second,
+/// after a grace period of [`BODY_GRACE`]: Apache's `mod_reqtimeout`
+/// (`body=20,MinRate=500`) rule, with a shorter grace. The socket's read
+/// timeout alone is reset by every byte: a client sending one byte just
+/// before each timeout would hold a thread (or a worker) for ever.
+pub const MIN_BODY_RATE: u64 = 500;
+/// How long a body may take before [`MIN_BODY_RATE`] applies.
+pub const BODY_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why the body could not be read.
 #[derive(Debug)]
@@ -91,6 +102,7 @@ impl BodyReader {
             continue_pending,
             response_started,
             failure: None,
+            started: None,
         }
     }
 
@@ -119,14 +131,29 @@ impl BodyReader {
                 (&*self.stream).write_all(CONTINUE).map_err(BodyError::Io)?;
             }
         }
+        let started = *self.started.get_or_insert_with(std::time::Instant::now);
         match self.rbuf.fill_from(&*self.stream) {
             Ok(0) => Err(BodyError::Io(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "the client closed the connection before sending the whole request body",
             ))),
+            Ok(_) if self.too_slow(started) => Err(BodyError::Http(HttpError::new(
+                408,
+                "request body arriving too slowly",
+            ))),
             Ok(_) => Ok(()),
             Err(e) => Err(BodyError::Io(e)),
         }
+    }
+
+    /// The body has had [`BODY_GRACE`] plus a second per [`MIN_BODY_RATE`]
+    /// bytes received, and is not complete.
+    fn too_slow(&self, started: std::time::Instant) -> bool {
+        let allowed = BODY_GRACE
+            + std::time::Duration::from_secs_f64(
+                (self.received + self.rbuf.len() as u64) as f64 / MIN_BODY_RATE as f64,
+            );
+        started.elapsed() > allowed
     }
     // ANCHOR_END: body_fill
 

@@ -5,6 +5,7 @@
 pub mod call;
 pub mod environ;
 pub mod file_wrapper;
+pub mod forwarded;
 pub mod input;
 pub mod request;
 pub mod response_head;

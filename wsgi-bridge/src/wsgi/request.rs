@@ -17,6 +17,7 @@ use pyo3::types::PyDict;
 
 use super::call::WsgiApp;
 use super::environ::{self, Peer, PeerStrings};
+use super::forwarded::Said;
 use crate::http::request::{BodyKind, RequestHead, Version};
 
 // ANCHOR: request_trait
@@ -85,6 +86,9 @@ pub struct HttpRequest<'a> {
     /// The same address as Python strings: the connection makes them at its
     /// first request and keeps them for the others.
     pub peer_strings: &'a PyOnceLock<PeerStrings>,
+    /// What a trusted proxy in front said of the request (its scheme, the
+    /// client's address), if anything (`--forwarded-allow-ips`).
+    pub forwarded: Option<&'a Said>,
 }
 
 impl Request for HttpRequest<'_> {
@@ -128,13 +132,25 @@ impl Request for HttpRequest<'_> {
             .peer_strings
             .get_or_init(py, || PeerStrings::new(py, self.peer));
         let script_name = &app.info.script_name;
-        environ::build_for(
+        let env = environ::build_for(
             py,
             app.http_template(py),
             self.head,
             peer,
             script_name,
             input,
-        )
+        )?;
+        if let Some(said) = self.forwarded {
+            if said.https {
+                env.set_item(
+                    pyo3::intern!(py, "wsgi.url_scheme"),
+                    pyo3::intern!(py, "https"),
+                )?;
+            }
+            if let Some(client) = &said.client {
+                env.set_item(pyo3::intern!(py, "REMOTE_ADDR"), client)?;
+            }
+        }
+        Ok(env)
     }
 }

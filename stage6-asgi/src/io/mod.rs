@@ -1,0 +1,145 @@
+//! The I/O thread: a tokio runtime (one thread) that owns every socket.
+//!
+//! Each connection is a tokio task: it reads request heads with the course's
+//! HTTP/1.1 codec, hands each request to the Python thread as an
+//! [`Event::Start`], feeds the request body into the exchange as the app asks
+//! for it, and writes what the app's `send()` queued. It never touches Python.
+//!
+//! - this file: the runtime, the accept loop, the drain on stop;
+//! - `conn`: one connection (its read buffer, its requests one after
+//!   another, errors answered without the app, closing gently);
+//! - `http`: one HTTP exchange (the body as the app asks for it, the
+//!   response bytes it queued);
+//! - `websocket`: the upgrade check and the messages of a WebSocket.
+
+mod conn;
+mod http;
+mod websocket;
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http_codec::request::Limits;
+use tokio::io::unix::AsyncFd;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+
+use crate::shared::{Event, Inbox};
+
+use conn::connection;
+
+/// What the connection tasks need to know.
+pub struct IoConfig {
+    pub limits: Limits,
+    /// Idle time allowed between requests on one connection; `None`: close
+    /// after every response.
+    pub keep_alive: Option<Duration>,
+    /// How long a client may take to send a request head, or a body the app
+    /// waits for, or to take a response.
+    pub timeout: Duration,
+    /// How long running requests get to finish after the stop.
+    pub graceful_timeout: Duration,
+    pub server_header: Arc<str>,
+}
+
+pub(super) struct Ctx {
+    cfg: IoConfig,
+    inbox: Arc<Inbox>,
+    live: AtomicUsize,
+    all_closed: Notify,
+}
+
+/// Runs the I/O thread until a stop: `stop_fd` readable (a signal) or
+/// `stop` notified (the Python side: the hooks asked). Then stops accepting,
+/// lets running requests finish (up to the graceful timeout), and tells the
+/// Python thread with [`Event::Drained`].
+pub fn run(
+    listener: std::net::TcpListener,
+    stop_fd: OwnedFd,
+    inbox: Arc<Inbox>,
+    cfg: IoConfig,
+    stop: Arc<Notify>,
+) -> io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(serve(listener, stop_fd, inbox.clone(), cfg, stop));
+    // Whatever happened, the Python loop must not wait for ever.
+    inbox.push(Event::Drained);
+    // Connection tasks left after the graceful timeout are dropped here.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    result
+}
+
+async fn serve(
+    listener: std::net::TcpListener,
+    stop_fd: OwnedFd,
+    inbox: Arc<Inbox>,
+    cfg: IoConfig,
+    stop: Arc<Notify>,
+) -> io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(listener)?;
+    #[allow(deprecated)]
+    let stop_fd = AsyncFd::with_interest(stop_fd, tokio::io::Interest::READABLE)?;
+    let graceful = cfg.graceful_timeout;
+    let ctx = Arc::new(Ctx {
+        cfg,
+        inbox,
+        live: AtomicUsize::new(0),
+        all_closed: Notify::new(),
+    });
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut accepting = true;
+    loop {
+        tokio::select! {
+            accepted = listener.accept(), if accepting => match accepted {
+                Ok((stream, peer)) => {
+                    ctx.live.fetch_add(1, Ordering::Relaxed);
+                    let ctx = ctx.clone();
+                    let shutdown = shutdown_rx.clone();
+                    tokio::spawn(async move {
+                        connection(stream, peer, &ctx, shutdown).await;
+                        if ctx.live.fetch_sub(1, Ordering::Relaxed) == 1 {
+                            ctx.all_closed.notify_one();
+                        }
+                    });
+                }
+                // The listening socket was shut down: stage 3's master does
+                // that when it stops (`-k asgi`), so that new clients are
+                // refused at once. Stop accepting; the stop itself (TERM,
+                // then `stop_fd`) is on its way, and running requests finish.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => accepting = false,
+                Err(e) => {
+                    // Out of descriptors, or a connection reset before it was
+                    // taken: not a reason to stop serving.
+                    log::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            ready = stop_fd.readable() => {
+                if let Ok(mut guard) = ready {
+                    guard.clear_ready();
+                }
+                break;
+            }
+            _ = stop.notified() => break,
+        }
+    }
+    drop(listener);
+    let _ = shutdown_tx.send(true);
+    let live = ctx.live.load(Ordering::Relaxed);
+    if live > 0 {
+        log::info!("Waiting for {live} connection(s) to finish (up to {graceful:?})");
+        let _ = tokio::time::timeout(graceful, async {
+            while ctx.live.load(Ordering::Relaxed) > 0 {
+                ctx.all_closed.notified().await;
+            }
+        })
+        .await;
+    }
+    Ok(())
+}

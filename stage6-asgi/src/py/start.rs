@@ -1,0 +1,266 @@
+//! Starting an app call: the eager first step, bare or in a Task, and the
+//! `call_soon` shadowing that lets a new Task's first step run at once.
+
+use std::cell::RefCell;
+use std::sync::atomic::Ordering;
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::ffi;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+
+use crate::shared::{STATS, Start};
+
+use super::call::{Step, StepInput};
+use super::scope::build_scope;
+use super::{AsgiCall, Eager, PyCtx, Receive, Send};
+
+pub(super) fn start_call(py: Python<'_>, ctx: &PyCtx, start: Start) {
+    STATS.requests.fetch_add(1, Ordering::Relaxed);
+    ctx.hooks.request_started();
+    let exchange = start.exchange.clone();
+    let call = AsgiCall::new(&start);
+    let call = match Bound::new(py, call) {
+        Ok(c) => c,
+        Err(e) => {
+            e.print(py);
+            return;
+        }
+    };
+    let coro = (|| -> PyResult<Bound<'_, PyAny>> {
+        let scope = build_scope(py, ctx, &start)?;
+        let receive = Bound::new(
+            py,
+            Receive {
+                call: call.clone().unbind(),
+            },
+        )?;
+        let send = Bound::new(
+            py,
+            Send {
+                call: call.clone().unbind(),
+            },
+        )?;
+        ctx.app.bind(py).call1((scope, receive, send))
+    })();
+    let coro = match coro {
+        Ok(c) => c,
+        Err(e) => {
+            AsgiCall::finish(&call, ctx, Some(e));
+            return;
+        }
+    };
+    if !coro.hasattr(intern!(py, "send")).unwrap_or(false) {
+        let e = PyTypeError::new_err(format!(
+            "the app returned {} instead of a coroutine: is it an ASGI 3 app (async def app(scope, receive, send))?",
+            coro.get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
+        ));
+        AsgiCall::finish(&call, ctx, Some(e));
+        return;
+    }
+    call.borrow_mut().coro = Some(coro.unbind());
+    let _ = exchange;
+    match ctx.config.eager {
+        Eager::Bare => start_bare(py, ctx, &call),
+        Eager::Task => start_task(py, ctx, &call),
+    }
+}
+
+// ANCHOR: start_bare
+/// The first step from Rust, in a context of its own (a Task copies the
+/// context it is created in; without one, a ContextVar set by one request
+/// would be seen by the next).
+pub(super) fn start_bare(py: Python<'_>, ctx: &PyCtx, call: &Bound<'_, AsgiCall>) {
+    // SAFETY: plain CPython context API calls with the GIL held; the new
+    // context is entered and exited around the step, and owned by `context`.
+    let context = unsafe {
+        let c = ffi::PyContext_CopyCurrent();
+        if c.is_null() {
+            PyErr::fetch(py).print(py);
+            return;
+        }
+        Bound::from_owned_ptr(py, c)
+    };
+    // SAFETY: as above.
+    unsafe { ffi::PyContext_Enter(context.as_ptr()) };
+    let step = AsgiCall::step(call, ctx, StepInput::Send(py.None().into_bound(py)));
+    // SAFETY: as above: the context entered just before.
+    unsafe { ffi::PyContext_Exit(context.as_ptr()) };
+    match step {
+        Step::Done => {
+            STATS.eager_done.fetch_add(1, Ordering::Relaxed);
+        }
+        Step::Yielded(value) => {
+            STATS.suspended.fetch_add(1, Ordering::Relaxed);
+            call.borrow_mut().pending = Some(value.unbind());
+            // From here an asyncio Task drives the call, in the same
+            // context; its first step (handing it the future the coroutine
+            // waits for) runs now, not on the loop's next turn.
+            if let Err(e) = spawn_task(py, ctx, call, Some(&context)) {
+                AsgiCall::finish(call, ctx, Some(e));
+            }
+        }
+    }
+}
+// ANCHOR_END: start_bare
+
+/// Creates the Task first and runs the step it scheduled at once: what
+/// `asyncio.Task(..., eager_start=True)` does on Python 3.12.
+pub(super) fn start_task(py: Python<'_>, ctx: &PyCtx, call: &Bound<'_, AsgiCall>) {
+    match spawn_task(py, ctx, call, None) {
+        Ok(()) => {
+            if call.borrow().finished {
+                STATS.eager_done.fetch_add(1, Ordering::Relaxed);
+            } else {
+                STATS.suspended.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Err(e) => AsgiCall::finish(call, ctx, Some(e)),
+    }
+}
+
+/// Wraps the call in an asyncio Task and runs the Task's first step now,
+/// instead of on the loop's next iteration: `Task.__init__` put that step
+/// at the end of the loop's ready queue; it is taken back and run here, in
+/// the Task's context, as `Handle._run` would.
+pub(super) fn spawn_task(
+    py: Python<'_>,
+    ctx: &PyCtx,
+    call: &Bound<'_, AsgiCall>,
+    context: Option<&Bound<'_, PyAny>>,
+) -> PyResult<()> {
+    let lp = ctx.event_loop.bind(py);
+    CAPTURE.with(|c| *c.borrow_mut() = Some(None));
+    // Shadow the loop's call_soon only while the Task is created (an
+    // instance attribute wins over the method): nothing else pays for it.
+    let shadowed = match &ctx.call_soon {
+        Some(c) => lp.setattr(intern!(py, "call_soon"), c.bind(py)).is_ok(),
+        None => false,
+    };
+    let task = match context {
+        None => ctx
+            .task_type
+            .bind(py)
+            .call((call,), Some(ctx.task_kwargs.bind(py))),
+        Some(c) => ctx.task_kwargs.bind(py).copy().and_then(|kwargs| {
+            kwargs.set_item(intern!(py, "context"), c)?;
+            ctx.task_type.bind(py).call((call,), Some(&kwargs))
+        }),
+    };
+    if shadowed {
+        lp.delattr(intern!(py, "call_soon"))?;
+    }
+    let captured = CAPTURE.with(|c| c.borrow_mut().take()).flatten();
+    let task = task?;
+    let (callback, step_context) = match captured {
+        // The Task asked the loop (our `CallSoon`) to schedule its first
+        // step: run it now instead.
+        Some((callback, Some(context))) => (callback.into_bound(py), context.into_bound(py)),
+        other => {
+            // Not captured (a loop without our call_soon): the step is at
+            // the end of the ready queue.
+            if let Some((callback, None)) = other {
+                lp.call_method1(intern!(py, "call_soon"), (callback,))?;
+            }
+            let Ok(ready) = lp.getattr(intern!(py, "_ready")) else {
+                // A loop whose ready queue is out of reach: the step runs
+                // on the loop's next turn, as with any Task.
+                return Ok(());
+            };
+            let handle = ready.call_method0(intern!(py, "pop"))?;
+            let callback = handle.getattr(intern!(py, "_callback"))?;
+            let ours = callback
+                .getattr(intern!(py, "__self__"))
+                .is_ok_and(|s| s.is(&task));
+            if !ours {
+                // Not the step we expected: put it back, the loop runs it.
+                ready.call_method1(intern!(py, "append"), (handle,))?;
+                return Ok(());
+            }
+            (callback, handle.getattr(intern!(py, "_context"))?)
+        }
+    };
+    // SAFETY: CPython context and call API with the GIL held; the context
+    // is entered and exited around the call; the result is a new reference
+    // (or NULL with an exception set).
+    let result = unsafe {
+        ffi::PyContext_Enter(step_context.as_ptr());
+        let r = ffi::PyObject_CallNoArgs(callback.as_ptr());
+        ffi::PyContext_Exit(step_context.as_ptr());
+        r
+    };
+    if result.is_null() {
+        return Err(PyErr::fetch(py));
+    }
+    // SAFETY: a new reference returned by the call above.
+    drop(unsafe { Bound::from_owned_ptr(py, result) });
+    Ok(())
+}
+
+pub(super) type Captured = Option<(Py<PyAny>, Option<Py<PyAny>>)>;
+
+thread_local! {
+    /// `Some` while a Task is being created: its `call_soon` is kept here.
+    static CAPTURE: RefCell<Option<Captured>> = const { RefCell::new(None) };
+}
+
+/// Set as the loop's `call_soon` (an instance attribute shadowing the
+/// method) while `spawn_task` creates a Task: the Task's request to schedule
+/// its first step is captured, so the step runs at once without a `Handle`
+/// and a trip through the ready queue. Any other call (none is expected)
+/// goes to the loop's own `call_soon`.
+#[pyclass(module = "stage6_asgi", frozen)]
+pub struct CallSoon {
+    pub original: Py<PyAny>,
+}
+
+#[pymethods]
+impl CallSoon {
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn __call__(
+        &self,
+        py: Python<'_>,
+        callback: Py<PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        if args.is_empty() {
+            let captured = CAPTURE.with(|c| {
+                let mut c = c.borrow_mut();
+                match c.as_mut() {
+                    Some(slot @ None) => {
+                        *slot = Some((
+                            callback.clone_ref(py),
+                            context.as_ref().map(|x| x.clone_ref(py)),
+                        ));
+                        true
+                    }
+                    _ => false,
+                }
+            });
+            if captured {
+                return Ok(py.None());
+            }
+        }
+        let mut all = Vec::with_capacity(args.len() + 1);
+        all.push(callback.into_bound(py));
+        all.extend(args.iter());
+        let all = PyTuple::new(py, all)?;
+        let kwargs = match context {
+            Some(c) => {
+                let k = PyDict::new(py);
+                k.set_item(intern!(py, "context"), c)?;
+                Some(k)
+            }
+            None => None,
+        };
+        self.original
+            .bind(py)
+            .call(all, kwargs.as_ref())
+            .map(Bound::unbind)
+    }
+}
