@@ -4,6 +4,7 @@
 //! generator's tests (`loadgen/`) and the benchmarks (`course-bench/`) are
 //! built on it. It does not embed Python.
 pub mod client;
+pub mod figures;
 pub mod nginx;
 pub mod procs;
 pub mod server;

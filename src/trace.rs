@@ -211,7 +211,6 @@ pub fn gil_lanes(trace: &Trace) -> Vec<Lane> {
     for v in any_hold.values_mut() {
         *v = merged(std::mem::take(v));
     }
-    let sampled = !holds.is_empty();
     let mut lanes = Vec::new();
     // Per thread, the times nobody was seen holding the GIL while it was
     // in Python: settled below, across the threads of its process.
@@ -231,7 +230,6 @@ pub fn gil_lanes(trace: &Trace) -> Vec<Lane> {
             match r.kind.as_str() {
                 "wait" => segments.push((r.start, r.end, State::Waiting)),
                 "write" | "read" => segments.push((r.start, r.end, State::Io)),
-                "py" if !sampled => segments.push((r.start, r.end, State::Holding)),
                 "py" => {
                     let mine = holds.get(&(pid, r.arg)).cloned().unwrap_or_default();
                     let held = intersect(r.start, r.end, &mine);
@@ -588,7 +586,7 @@ pub fn workers_svg(trace: &Trace, title: &str, window: Window) -> String {
     let scale = Scale {
         t0,
         t1,
-        right: WIDTH - 250.0,
+        right: WIDTH - 275.0,
     };
     let lane_h = 22.0;
     let top = 110.0;
@@ -665,13 +663,13 @@ pub fn workers_svg(trace: &Trace, title: &str, window: Window) -> String {
             let (a, b) = (scale.x(*s), scale.x(life.died.as_ref().map_or(t1, |d| d.0)));
             let _ = writeln!(
                 svg,
-                r##"<rect x="{a:.2}" y="{:.1}" width="{:.2}" height="{:.1}" fill="#dd6b20"/><text x="{:.1}" y="{:.1}" font-size="11" fill="white">{} (hung)</text>"##,
+                r##"<rect x="{a:.2}" y="{:.1}" width="{:.2}" height="{:.1}" fill="#dd6b20"/><text x="{:.1}" y="{:.1}" font-size="11" fill="white">hung: {}</text>"##,
                 y + 3.0,
                 (b - a).max(0.6),
                 lane_h - 6.0,
                 a + 4.0,
                 y + lane_h - 7.0,
-                escape(label)
+                escape(label.split_once(' ').map_or(label.as_str(), |p| p.1))
             );
         }
         if life.born >= t0 {
@@ -887,7 +885,9 @@ pub fn request_svg(trace: &Trace, title: &str) -> String {
 }
 
 fn micros(ns: f64) -> String {
-    if ns >= 100_000.0 {
+    if ns < 1_000.0 {
+        format!("{ns:.0} ns")
+    } else if ns >= 100_000.0 {
         format!("{:.1} ms", ns / 1e6)
     } else {
         format!("{:.1} µs", ns / 1e3)

@@ -204,3 +204,67 @@ fn trace_view_draws_an_svg_of_a_trace() {
     let _ = std::fs::remove_file(&input);
     let _ = std::fs::remove_file(&output);
 }
+
+/// `check_gil` on hand-written traces: what it must reject (so the tests
+/// above can fail), and a trace it must accept.
+mod the_check {
+    use wsgi_course::trace::{self, State, Trace};
+
+    /// Two threads of process 1 in Python from 0 to 10 ms (thread states
+    /// 41 and 42), each with its request and a socket write after.
+    const TWO_THREADS: &str = "\
+req 1 7 0 12000000 0 GET /a
+py 1 7 0 10000000 41
+write 1 7 10000000 11000000 0
+req 1 8 0 12000000 0 GET /b
+py 1 8 0 10000000 42
+write 1 8 10000000 11000000 0
+";
+
+    fn check(extra: &str) -> Result<(), String> {
+        trace::check_gil(&Trace::parse(&format!("{TWO_THREADS}{extra}")).unwrap())
+    }
+
+    #[test]
+    fn the_gil_passed_from_one_thread_to_the_other_passes() {
+        check("gil 1 9 0 5000000 41\ngil 1 9 5000000 10000000 42\n").unwrap();
+    }
+
+    #[test]
+    fn two_holders_at_once_fail() {
+        // What a build without a GIL (or a broken sampler) would show.
+        let e = check("gil 1 9 0 6000000 41\ngil 1 9 4000000 10000000 42\n").unwrap_err();
+        assert!(e.contains("both hold the GIL"), "{e}");
+    }
+
+    #[test]
+    fn a_socket_write_with_the_gil_fails() {
+        // The write's own record says the thread held the GIL (PyGILState_Check).
+        let e = check("write 1 7 10000000 10500000 1\n").unwrap_err();
+        assert!(e.contains("with the GIL held"), "{e}");
+        // The sampler saw this thread's thread state hold the GIL during its
+        // write (its py span stretched over the write).
+        let e = trace::check_gil(
+            &Trace::parse(
+                "req 1 7 0 12000000 0 GET /a\npy 1 7 0 10500000 41\nwrite 1 7 10000000 11000000 0\ngil 1 9 0 10500000 41\n",
+            )
+            .unwrap(),
+        )
+        .unwrap_err();
+        assert!(e.contains("during socket I/O"), "{e}");
+    }
+
+    #[test]
+    fn without_samples_sleeps_are_released_and_nobody_holds_twice() {
+        // No `gil` records (the sampler missed every short hold): threads
+        // asleep in time.sleep at once are not holders at once.
+        let t = Trace::parse(&format!(
+            "{TWO_THREADS}c_call 1 7 100000 9900000 0 time.sleep\nc_call 1 8 200000 9900000 0 time.sleep\n"
+        ))
+        .unwrap();
+        trace::check_gil(&t).unwrap();
+        for lane in trace::gil_lanes(&t) {
+            assert!(lane.time_in(State::Released) > 9_000_000);
+        }
+    }
+}
