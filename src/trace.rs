@@ -96,10 +96,20 @@ pub enum State {
     Released,
     /// Wrote to or read from its socket, without the GIL.
     Io,
+    /// In Python while the sampler was not running (not scheduled by a
+    /// busy machine), with other threads in Python too: who held the GIL
+    /// then is not known.
+    Unseen,
 }
 
 impl State {
-    const ALL: [State; 4] = [State::Holding, State::Waiting, State::Released, State::Io];
+    const ALL: [State; 5] = [
+        State::Holding,
+        State::Waiting,
+        State::Released,
+        State::Io,
+        State::Unseen,
+    ];
 
     fn colour(self) -> &'static str {
         match self {
@@ -107,6 +117,7 @@ impl State {
             State::Waiting => "#f6ad55",
             State::Released => "#b7c4d1",
             State::Io => "#38a169",
+            State::Unseen => "url(#unseen)",
         }
     }
 
@@ -114,8 +125,9 @@ impl State {
         match self {
             State::Holding => "holds the GIL (runs Python)",
             State::Waiting => "waits for the GIL",
-            State::Released => "in C code that released the GIL (time.sleep)",
-            State::Io => "socket I/O, GIL released",
+            State::Released => "in C code without the GIL (time.sleep)",
+            State::Io => "socket I/O without the GIL",
+            State::Unseen => "not sampled",
         }
     }
 }
@@ -183,24 +195,31 @@ fn merged(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
 /// The threads that served requests, with what they did when.
 ///
 /// Who held the GIL comes from the sampler's `gil` records (CPython's own
-/// state), matched to a thread by its Python thread state during its `py`
-/// spans (inside `Python::attach`). The rest of a `py` span is:
-/// - C code that released the GIL, during a long C call (`time.sleep`);
+/// state; ARG 0: nobody), matched to a thread by its Python thread state
+/// during its `py` spans (inside `Python::attach`). The rest of a `py`
+/// span is:
+/// - C code that released the GIL, during a long C call (`time.sleep`)
+///   while the sampler saw another holder or nobody;
 /// - waiting, while the sampler saw another thread hold the GIL;
-/// - otherwise the sampler saw nobody (the GIL changing hands, or a hold
-///   shorter than its period): holding if this thread was the only one
-///   that could be running Python then, waiting if several could.
+/// - otherwise unknown: the sampler saw nobody (the GIL changing hands),
+///   or did not look (it was not scheduled): holding if this thread was
+///   the only one that could be running Python then, waiting if several
+///   could.
 pub fn gil_lanes(trace: &Trace) -> Vec<Lane> {
     let mut threads: BTreeMap<(i32, i32), Vec<&Record>> = BTreeMap::new();
     let mut holds: BTreeMap<(i32, u64), Vec<(u64, u64)>> = BTreeMap::new();
     let mut any_hold: BTreeMap<i32, Vec<(u64, u64)>> = BTreeMap::new();
+    let mut watched: BTreeMap<i32, Vec<(u64, u64)>> = BTreeMap::new();
     for r in &trace.records {
         if r.kind == "gil" {
-            holds
-                .entry((r.pid, r.arg))
-                .or_default()
-                .push((r.start, r.end));
-            any_hold.entry(r.pid).or_default().push((r.start, r.end));
+            watched.entry(r.pid).or_default().push((r.start, r.end));
+            if r.arg != 0 {
+                holds
+                    .entry((r.pid, r.arg))
+                    .or_default()
+                    .push((r.start, r.end));
+                any_hold.entry(r.pid).or_default().push((r.start, r.end));
+            }
         } else if ["wait", "py", "write", "read", "c_call", "req"].contains(&r.kind.as_str()) {
             threads.entry((r.pid, r.tid)).or_default().push(r);
         }
@@ -208,16 +227,19 @@ pub fn gil_lanes(trace: &Trace) -> Vec<Lane> {
     for v in holds.values_mut() {
         *v = merged(std::mem::take(v));
     }
-    for v in any_hold.values_mut() {
-        *v = merged(std::mem::take(v));
+    for map in [&mut any_hold, &mut watched] {
+        for v in map.values_mut() {
+            *v = merged(std::mem::take(v));
+        }
     }
     let mut lanes = Vec::new();
     // Per thread, the times nobody was seen holding the GIL while it was
     // in Python: settled below, across the threads of its process.
-    let mut unknown: Vec<Vec<(u64, u64)>> = Vec::new();
+    let mut unknown: Vec<Unknown> = Vec::new();
     for ((pid, tid), records) in threads {
         let mut segments = Vec::new();
         let mut open = Vec::new();
+        let mut unseen = Vec::new();
         let c_calls = merged(
             records
                 .iter()
@@ -226,6 +248,12 @@ pub fn gil_lanes(trace: &Trace) -> Vec<Lane> {
                 .collect(),
         );
         let others = any_hold.get(&pid).cloned().unwrap_or_default();
+        // No sampler at all (a Python other than 3.11): C calls are taken
+        // to release the GIL, as `time.sleep` does.
+        let seen = watched
+            .get(&pid)
+            .cloned()
+            .unwrap_or_else(|| vec![(0, u64::MAX)]);
         for r in &records {
             match r.kind.as_str() {
                 "wait" => segments.push((r.start, r.end, State::Waiting)),
@@ -237,14 +265,25 @@ pub fn gil_lanes(trace: &Trace) -> Vec<Lane> {
                         segments.push((s, e, State::Holding));
                     }
                     for (s, e) in subtract(r.start, r.end, &held) {
-                        for &(cs, ce) in &intersect(s, e, &c_calls) {
-                            segments.push((cs, ce, State::Released));
-                        }
-                        for (ws, we) in subtract(s, e, &c_calls) {
-                            for &(hs, he) in &intersect(ws, we, &others) {
-                                segments.push((hs, he, State::Waiting));
+                        // What the sampler did not see is settled below.
+                        for (us, ue) in subtract(s, e, &seen) {
+                            // A C call nobody watched may or may not have
+                            // let go of the GIL.
+                            for &(cs, ce) in &intersect(us, ue, &c_calls) {
+                                segments.push((cs, ce, State::Unseen));
                             }
-                            open.extend(subtract(ws, we, &others));
+                            unseen.extend(subtract(us, ue, &c_calls));
+                        }
+                        for (ss, se) in intersect(s, e, &seen) {
+                            for &(cs, ce) in &intersect(ss, se, &c_calls) {
+                                segments.push((cs, ce, State::Released));
+                            }
+                            for (ws, we) in subtract(ss, se, &c_calls) {
+                                for &(hs, he) in &intersect(ws, we, &others) {
+                                    segments.push((hs, he, State::Waiting));
+                                }
+                                open.extend(subtract(ws, we, &others));
+                            }
                         }
                     }
                 }
@@ -262,7 +301,7 @@ pub fn gil_lanes(trace: &Trace) -> Vec<Lane> {
             segments,
             requests,
         });
-        unknown.push(open);
+        unknown.push((open, unseen));
     }
     settle_unknown(&mut lanes, &unknown);
     for lane in &mut lanes {
@@ -272,36 +311,47 @@ pub fn gil_lanes(trace: &Trace) -> Vec<Lane> {
     lanes
 }
 
-/// Times no sampled holder covers: a thread alone in Python then held the
-/// GIL; several at once were handing it over (waiting).
-fn settle_unknown(lanes: &mut [Lane], unknown: &[Vec<(u64, u64)>]) {
-    let mut edges: Vec<(u64, i32, usize, bool)> = Vec::new();
-    for (i, spans) in unknown.iter().enumerate() {
-        for &(s, e) in spans {
-            edges.push((s, lanes[i].pid, i, true));
-            edges.push((e, lanes[i].pid, i, false));
+/// A thread's times in Python that the sampler does not settle: (seen
+/// nobody holding the GIL, not seen at all).
+type Unknown = (Vec<(u64, u64)>, Vec<(u64, u64)>);
+
+/// Times no sampled holder covers. A thread alone in Python then held the
+/// GIL (a hold shorter than the sampler's period); several at once: when
+/// the sampler saw the GIL free, they were handing it over (waiting);
+/// when it did not look, nobody knows ([`State::Unseen`]).
+fn settle_unknown(lanes: &mut [Lane], unknown: &[Unknown]) {
+    // (time, pid, lane, starts, sampler looked)
+    let mut edges: Vec<(u64, i32, usize, bool, bool)> = Vec::new();
+    for (i, (free, unseen)) in unknown.iter().enumerate() {
+        for (spans, looked) in [(free, true), (unseen, false)] {
+            for &(s, e) in spans {
+                edges.push((s, lanes[i].pid, i, true, looked));
+                edges.push((e, lanes[i].pid, i, false, looked));
+            }
         }
     }
     edges.sort_by_key(|e| (e.1, e.0, !e.3));
-    let mut inside: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
+    let mut inside: BTreeMap<i32, Vec<(usize, bool)>> = BTreeMap::new();
     let mut last: BTreeMap<i32, u64> = BTreeMap::new();
-    for (t, pid, lane, starts) in edges {
+    for (t, pid, lane, starts, looked) in edges {
         let now = inside.entry(pid).or_default();
         if let Some(&from) = last.get(&pid)
             && t > from
         {
-            let state = if now.len() == 1 {
-                State::Holding
-            } else {
-                State::Waiting
-            };
-            for &i in now.iter() {
+            for &(i, seen) in now.iter() {
+                let state = if now.len() == 1 {
+                    State::Holding
+                } else if seen {
+                    State::Waiting
+                } else {
+                    State::Unseen
+                };
                 lanes[i].segments.push((from, t, state));
             }
         }
         if starts {
-            now.push(lane);
-        } else if let Some(k) = now.iter().position(|&i| i == lane) {
+            now.push((lane, looked));
+        } else if let Some(k) = now.iter().position(|&x| x == (lane, looked)) {
             now.swap_remove(k);
         }
         last.insert(pid, t);
@@ -398,6 +448,7 @@ fn header(svg: &mut String, height: f64, title: &str, subtitle: &str) {
     let _ = writeln!(
         svg,
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height:.0}" viewBox="0 0 {WIDTH} {height:.0}" font-family="sans-serif" font-size="13">
+<defs><pattern id="unseen" width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(45)"><rect width="6" height="6" fill="#edf2f7"/><rect width="2" height="6" fill="#a0aec0"/></pattern></defs>
 <rect width="100%" height="100%" fill="white"/>
 <text x="{LEFT}" y="24" font-size="17" font-weight="bold">{}</text>
 <text x="{LEFT}" y="44" fill="#555">{}</text>"##,
@@ -406,9 +457,17 @@ fn header(svg: &mut String, height: f64, title: &str, subtitle: &str) {
     );
 }
 
+/// A row of coloured boxes and their meaning; a second row when the
+/// first is full.
 fn legend(svg: &mut String, y: f64, items: &[(&str, &str)]) {
     let mut x = LEFT;
+    let mut y = y;
     for (colour, text) in items {
+        let width = 30.0 + 7.0 * text.chars().count() as f64;
+        if x > LEFT && x + width > WIDTH - RIGHT {
+            x = LEFT;
+            y += 20.0;
+        }
         let _ = writeln!(
             svg,
             r##"<rect x="{x:.1}" y="{:.1}" width="16" height="12" fill="{colour}" stroke="#333" stroke-width="0.5"/><text x="{:.1}" y="{:.1}">{}</text>"##,
@@ -417,7 +476,7 @@ fn legend(svg: &mut String, y: f64, items: &[(&str, &str)]) {
             y,
             escape(text)
         );
-        x += 30.0 + 7.0 * text.len() as f64;
+        x += width;
     }
 }
 
@@ -449,7 +508,7 @@ pub fn gil_svg(trace: &Trace, title: &str, window: Window) -> String {
         right: WIDTH - RIGHT,
     };
     let lane_h = 34.0;
-    let top = 90.0;
+    let top = 112.0;
     let height = top + lanes.len() as f64 * (lane_h + 14.0) + 60.0;
     let mut svg = String::new();
     let sampled = trace.of_kind("gil").next().is_some();
@@ -899,7 +958,7 @@ fn micros(ns: f64) -> String {
 pub fn handovers(trace: &Trace) -> usize {
     let mut last: BTreeMap<i32, u64> = BTreeMap::new();
     let mut count = 0;
-    for r in trace.of_kind("gil") {
+    for r in trace.of_kind("gil").filter(|r| r.arg != 0) {
         if let Some(prev) = last.insert(r.pid, r.arg)
             && prev != r.arg
         {

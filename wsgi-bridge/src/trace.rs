@@ -355,6 +355,9 @@ pub fn start_flusher() {
 
 /// How often the sampler looks at the GIL.
 const SAMPLE_EVERY: Duration = Duration::from_micros(20);
+/// Longer than this between two looks, and the sampler does not vouch for
+/// the time between them (it was not scheduled).
+const MAX_GAP_NS: u64 = 200_000;
 
 /// Where CPython 3.11 keeps its GIL: `_PyRuntime.ceval.gil` (see
 /// `Include/internal/pycore_gil.h`): `interval` (µs), `last_holder` (a
@@ -366,7 +369,7 @@ const GIL_LOCKED: usize = 376;
 /// Starts the GIL sampler: a thread that reads, every 20 µs, whether the
 /// GIL is held and by which thread state, and records each holder's time
 /// (`gil` records; ARG is the holder's thread state, which `py` records
-/// match to a thread). It reads CPython's internal state, known for 3.11:
+/// match to a thread, or 0 when nobody held it). It reads CPython's internal state, known for 3.11:
 /// it checks the switch interval it finds there against
 /// `sys.getswitchinterval()` first, and samples nothing if they differ.
 pub fn start_gil_sampler(py: Python<'_>) {
@@ -409,6 +412,14 @@ fn sample_gil(runtime: usize) {
     // A fine timer: the default slack (50 µs) would blur the samples.
     // SAFETY: prctl with an integer argument.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
+    // On a busy machine a sampler scheduled like any thread misses whole
+    // milliseconds (the picture then shows them as "not sampled"): ask for
+    // real-time scheduling, allowed to root (CAP_SYS_NICE). It sleeps
+    // between looks, so it takes little from the threads it watches.
+    let param = libc::sched_param { sched_priority: 1 };
+    // SAFETY: a valid sched_param; 0 is this thread. Failure (EPERM) is
+    // fine: it samples with ordinary scheduling.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
     let read = || {
         // SAFETY: aligned fields of a live static struct, read without the
         // GIL as its own waiters do (they are atomics in CPython).
@@ -418,28 +429,38 @@ fn sample_gil(runtime: usize) {
             if locked != 0 { holder } else { 0 }
         }
     };
+    // Each `gil` record is a stretch the sampler watched with one holder
+    // (ARG 0: nobody). A stretch ends at a change, or at a gap: when the
+    // sampler itself was not running (the machine busy), it cannot say who
+    // held the GIL meanwhile, and `trace-view` must not guess from its
+    // records.
     let (mut holder, mut since) = (read(), now());
+    let mut last = since;
     loop {
         if IN_PYTHON.load(Ordering::Relaxed) == 0 {
-            // No request in Python: look again in half a millisecond (a
-            // sampler at full speed all the time would take a third of a
-            // core). A short request missed meanwhile held the GIL alone:
-            // `trace-view` sees that from its `py` span.
-            if holder != 0 {
-                record("gil", since, now(), holder, None);
+            // No request in Python: look again in 100 µs (a sampler at full
+            // speed all the time would take a third of a core). What a
+            // request does before the sampler wakes is not vouched for:
+            // `trace-view` settles it from the `py` spans.
+            if last > since {
+                record("gil", since, last, holder, None);
             }
-            std::thread::sleep(Duration::from_micros(500));
+            std::thread::sleep(Duration::from_micros(100));
             (holder, since) = (read(), now());
+            last = since;
             continue;
         }
         std::thread::sleep(SAMPLE_EVERY);
         let current = read();
-        if current != holder {
-            let t = now();
-            if holder != 0 {
-                record("gil", since, t, holder, None);
+        let t = now();
+        let gap = t - last > MAX_GAP_NS;
+        if current != holder || gap {
+            let end = if gap { last } else { t };
+            if end > since {
+                record("gil", since, end, holder, None);
             }
             (holder, since) = (current, t);
         }
+        last = t;
     }
 }
