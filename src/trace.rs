@@ -978,15 +978,19 @@ pub fn gil_summary(trace: &Trace) -> String {
         let ms = |s| lane.time_in(s) as f64 / 1e6;
         let _ = writeln!(
             out,
-            "thread {} (tid {}): {} requests; GIL held {:.1} ms, waiting {:.1} ms, C code without the GIL {:.1} ms, socket I/O {:.2} ms",
+            "thread {} (tid {}): {} request{}; GIL held {:.1} ms, waiting {:.1} ms, C code without the GIL {:.1} ms, socket I/O {:.2} ms",
             i + 1,
             lane.tid,
             lane.requests.len(),
+            if lane.requests.len() == 1 { "" } else { "s" },
             ms(State::Holding),
             ms(State::Waiting),
             ms(State::Released),
             ms(State::Io)
         );
+        if lane.time_in(State::Unseen) >= 50_000 {
+            let _ = writeln!(out, "  and {:.1} ms not sampled", ms(State::Unseen));
+        }
         slices.extend(
             lane.segments
                 .iter()
