@@ -365,8 +365,12 @@ pub struct Window {
     pub to_ms: Option<f64>,
 }
 
-const WIDTH: f64 = 1100.0;
-const LEFT: f64 = 150.0;
+// Drawn at about the width of the book's text column, so that mdBook
+// shows the text at the size written here.
+const WIDTH: f64 = 960.0;
+const LEFT: f64 = 130.0;
+/// Where the title, subtitle and legend start.
+const MARGIN: f64 = 12.0;
 const RIGHT: f64 = 30.0;
 
 fn escape(s: &str) -> String {
@@ -447,11 +451,11 @@ impl Scale {
 fn header(svg: &mut String, height: f64, title: &str, subtitle: &str) {
     let _ = writeln!(
         svg,
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height:.0}" viewBox="0 0 {WIDTH} {height:.0}" font-family="sans-serif" font-size="13">
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height:.0}" viewBox="0 0 {WIDTH} {height:.0}" font-family="sans-serif" font-size="14">
 <defs><pattern id="unseen" width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(45)"><rect width="6" height="6" fill="#edf2f7"/><rect width="2" height="6" fill="#a0aec0"/></pattern></defs>
 <rect width="100%" height="100%" fill="white"/>
-<text x="{LEFT}" y="24" font-size="17" font-weight="bold">{}</text>
-<text x="{LEFT}" y="44" fill="#555">{}</text>"##,
+<text x="{MARGIN}" y="24" font-size="17" font-weight="bold">{}</text>
+<text x="{MARGIN}" y="44" fill="#555" font-size="13">{}</text>"##,
         escape(title),
         escape(subtitle)
     );
@@ -460,12 +464,12 @@ fn header(svg: &mut String, height: f64, title: &str, subtitle: &str) {
 /// A row of coloured boxes and their meaning; a second row when the
 /// first is full.
 fn legend(svg: &mut String, y: f64, items: &[(&str, &str)]) {
-    let mut x = LEFT;
+    let mut x = MARGIN;
     let mut y = y;
     for (colour, text) in items {
-        let width = 30.0 + 7.0 * text.chars().count() as f64;
-        if x > LEFT && x + width > WIDTH - RIGHT {
-            x = LEFT;
+        let width = 30.0 + 7.6 * text.chars().count() as f64;
+        if x > MARGIN && x + width > WIDTH - RIGHT {
+            x = MARGIN;
             y += 20.0;
         }
         let _ = writeln!(
@@ -645,7 +649,7 @@ pub fn workers_svg(trace: &Trace, title: &str, window: Window) -> String {
     let scale = Scale {
         t0,
         t1,
-        right: WIDTH - 275.0,
+        right: WIDTH - 300.0,
     };
     let lane_h = 22.0;
     let top = 110.0;
@@ -722,13 +726,17 @@ pub fn workers_svg(trace: &Trace, title: &str, window: Window) -> String {
             let (a, b) = (scale.x(*s), scale.x(life.died.as_ref().map_or(t1, |d| d.0)));
             let _ = writeln!(
                 svg,
-                r##"<rect x="{a:.2}" y="{:.1}" width="{:.2}" height="{:.1}" fill="#dd6b20"/><text x="{:.1}" y="{:.1}" font-size="11" fill="white">hung: {}</text>"##,
+                r##"<rect x="{a:.2}" y="{:.1}" width="{:.2}" height="{:.1}" fill="#dd6b20"/><text x="{:.1}" y="{:.1}" font-size="11" fill="white">hung {}</text>"##,
                 y + 3.0,
                 (b - a).max(0.6),
                 lane_h - 6.0,
                 a + 4.0,
                 y + lane_h - 7.0,
-                escape(label.split_once(' ').map_or(label.as_str(), |p| p.1))
+                if b - a > 130.0 {
+                    escape(label.split_once(' ').map_or(label.as_str(), |p| p.1))
+                } else {
+                    String::new()
+                }
             );
         }
         if life.born >= t0 {
@@ -743,7 +751,7 @@ pub fn workers_svg(trace: &Trace, title: &str, window: Window) -> String {
             let cy = y + lane_h / 2.0;
             let _ = writeln!(
                 svg,
-                r##"<path d="M{:.1} {:.1} l10 10 m0 -10 l-10 10" stroke="#e53e3e" stroke-width="3"/><text x="{:.1}" y="{:.1}" fill="#c53030" font-size="12">{}</text>"##,
+                r##"<path d="M{:.1} {:.1} l10 10 m0 -10 l-10 10" stroke="#e53e3e" stroke-width="3"/><text x="{:.1}" y="{:.1}" fill="#c53030" font-size="13">{}</text>"##,
                 x - 5.0,
                 cy - 5.0,
                 scale.right + 14.0,

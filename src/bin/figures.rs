@@ -48,6 +48,32 @@ struct Args {
     /// Where to write the SVGs [default: book/src/figures].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+
+    /// Draw again from the traces of the last run (in target/figures/)
+    /// instead of running the stages.
+    #[arg(long)]
+    redraw: bool,
+}
+
+/// The trace of a run: made now, or read from the last run's file.
+struct Runs {
+    dir: PathBuf,
+    redraw: bool,
+}
+
+impl Runs {
+    fn get(
+        &self,
+        name: &str,
+        run: impl FnOnce(&Path) -> Result<Trace, String>,
+    ) -> Result<Trace, String> {
+        let path = self.dir.join(format!("{name}.trace"));
+        if self.redraw {
+            Trace::read(&path)
+        } else {
+            run(&path)
+        }
+    }
 }
 
 fn main() {
@@ -74,7 +100,11 @@ fn main() {
         ];
     }
     for figure in todo {
-        if let Err(e) = draw(figure, &out, &traces) {
+        let runs = Runs {
+            dir: traces.clone(),
+            redraw: args.redraw,
+        };
+        if let Err(e) = draw(figure, &out, &runs) {
             eprintln!("figures: {figure:?}: {e}");
             std::process::exit(1);
         }
@@ -103,20 +133,16 @@ fn checked(trace: Trace) -> Result<Trace, String> {
     Ok(trace)
 }
 
-fn draw(figure: Figure, out: &Path, traces: &Path) -> Result<(), String> {
+fn draw(figure: Figure, out: &Path, runs: &Runs) -> Result<(), String> {
     match figure {
         Figure::GilCpu => {
-            let t = checked(figures::gil_run(
-                &traces.join("gil-cpu.trace"),
-                "/cpu?ms=20",
-                None,
-            )?)?;
+            let t = checked(runs.get("gil-cpu", |p| figures::gil_run(p, "/cpu?ms=20", None))?)?;
             write(
                 out,
                 "gil-cpu.svg",
                 trace::gil_svg(
                     &t,
-                    "Stage 2, four threads, /cpu?ms=20 four at a time: one thread runs Python at a time",
+                    "Four threads, /cpu?ms=20 four at a time: one runs Python at a time",
                     Window::default(),
                 ),
             )?;
@@ -125,23 +151,19 @@ fn draw(figure: Figure, out: &Path, traces: &Path) -> Result<(), String> {
                 "gil-switch-5ms.svg",
                 trace::gil_svg(
                     &t,
-                    "The first 40 ms of the same run: the GIL changes hands every 5 ms (the default switch interval)",
+                    "The first 40 ms: the GIL changes hands every 5 ms, the default switch interval",
                     window(0.0, 40.0),
                 ),
             )
         }
         Figure::GilIo => {
-            let t = checked(figures::gil_run(
-                &traces.join("gil-io.trace"),
-                "/io?ms=20",
-                None,
-            )?)?;
+            let t = checked(runs.get("gil-io", |p| figures::gil_run(p, "/io?ms=20", None))?)?;
             write(
                 out,
                 "gil-io.svg",
                 trace::gil_svg(
                     &t,
-                    "Stage 2, four threads, /io?ms=20 four at a time: the sleeps overlap",
+                    "Four threads, /io?ms=20 four at a time: the sleeps overlap",
                     Window::default(),
                 ),
             )?;
@@ -165,18 +187,16 @@ fn draw(figure: Figure, out: &Path, traces: &Path) -> Result<(), String> {
                 "gil-io-zoom.svg",
                 trace::gil_svg(
                     &t,
-                    "The same run, one millisecond of it: a sleep ends, Python runs briefly, the answer is written",
+                    "One millisecond of it: a sleep ends, Python runs briefly, the answer is written",
                     window(at - 0.3, at + 0.7),
                 ),
             )
         }
         Figure::GilSwitch => {
             for ms in [1, 20] {
-                let t = checked(figures::gil_run(
-                    &traces.join(format!("gil-switch-{ms}ms.trace")),
-                    "/cpu?ms=20",
-                    Some(ms),
-                )?)?;
+                let t = checked(runs.get(&format!("gil-switch-{ms}ms"), |p| {
+                    figures::gil_run(p, "/cpu?ms=20", Some(ms))
+                })?)?;
                 write(
                     out,
                     &format!("gil-switch-{ms}ms.svg"),
@@ -192,7 +212,7 @@ fn draw(figure: Figure, out: &Path, traces: &Path) -> Result<(), String> {
             Ok(())
         }
         Figure::Request => {
-            let t = checked(figures::request_run(&traces.join("request.trace"), 2000)?)?;
+            let t = checked(runs.get("request", |p| figures::request_run(p, 2000))?)?;
             for (kind, median, mean, n) in trace::step_times(&t) {
                 println!(
                     "{kind:>15}: median {:>9.1} µs, mean {:>9.1} µs ({n})",
@@ -205,21 +225,28 @@ fn draw(figure: Figure, out: &Path, traces: &Path) -> Result<(), String> {
                 "request.svg",
                 trace::request_svg(
                     &t,
-                    "One request for / of the lab app, step by step (stage 2, 2000 requests, one client)",
+                    "One request for / of the lab app, step by step (stage 2)",
                 ),
             )
         }
         Figure::Workers => {
-            let (t, run) = figures::workers_run(&traces.join("workers.trace"))?;
-            println!(
-                "killed worker {} with SIGKILL; {} requests answered; the hung request got {}",
-                run.killed,
-                run.answered,
-                run.hung_status
-                    .map_or("no answer (its worker was killed)".into(), |s| s
-                        .to_string())
-            );
-            println!("the requests in flight at HUP got {:?}", run.slow_statuses);
+            let mut run = None;
+            let t = runs.get("workers", |p| {
+                let (t, r) = figures::workers_run(p)?;
+                run = Some(r);
+                Ok(t)
+            })?;
+            if let Some(run) = run {
+                println!(
+                    "killed worker {} with SIGKILL; {} requests answered; the hung request got {}",
+                    run.killed,
+                    run.answered,
+                    run.hung_status
+                        .map_or("no answer (its worker was killed)".into(), |s| s
+                            .to_string())
+                );
+                println!("the requests in flight at HUP got {:?}", run.slow_statuses);
+            }
             for life in trace::workers(&t) {
                 println!(
                     "worker {} (slot {}, generation {}): {} requests, {}",
@@ -235,13 +262,16 @@ fn draw(figure: Figure, out: &Path, traces: &Path) -> Result<(), String> {
                 "workers.svg",
                 trace::workers_svg(
                     &t,
-                    "Stage 3, two workers: kill -9, TTIN, TTOU, HUP, a hung request, --max-requests",
+                    "Stage 3, two workers: kill -9, TTIN, TTOU, HUP, --timeout, --max-requests",
                     Window::default(),
                 ),
             )
         }
         Figure::Overhead => {
-            let pairs = figures::overhead(&traces.join("overhead.trace"), 3.0, 8)?;
+            if runs.redraw {
+                return Ok(());
+            }
+            let pairs = figures::overhead(&runs.dir.join("overhead.trace"), 3.0, 8)?;
             for (plain, traced) in &pairs {
                 println!(
                     "without --trace {plain:>8.0} req/s, with --trace {traced:>8.0} req/s ({:+.1}%)",
