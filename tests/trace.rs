@@ -268,3 +268,69 @@ write 1 8 10000000 11000000 0
         }
     }
 }
+
+/// The run behind the book's picture of stage 3 (`figures workers`): the
+/// trace holds each event the chapter points at.
+#[test]
+fn the_books_workers_run_shows_every_event() {
+    let path = trace_path("workers-book");
+    let (t, run) = wsgi_course::figures::workers_run(&path).expect("the run");
+    let _ = std::fs::remove_file(&path);
+    let lives = trace::workers(&t);
+    let died_of = |what: &str| {
+        lives
+            .iter()
+            .filter(|l| l.died.as_ref().is_some_and(|d| d.1.contains(what)))
+            .collect::<Vec<_>>()
+    };
+    let killed = lives
+        .iter()
+        .find(|l| l.pid == run.killed as i32)
+        .expect("the worker killed with SIGKILL is in the trace");
+    assert!(
+        killed
+            .died
+            .as_ref()
+            .is_some_and(|d| d.1.contains("SIGKILL")),
+        "{:?}",
+        killed.died
+    );
+    assert!(!died_of("--max-requests").is_empty(), "a worker retired");
+    let hung = died_of("--timeout");
+    assert_eq!(hung.len(), 1, "one worker killed for --timeout");
+    assert_eq!(
+        hung[0].unfinished.len(),
+        1,
+        "its request never finished: {:?}",
+        hung[0].unfinished
+    );
+    assert_eq!(run.hung_status, None, "the hung request got no answer");
+    let signals: Vec<&str> = t.of_kind("signal").map(|r| r.label.as_str()).collect();
+    for s in ["TTIN", "TTOU", "HUP", "TERM"] {
+        assert!(signals.contains(&s), "{s} in {signals:?}");
+    }
+    // HUP: the new generation is born while the old one still serves its
+    // one-second requests, which are answered.
+    let first_new = lives
+        .iter()
+        .filter(|l| l.generation == 1)
+        .map(|l| l.born)
+        .min()
+        .expect("a new generation after HUP");
+    let last_old = lives
+        .iter()
+        .filter(|l| l.generation == 0)
+        .filter_map(|l| l.died.as_ref().map(|d| d.0))
+        .max()
+        .expect("the old generation stopped");
+    assert!(
+        last_old > first_new + 500_000_000,
+        "old and new workers overlap for half a second or more"
+    );
+    assert_eq!(run.slow_statuses, vec![Some(200), Some(200)]);
+    assert!(
+        run.answered > 500,
+        "the trickle was served: {}",
+        run.answered
+    );
+}
