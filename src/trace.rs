@@ -451,11 +451,11 @@ impl Scale {
 fn header(svg: &mut String, height: f64, title: &str, subtitle: &str) {
     let _ = writeln!(
         svg,
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height:.0}" viewBox="0 0 {WIDTH} {height:.0}" font-family="sans-serif" font-size="14">
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height:.0}" viewBox="0 0 {WIDTH} {height:.0}" font-family="sans-serif" font-size="16">
 <defs><pattern id="unseen" width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(45)"><rect width="6" height="6" fill="#edf2f7"/><rect width="2" height="6" fill="#a0aec0"/></pattern></defs>
 <rect width="100%" height="100%" fill="white"/>
-<text x="{MARGIN}" y="24" font-size="17" font-weight="bold">{}</text>
-<text x="{MARGIN}" y="44" fill="#555" font-size="13">{}</text>"##,
+<text x="{MARGIN}" y="24" font-size="19" font-weight="bold">{}</text>
+<text x="{MARGIN}" y="46" fill="#555" font-size="14">{}</text>"##,
         escape(title),
         escape(subtitle)
     );
@@ -467,10 +467,10 @@ fn legend(svg: &mut String, y: f64, items: &[(&str, &str)]) {
     let mut x = MARGIN;
     let mut y = y;
     for (colour, text) in items {
-        let width = 30.0 + 7.6 * text.chars().count() as f64;
+        let width = 30.0 + 8.6 * text.chars().count() as f64;
         if x > MARGIN && x + width > WIDTH - RIGHT {
             x = MARGIN;
-            y += 20.0;
+            y += 22.0;
         }
         let _ = writeln!(
             svg,
@@ -512,7 +512,7 @@ pub fn gil_svg(trace: &Trace, title: &str, window: Window) -> String {
         right: WIDTH - RIGHT,
     };
     let lane_h = 34.0;
-    let top = 112.0;
+    let top = 124.0;
     let height = top + lanes.len() as f64 * (lane_h + 14.0) + 60.0;
     let mut svg = String::new();
     let sampled = trace.of_kind("gil").next().is_some();
@@ -530,12 +530,12 @@ pub fn gil_svg(trace: &Trace, title: &str, window: Window) -> String {
         .iter()
         .map(|s| (s.colour(), s.legend()))
         .collect();
-    legend(&mut svg, 70.0, &items);
+    legend(&mut svg, 74.0, &items);
     for (i, lane) in lanes.iter().enumerate() {
         let y = top + i as f64 * (lane_h + 14.0) + 8.0;
         let _ = writeln!(
             svg,
-            r##"<text x="{:.1}" y="{:.1}" text-anchor="end">thread {}</text><text x="{:.1}" y="{:.1}" text-anchor="end" fill="#777" font-size="11">tid {}</text><rect x="{LEFT}" y="{y:.1}" width="{:.1}" height="{lane_h}" fill="#f7f7f7"/>"##,
+            r##"<text x="{:.1}" y="{:.1}" text-anchor="end">thread {}</text><text x="{:.1}" y="{:.1}" text-anchor="end" fill="#777" font-size="12">tid {}</text><rect x="{LEFT}" y="{y:.1}" width="{:.1}" height="{lane_h}" fill="#f7f7f7"/>"##,
             LEFT - 8.0,
             y + 15.0,
             i + 1,
@@ -649,10 +649,10 @@ pub fn workers_svg(trace: &Trace, title: &str, window: Window) -> String {
     let scale = Scale {
         t0,
         t1,
-        right: WIDTH - 300.0,
+        right: WIDTH - 320.0,
     };
     let lane_h = 22.0;
-    let top = 110.0;
+    let top = 142.0;
     let height = top + lives.len() as f64 * (lane_h + 8.0) + 60.0;
     let mut svg = String::new();
     header(
@@ -666,7 +666,7 @@ pub fn workers_svg(trace: &Trace, title: &str, window: Window) -> String {
     );
     legend(
         &mut svg,
-        70.0,
+        74.0,
         &[
             ("#c6f6d5", "alive, idle"),
             ("#2b6cb0", "serving a request"),
@@ -696,7 +696,7 @@ pub fn workers_svg(trace: &Trace, title: &str, window: Window) -> String {
         let y = top + i as f64 * (lane_h + 8.0);
         let _ = writeln!(
             svg,
-            r##"<text x="{:.1}" y="{:.1}" text-anchor="end">pid {} <tspan fill="#777" font-size="11">gen {}</tspan></text>"##,
+            r##"<text x="{:.1}" y="{:.1}" text-anchor="end">pid {} <tspan fill="#777" font-size="12">gen {}</tspan></text>"##,
             LEFT - 8.0,
             y + 15.0,
             life.pid,
@@ -751,7 +751,7 @@ pub fn workers_svg(trace: &Trace, title: &str, window: Window) -> String {
             let cy = y + lane_h / 2.0;
             let _ = writeln!(
                 svg,
-                r##"<path d="M{:.1} {:.1} l10 10 m0 -10 l-10 10" stroke="#e53e3e" stroke-width="3"/><text x="{:.1}" y="{:.1}" fill="#c53030" font-size="13">{}</text>"##,
+                r##"<path d="M{:.1} {:.1} l10 10 m0 -10 l-10 10" stroke="#e53e3e" stroke-width="3"/><text x="{:.1}" y="{:.1}" fill="#c53030" font-size="15">{}</text>"##,
                 x - 5.0,
                 cy - 5.0,
                 scale.right + 14.0,
@@ -866,7 +866,7 @@ pub fn request_svg(trace: &Trace, title: &str) -> String {
     );
     legend(
         &mut svg,
-        70.0,
+        74.0,
         &[
             (State::Holding.colour(), "GIL held"),
             (State::Waiting.colour(), "waiting for the GIL"),
