@@ -334,3 +334,36 @@ fn the_books_workers_run_shows_every_event() {
         run.answered
     );
 }
+
+/// Stage 3's gthread workers run stage 2's loop: their threads are traced
+/// the same way, GIL samples included, into the master's file.
+#[test]
+fn gthread_workers_trace_their_threads_and_the_gil() {
+    let path = trace_path("gthread");
+    let server = wsgi_course::figures::Traced::start(
+        "stage3-prefork",
+        &[
+            "apps.lab:app",
+            "-b",
+            "127.0.0.1:0",
+            "-w",
+            "1",
+            "-k",
+            "gthread",
+            "--threads",
+            "4",
+        ],
+        &[],
+        &path,
+    )
+    .expect("stage 3 starts with -k gthread --trace");
+    load(&server.server, "/cpu?ms=20", 4, 1);
+    let trace = server.stop().expect("the trace");
+    let _ = std::fs::remove_file(&path);
+    assert!(trace.has_workers(), "the master's events are there");
+    assert!(trace.of_kind("gil").any(|r| r.arg != 0), "GIL samples");
+    trace::check_gil(&trace).expect("one holder at a time, no I/O with the GIL");
+    let lanes = trace::gil_lanes(&trace);
+    assert_eq!(lanes.len(), 4, "four threads of one worker served");
+    assert!(trace::handovers(&trace) >= 4, "the threads took turns");
+}
