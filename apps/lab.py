@@ -14,11 +14,21 @@
     /error          raises before start_response (the server answers 500)
     /error-late     raises after the first chunk was sent (the server closes the connection)
     /pid            the worker's process id (to see which worker answered)
+
+LAB_SWITCH_INTERVAL_MS=N (environment, read at import) sets CPython's switch
+interval: how long a thread may keep the GIL while another waits for it
+(sys.setswitchinterval; 5 ms by default).
 """
 
 import json
 import os
+import sys
 import time
+
+# ANCHOR: switch_interval
+if os.environ.get("LAB_SWITCH_INTERVAL_MS"):
+    sys.setswitchinterval(float(os.environ["LAB_SWITCH_INTERVAL_MS"]) / 1000.0)
+# ANCHOR_END: switch_interval
 
 HELLO = b"Hello, World!\n"
 counter = 0

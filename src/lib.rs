@@ -4,8 +4,10 @@
 //! generator's tests (`loadgen/`) and the benchmarks (`course-bench/`) are
 //! built on it. It does not embed Python.
 pub mod client;
+pub mod figures;
 pub mod nginx;
 pub mod procs;
 pub mod server;
 pub mod testutil;
+pub mod trace;
 pub mod uwsgi;

@@ -638,6 +638,7 @@ fn current_layout() -> Result<Layout, String> {
 fn package_of(bin: &str) -> &str {
     match bin {
         "uwsgi-dump" => "stage4-uwsgi-socket",
+        "trace-view" | "conformance-report" => "wsgi-course",
         "cluster" => "stage5-nginx",
         other => other,
     }

@@ -14,6 +14,7 @@
 //! `PATH` or as Python modules, and skipped, with a line saying how to
 //! install them, when absent.
 
+pub mod chart;
 pub mod measurement;
 pub mod results;
 pub mod servers;

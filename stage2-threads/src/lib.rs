@@ -138,6 +138,10 @@ pub fn serve_forever(
     // Non-blocking: the loop accepts until the kernel says "no more"
     // (WouldBlock), and in stage 3 another process may take a connection first.
     listener.set_nonblocking(true)?;
+    // With --trace: a thread that watches who holds the GIL.
+    if wsgi_bridge::trace::enabled() {
+        pyo3::Python::attach(wsgi_bridge::trace::start_gil_sampler);
+    }
     let poll = Poll::new()?;
     let waker = Waker::new(poll.registry(), WAKER)?;
     let registry = poll.registry().try_clone()?;

@@ -53,6 +53,12 @@ struct Args {
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     graceful_timeout: u64,
 
+    /// Record when each thread waits for the GIL, holds it, and writes to
+    /// its socket without it, into FILE; draw it with
+    /// `cargo run --bin trace-view -- FILE -o gil.svg`.
+    #[arg(long, value_name = "FILE")]
+    trace: Option<std::path::PathBuf>,
+
     #[command(flatten)]
     app: AppArgs,
 
@@ -75,6 +81,12 @@ fn run(args: Args) -> Result<(), StartError> {
     // First of all: a Ctrl-C while the app is still importing must stop
     // the server once it is ready, not be lost.
     let stop = boot::stop_on_signals()?;
+    if let Some(path) = &args.trace {
+        wsgi_bridge::trace::open(path).map_err(|e| {
+            StartError::new(format!("cannot write the trace {}: {e}", path.display()))
+        })?;
+        wsgi_bridge::trace::start_flusher();
+    }
     let addr = boot::resolve_bind(&args.bind)?;
     let source = args.app.source()?;
     let app = boot::load_app(&args.app)?;
@@ -122,6 +134,7 @@ fn run(args: Args) -> Result<(), StartError> {
     // take it in turn.
     serve_forever(&listener, &wsgi_app, &config, stop.as_fd(), &NoHooks)
         .map_err(|e| StartError::new(format!("the server stopped: {e}")))?;
+    wsgi_bridge::trace::flush();
     log::info!("Shutting down: stage2-threads ({pid})");
     Ok(())
 }

@@ -31,6 +31,8 @@ use crate::scoreboard::{MAX_WORKERS, Scoreboard, now_ms};
 use crate::start::{ExtraChild, Master};
 use crate::stats;
 use crate::upgrade::{self, Relaunch};
+use wsgi_bridge::trace;
+
 use crate::worker::{self, APP_LOAD_ERROR, WORKER_BOOT_ERROR, WorkerClass, WorkerSpec};
 
 /// An extra child that dies within 2 s of being started did not start;
@@ -48,6 +50,8 @@ pub(crate) struct WorkerProcess {
     pub generation: u64,
     pub started: Instant,
     pub state: WorkerState,
+    /// Killed by the master for `--timeout` (for `--trace`).
+    pub timed_out: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +110,8 @@ pub(crate) struct Arbiter {
     /// started: the socket is then shared with it.
     relaunch: Option<Relaunch>,
     new_master: Option<Pid>,
+    /// The master is stopping (for `--trace`: why workers exit).
+    stopping: bool,
 }
 
 impl Arbiter {
@@ -147,6 +153,7 @@ impl Arbiter {
             extra,
             relaunch,
             new_master: None,
+            stopping: false,
         })
     }
 
@@ -156,6 +163,10 @@ impl Arbiter {
         let exit = loop {
             let mut exit = None;
             for signal in self.signals.as_mut().map(|s| s.take()).unwrap_or_default() {
+                if signal != libc::SIGCHLD && wsgi_bridge::trace::enabled() {
+                    let name = signals::name(signal);
+                    trace::event("signal", 0, 0, 0, name.trim_start_matches("SIG"));
+                }
                 match signal {
                     libc::SIGCHLD => self.reap_workers(),
                     libc::SIGHUP => self.reload(),
@@ -272,12 +283,14 @@ impl Arbiter {
                     .slot(slot)
                     .pid
                     .store(child.as_raw(), Ordering::Relaxed);
+                trace::event("spawn", child.as_raw(), slot, self.generation, "");
                 self.workers.push(WorkerProcess {
                     pid: child,
                     slot,
                     generation: self.generation,
                     started: Instant::now(),
                     state: WorkerState::Running,
+                    timed_out: false,
                 });
                 true
             }
@@ -406,6 +419,13 @@ impl Arbiter {
             };
             let worker = self.workers.swap_remove(index);
             let expected = worker.state != WorkerState::Running;
+            if trace::enabled() {
+                let why = match self.stopping {
+                    true => format!("stopped with the master ({})", describe_exit(status)),
+                    false => exit_reason(&worker, status, self.config.max_requests),
+                };
+                trace::event("exit", pid.as_raw(), worker.slot, worker.generation, &why);
+            }
             match status {
                 WaitStatus::Exited(_, 0) => {
                     // The worker said goodbye itself ("Worker exiting").
@@ -462,6 +482,7 @@ impl Arbiter {
                         );
                         let _ = kill(worker.pid, Signal::SIGKILL);
                         worker.state = WorkerState::Killed;
+                        worker.timed_out = true;
                     }
                 }
                 WorkerState::Stopping(since) if since.elapsed() > graceful => {
@@ -522,6 +543,7 @@ impl Arbiter {
 
     // ANCHOR: stop
     fn stop(mut self, exit: Exit) -> i32 {
+        self.stopping = true;
         let (signal, limit, status) = match exit {
             Exit::Graceful => {
                 log::info!("Handling signal: term");
@@ -678,6 +700,25 @@ impl Arbiter {
             );
             let _ = std::io::Write::write_all(&mut stream, response.as_bytes());
         }
+    }
+}
+
+/// Why a worker died, in a few words, for `--trace`'s pictures.
+fn exit_reason(worker: &WorkerProcess, status: WaitStatus, max_requests: u64) -> String {
+    match (worker.state, status) {
+        (WorkerState::Killed, _) if worker.timed_out => "killed by the master: --timeout".into(),
+        (WorkerState::Killed, _) => "killed by the master: --graceful-timeout".into(),
+        (WorkerState::Stopping(_), WaitStatus::Exited(_, 0)) => "stopped (TERM)".into(),
+        (WorkerState::Running, WaitStatus::Exited(_, 0)) if max_requests > 0 => {
+            "exited: --max-requests".into()
+        }
+        (_, WaitStatus::Signaled(_, signal, _)) => {
+            format!(
+                "killed by {} (not the master)",
+                signals::name(signal as i32)
+            )
+        }
+        _ => describe_exit(status),
     }
 }
 

@@ -113,6 +113,12 @@ pub struct Args {
     #[arg(long, value_name = "ADDRESS")]
     pub stats: Option<String>,
 
+    /// Write a trace into FILE: the master's events (workers born and dead,
+    /// signals) and each worker's requests (with gthread, its threads' GIL
+    /// too); draw it with `cargo run --bin trace-view -- FILE -o out.svg`.
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+
     /// Most connections a gthread worker keeps open at once.
     #[arg(long, value_name = "N", default_value_t = 1000)]
     pub worker_connections: usize,

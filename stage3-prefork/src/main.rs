@@ -26,6 +26,12 @@ fn main() {
 
 fn run(args: Args) -> Result<i32, StartError> {
     args.log.install()?;
+    if let Some(path) = &args.trace {
+        // Opened before the first fork: every worker appends to it too.
+        wsgi_bridge::trace::open(path).map_err(|e| {
+            StartError::new(format!("cannot write the trace {}: {e}", path.display()))
+        })?;
+    }
     let setup = args.setup()?;
     let master = Master {
         config: setup.config,

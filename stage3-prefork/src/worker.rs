@@ -205,6 +205,8 @@ pub(crate) fn run(spec: WorkerSpec<'_>) -> i32 {
         }
     }
 
+    // With --trace: this worker's requests go to the master's trace file.
+    wsgi_bridge::trace::start_flusher();
     let (server_name, server_port) = spec.listeners.server_name_port();
     let result = spec.worker_class.serve(WorkerContext {
         listener,
@@ -219,6 +221,7 @@ pub(crate) fn run(spec: WorkerSpec<'_>) -> i32 {
         forwarded: config.forwarded.clone(),
     });
     flush_python_output();
+    wsgi_bridge::trace::flush();
     match result {
         Ok(()) => {
             log::info!("Worker exiting (pid: {pid})");

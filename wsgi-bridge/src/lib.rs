@@ -20,6 +20,7 @@ pub mod embed;
 pub mod hooks;
 pub mod logging;
 pub mod serve;
+pub mod trace;
 pub mod wsgi;
 
 pub use http_codec as http;

@@ -127,8 +127,10 @@ impl HttpConnection {
     fn read_head_until(&mut self, limits: &Limits, deadline: &mut HeadDeadline) -> HeadRead {
         loop {
             if !self.rbuf.is_empty() {
+                let t = crate::trace::start();
                 match parse_head(self.rbuf.data(), limits) {
                     Ok(Some((head, used))) => {
+                        crate::trace::end(t, "parse");
                         self.rbuf.consume(used);
                         return HeadRead::Request(head);
                     }
@@ -222,7 +224,10 @@ impl HttpConnection {
             keep_alive_allowed: keep_alive,
             max_body: limits.max_body,
         };
+        let t = crate::trace::start();
+        crate::trace::begin(t, || format!("{} {}", head.method, head.target));
         let outcome = call_app(app, exchange);
+        crate::trace::request(t, || format!("{} {}", head.method, head.target));
         self.log_access(head, &outcome);
         self.rbuf = outcome.rbuf;
         if outcome.keep_alive {

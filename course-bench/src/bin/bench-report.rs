@@ -13,6 +13,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use clap::Parser;
+use course_bench::chart::{Bar, Chart, Panel};
 use course_bench::measurement::NOISY_CORES;
 use course_bench::results::{by_key, criterion_estimate, results_path};
 use serde_json::Value;
@@ -41,11 +42,9 @@ fn main() {
     let text = match std::fs::read_to_string(&input) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!(
-                "cannot read {} ({e}): run `cargo bench --bench stages` first",
-                input.display()
-            );
-            std::process::exit(1);
+            // No run to report: redraw the chart from the page's numbers.
+            redraw_from_page(&out, &input, &e);
+            return;
         }
     };
     let doc: Value = match serde_json::from_str(&text) {
@@ -62,7 +61,7 @@ fn main() {
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_else(|| "results.svg".into());
     let page = report.markdown(&svg_name);
-    let svg = report.svg();
+    let svg = report.chart().svg();
     for (path, content) in [(&out, page), (&svg_path, svg)] {
         if let Err(e) = std::fs::write(path, content) {
             eprintln!("cannot write {}: {e}", path.display());
@@ -70,6 +69,41 @@ fn main() {
         }
         println!("wrote {}", path.display());
     }
+}
+
+/// Without a benchmark run to report, redraws `results.svg` from the
+/// numbers already on the results page (the page itself is left as it is).
+fn redraw_from_page(page_path: &std::path::Path, input: &std::path::Path, why: &std::io::Error) {
+    let page = match std::fs::read_to_string(page_path) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!(
+                "cannot read {} ({why}) nor {} ({e}): run `cargo bench --bench stages` first",
+                input.display(),
+                page_path.display()
+            );
+            std::process::exit(1);
+        }
+    };
+    let chart = Chart::from_page(&page);
+    if chart.panels.is_empty() {
+        eprintln!(
+            "{} has no results tables to draw: run `cargo bench --bench stages` first",
+            page_path.display()
+        );
+        std::process::exit(1);
+    }
+    let svg_path = page_path.with_extension("svg");
+    if let Err(e) = std::fs::write(&svg_path, chart.svg()) {
+        eprintln!("cannot write {}: {e}", svg_path.display());
+        std::process::exit(1);
+    }
+    println!(
+        "no {} ({why}): redrew {} from the numbers in {}",
+        input.display(),
+        svg_path.display(),
+        page_path.display()
+    );
 }
 
 /// One measured (workload, server) pair.
@@ -593,65 +627,29 @@ impl<'a> Report<'a> {
         );
     }
 
-    /// Horizontal bars, one panel per workload.
-    fn svg(&self) -> String {
-        const WIDTH: f64 = 760.0;
-        const LABEL: f64 = 130.0;
-        const BAR_H: f64 = 16.0;
-        const GAP: f64 = 4.0;
-        const HEAD: f64 = 28.0;
-        let bar_area = WIDTH - LABEL - 90.0;
-        let mut y = 10.0;
-        let mut body = String::new();
-        for (w, rows) in &self.rows {
-            if rows.is_empty() {
-                continue;
-            }
-            let max = rows.iter().map(|r| r.rps).fold(0.0, f64::max).max(1.0);
-            let _ = writeln!(
-                body,
-                r#"<text x="4" y="{:.0}" class="title">{}</text>"#,
-                y + 16.0,
-                escape(w["about"].as_str().unwrap_or("")).replace('`', "")
-            );
-            y += HEAD;
-            for r in rows {
-                let course = r.server["family"] == "course";
-                let len = (r.rps / max * bar_area).max(1.0);
-                let _ = writeln!(
-                    body,
-                    r#"<text x="{:.0}" y="{:.0}" class="label">{}</text><rect x="{LABEL:.0}" y="{y:.0}" width="{len:.1}" height="{BAR_H:.0}" class="{}"/><text x="{:.0}" y="{:.0}" class="value">{}</text>"#,
-                    LABEL - 6.0,
-                    y + BAR_H - 4.0,
-                    escape(r.server["id"].as_str().unwrap_or("")),
-                    if course { "course" } else { "peer" },
-                    LABEL + len + 4.0,
-                    y + BAR_H - 4.0,
-                    thousands(r.rps)
-                );
-                y += BAR_H + GAP;
-            }
-            y += 10.0;
+    /// The chart: requests per second, one panel per workload.
+    fn chart(&self) -> Chart {
+        let panels = self
+            .rows
+            .iter()
+            .filter(|(_, rows)| !rows.is_empty())
+            .map(|(w, rows)| Panel {
+                title: w["about"].as_str().unwrap_or("").replace('`', ""),
+                bars: rows
+                    .iter()
+                    .map(|r| Bar {
+                        id: r.server["id"].as_str().unwrap_or("").to_string(),
+                        course: r.server["family"] == "course",
+                        rps: r.rps,
+                        spread: r.interval.map(|(lo, hi)| (hi - lo) / 2.0 / r.rps),
+                    })
+                    .collect(),
+            })
+            .collect();
+        Chart {
+            panels,
+            machine: self.machine_short(),
         }
-        let height = y + 40.0;
-        format!(
-            r##"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH:.0}" height="{height:.0}" viewBox="0 0 {WIDTH:.0} {height:.0}" font-family="sans-serif" font-size="12">
-<style>
-.title {{ font-weight: bold; font-size: 13px; fill: #222; }}
-.label {{ text-anchor: end; fill: #333; }}
-.value {{ fill: #333; }}
-.course {{ fill: #c2410c; }}
-.peer {{ fill: #64748b; }}
-</style>
-<rect width="100%" height="100%" fill="white"/>
-{body}<text x="4" y="{:.0}" fill="#555">requests per second (longer is better); orange: the course's servers, grey: real-world ones</text>
-<text x="4" y="{:.0}" fill="#555">{}</text>
-</svg>
-"##,
-            height - 24.0,
-            height - 8.0,
-            escape(&self.machine_short())
-        )
     }
 
     fn machine_short(&self) -> String {
@@ -756,10 +754,4 @@ fn rss(rss: &Value, pss: &Value) -> String {
         Some((p, _)) => format!("{mean:.1} MiB{times} (PSS {p:.1})"),
         None => format!("{mean:.1} MiB{times}"),
     }
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }

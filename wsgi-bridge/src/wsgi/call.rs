@@ -30,6 +30,7 @@ use super::request::Request;
 use super::start_response::{ResponseRest, ResponseWriter, StartResponse, body_bytes};
 use crate::conn::{ReadBuf, Stream};
 use crate::embed::format_exception;
+use crate::trace;
 
 /// An unread body up to this size is read and thrown away so the connection
 /// can be reused; past it, closing is cheaper.
@@ -205,7 +206,14 @@ pub struct Outcome {
 /// app; the last bytes of the response are written, and an unread body
 /// dropped, after it is released.
 pub fn call_app<R: Request>(app: &WsgiApp, ex: Exchange<'_, R>) -> Outcome {
-    let rest = Python::attach(|py| call_app_with_gil(py, app, ex));
+    // With `--trace`: when the GIL was asked for, got, and let go.
+    let asked = trace::start();
+    let rest = Python::attach(|py| {
+        let held = trace::got_gil(asked);
+        let rest = call_app_with_gil(py, app, ex);
+        trace::release_gil(held);
+        rest
+    });
     rest.finish()
 }
 // ANCHOR_END: call_app
@@ -219,7 +227,10 @@ fn call_app_with_gil<'a, R: Request>(
     ex: Exchange<'a, R>,
 ) -> AfterApp<'a, R> {
     let (request, stream) = (ex.request, ex.stream.clone());
-    let (input, start_response) = match wsgi_objects(py, app, ex) {
+    let t = trace::start();
+    let objects = wsgi_objects(py, app, ex);
+    trace::end(t, "objects");
+    let (input, start_response) = match objects {
         Ok(objects) => objects,
         Err(e) => {
             // Only an out-of-memory interpreter fails here.
@@ -235,7 +246,9 @@ fn call_app_with_gil<'a, R: Request>(
     let response = {
         let mut sr = start_response.borrow_mut();
         let writer = sr.writer_mut();
+        let t = trace::start();
         complete_response(py, request, result, &reader, writer);
+        trace::end(t, "head");
         writer.take_rest()
     };
     app.recycle(input, start_response);
@@ -351,12 +364,13 @@ impl<R: Request> AfterApp<'_, R> {
     /// left of the request body. Call it without the GIL.
     fn finish(self) -> Outcome {
         let mut response = self.response;
-        if !response.unsent.is_empty()
-            && response.client_gone.is_none()
-            && let Err(e) = (&*self.stream).write_all(&response.unsent)
-        {
-            response.must_close = true;
-            response.client_gone = Some(e);
+        if !response.unsent.is_empty() && response.client_gone.is_none() {
+            let t = trace::start();
+            if let Err(e) = (&*self.stream).write_all(&response.unsent) {
+                response.must_close = true;
+                response.client_gone = Some(e);
+            }
+            trace::end_io(t, "write");
         }
         if let Some(e) = &response.client_gone {
             log::info!(
@@ -428,9 +442,15 @@ fn run_app(
     input: &Bound<'_, WsgiInput>,
     start_response: &Bound<'_, StartResponse>,
 ) -> PyResult<()> {
+    let t = trace::start();
     let environ = request.environ(py, app, input.as_any())?;
+    trace::end(t, "environ");
+    let t = trace::start();
     let iterable = app.app.bind(py).call1((environ, start_response))?;
+    trace::end(t, "app");
+    let t = trace::start();
     let sent = send_body(py, &iterable, start_response);
+    trace::end(t, "body");
     // A plain list or tuple has no close(); asking would raise (and catch)
     // an AttributeError on every request, which costs more than the call.
     let has_close =

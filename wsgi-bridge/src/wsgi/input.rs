@@ -312,7 +312,13 @@ impl WsgiInput {
             return Ok(Vec::new());
         };
         // The socket may block: let other threads run Python meanwhile.
-        match py.detach(|| f(reader)) {
+        let read = py.detach(|| {
+            let t = crate::trace::start();
+            let read = f(reader);
+            crate::trace::end_io(t, "read");
+            read
+        });
+        match read {
             Ok(bytes) => Ok(bytes),
             Err(BodyError::Http(e)) => {
                 reader.failure = Some(e.clone());

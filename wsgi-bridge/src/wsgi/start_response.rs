@@ -24,6 +24,7 @@ use crate::http::response::{
     Framing, LAST_CHUNK, error_response, push_chunk_size, push_decimal,
     push_status_and_common_headers, status_forbids_body,
 };
+use crate::trace;
 
 /// Buffered bytes are written out once they pass this size, so a large list
 /// body is not held whole in memory.
@@ -340,7 +341,12 @@ impl ResponseWriter {
             return;
         }
         let out = &self.out;
-        let result = py.detach(|| write_all_vectored(stream, &mut [out.as_slice(), data, trailer]));
+        let result = py.detach(|| {
+            let t = trace::start();
+            let written = write_all_vectored(stream, &mut [out.as_slice(), data, trailer]);
+            trace::end_io(t, "write");
+            written
+        });
         self.out.clear();
         if let Err(e) = result {
             self.must_close = true;
@@ -490,7 +496,9 @@ impl StartResponse {
                 }
                 None => {}
             }
+            let t = trace::start();
             this.writer.head = Some(ResponseHead::check(status, headers)?);
+            trace::end(t, "start_response");
             // The same `write` for every call: looked up once, then kept.
             if let Some(write) = &this.write {
                 return Ok(write.bind(slf.py()).clone());
