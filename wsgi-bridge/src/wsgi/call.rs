@@ -30,6 +30,7 @@ use super::request::Request;
 use super::start_response::{ResponseRest, ResponseWriter, StartResponse, body_bytes};
 use crate::conn::{ReadBuf, Stream};
 use crate::embed::format_exception;
+use crate::hooks::RequestHooks;
 
 /// An unread body up to this size is read and thrown away so the connection
 /// can be reused; past it, closing is cheaper.
@@ -50,6 +51,9 @@ pub struct WsgiApp {
     pub server_software: Arc<str>,
     /// Proxies whose forwarded headers are believed (`--forwarded-allow-ips`).
     forwarded: Option<super::forwarded::Forwarded>,
+    /// Python code to run around each request (stage 3's `pre_request`
+    /// and `post_request` hooks), if the server has any.
+    request_hooks: Option<Arc<dyn RequestHooks>>,
 }
 
 impl WsgiApp {
@@ -70,6 +74,7 @@ impl WsgiApp {
             info,
             server_software: server_software.into(),
             forwarded: None,
+            request_hooks: None,
         })
     }
 
@@ -114,6 +119,11 @@ impl WsgiApp {
 
     pub fn forwarded(&self) -> Option<&super::forwarded::Forwarded> {
         self.forwarded.as_ref()
+    }
+
+    /// Runs `hooks` around every request (see [`RequestHooks`]).
+    pub fn set_request_hooks(&mut self, hooks: Arc<dyn RequestHooks>) {
+        self.request_hooks = Some(hooks);
     }
 }
 
@@ -205,8 +215,15 @@ pub struct Outcome {
 /// app; the last bytes of the response are written, and an unread body
 /// dropped, after it is released.
 pub fn call_app<R: Request>(app: &WsgiApp, ex: Exchange<'_, R>) -> Outcome {
-    let rest = Python::attach(|py| call_app_with_gil(py, app, ex));
-    rest.finish()
+    let mut rest = Python::attach(|py| call_app_with_gil(py, app, ex));
+    let hooked = rest.hooked.take();
+    let outcome = rest.finish();
+    // gunicorn's post_request runs once the response is out: with the GIL
+    // again, but only for a server that has the hook.
+    if let (Some(hooks), Some((req, environ))) = (&app.request_hooks, hooked) {
+        Python::attach(|py| hooks.after(py, req, environ, outcome.status, outcome.body_bytes));
+    }
+    outcome
 }
 // ANCHOR_END: call_app
 
@@ -228,7 +245,8 @@ fn call_app_with_gil<'a, R: Request>(
         }
     };
 
-    let result = run_app(py, app, request, &input, &start_response);
+    let mut hooked = None;
+    let result = run_app(py, app, request, &input, &start_response, &mut hooked);
 
     let reader = input.borrow_mut().reader.take();
     let reader = reader.expect("the body reader is only taken here");
@@ -244,6 +262,7 @@ fn call_app_with_gil<'a, R: Request>(
         stream,
         response,
         reader: Some(reader),
+        hooked,
     }
 }
 // ANCHOR_END: call_app_with_gil
@@ -344,7 +363,13 @@ struct AfterApp<'a, R> {
     response: ResponseRest,
     /// `None` when the request never got a body reader (out of memory).
     reader: Option<BodyReader>,
+    /// What the request hooks' `before` returned, and the environ, for
+    /// their `after`.
+    hooked: Option<Hooked>,
 }
+
+/// What [`RequestHooks::before`] returned, and the request's environ.
+type Hooked = (Py<PyAny>, Py<PyDict>);
 
 impl<R: Request> AfterApp<'_, R> {
     /// Writes what is left of the response, then reads and drops what is
@@ -405,6 +430,7 @@ impl<'a, R> AfterApp<'a, R> {
             stream,
             response,
             reader: None,
+            hooked: None,
         }
     }
 }
@@ -427,8 +453,13 @@ fn run_app(
     request: &impl Request,
     input: &Bound<'_, WsgiInput>,
     start_response: &Bound<'_, StartResponse>,
+    hooked: &mut Option<Hooked>,
 ) -> PyResult<()> {
     let environ = request.environ(py, app, input.as_any())?;
+    if let Some(hooks) = &app.request_hooks {
+        let req = hooks.before(py, &environ)?;
+        *hooked = Some((req, environ.clone().unbind()));
+    }
     let iterable = app.app.bind(py).call1((environ, start_response))?;
     let sent = send_body(py, &iterable, start_response);
     // A plain list or tuple has no close(); asking would raise (and catch)
