@@ -40,7 +40,7 @@ use std::io::Read;
 use std::os::fd::IntoRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
@@ -386,8 +386,24 @@ impl ServerHooks {
 
 /// Where the worker's hook signals are written (see `watch_worker_signals`).
 static HOOK_SIGNAL_FD: AtomicI32 = AtomicI32::new(-1);
+/// Set by the handler: the hook thread will end the process.
+static HOOK_SIGNALLED: AtomicBool = AtomicBool::new(false);
+
+/// Called by a worker whose loop has ended: if a `worker_int` or
+/// `worker_abort` signal arrived, the hook thread is running those hooks
+/// and will end the process; wait for it instead of exiting first. (The
+/// master's fast stop sends QUIT and then shuts the socket down, which
+/// ends the loop too: both arrive together.)
+pub fn wait_for_signal_hooks() {
+    if HOOK_SIGNALLED.load(Ordering::SeqCst) {
+        loop {
+            std::thread::park();
+        }
+    }
+}
 
 extern "C" fn on_hook_signal(signal: libc::c_int) {
+    HOOK_SIGNALLED.store(true, Ordering::SeqCst);
     let fd = HOOK_SIGNAL_FD.load(Ordering::SeqCst);
     if fd >= 0 {
         let byte = [signal as u8];

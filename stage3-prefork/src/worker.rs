@@ -243,6 +243,7 @@ pub(crate) fn run(spec: WorkerSpec<'_>) -> i32 {
         forwarded: config.forwarded.clone(),
         request_hooks: config.hooks.as_ref().and_then(|h| h.request_hooks()),
     });
+    crate::server_hooks::wait_for_signal_hooks();
     let status = match result {
         Ok(()) => {
             log::info!("Worker exiting (pid: {pid})");
