@@ -166,7 +166,13 @@ fn hooks_are_called_in_order_with_their_objects() {
     let config = dir.join("gunicorn.conf.py").display().to_string();
     let server = ServerProcess::start_with(
         BIN,
-        &["-c", &config, "apps.lab:app", "--chdir", &repo_root().display().to_string()],
+        &[
+            "-c",
+            &config,
+            "apps.lab:app",
+            "--chdir",
+            &repo_root().display().to_string(),
+        ],
         &[("HOOKS_LOG", &log_env)],
         None,
     )
@@ -179,13 +185,17 @@ fn hooks_are_called_in_order_with_their_objects() {
         "server.log writes to the server's log"
     );
     wait_for_line(&log, "post_worker_init");
-    wait_until("both workers ran post_worker_init", Duration::from_secs(10), || {
-        lines(&log)
-            .iter()
-            .filter(|l| l.starts_with("post_worker_init"))
-            .count()
-            == 2
-    });
+    wait_until(
+        "both workers ran post_worker_init",
+        Duration::from_secs(10),
+        || {
+            lines(&log)
+                .iter()
+                .filter(|l| l.starts_with("post_worker_init"))
+                .count()
+                == 2
+        },
+    );
 
     // A request: pre_request and post_request, in the worker that served it,
     // with the same req object.
@@ -273,7 +283,11 @@ fn a_timeout_runs_worker_abort_and_term_ends_with_on_exit() {
     let (log, log_env) = hooks_log(&dir);
     let mut server = ServerProcess::start_with(
         BIN,
-        &["apps.lab:app", "--chdir", &repo_root().display().to_string()],
+        &[
+            "apps.lab:app",
+            "--chdir",
+            &repo_root().display().to_string(),
+        ],
         &[("HOOKS_LOG", &log_env)],
         Some(&dir),
     )
@@ -383,19 +397,34 @@ fn check_config_says_what_is_wrong_and_exits_non_zero() {
     let (code, stdout, stderr) = check(&dir, &good, &lab);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(stdout, "");
-    assert!(!stderr.contains("Listening"), "nothing is started: {stderr}");
+    assert!(
+        !stderr.contains("Listening"),
+        "nothing is started: {stderr}"
+    );
 
     for (config, args, says) in [
         ("workers = 2\nbind = [\n", &lab[..], "SyntaxError"),
-        ("workers = 'three'\n", &lab[..], "workers = 'three': invalid value"),
-        ("daemon = True\n", &lab[..], "daemon is gunicorn's, not this course's"),
+        (
+            "workers = 'three'\n",
+            &lab[..],
+            "workers = 'three': invalid value",
+        ),
+        (
+            "daemon = True\n",
+            &lab[..],
+            "daemon is gunicorn's, not this course's",
+        ),
         ("certfile = 'cert.pem'\n", &lab[..], "put nginx in front"),
         (
             "def pre_fork(server):\n    pass\n",
             &lab[..],
             "pre_fork takes 1 argument, but it is called with 2",
         ),
-        ("workers = 2\n", &["no_such_module:app"][..], "cannot find the module"),
+        (
+            "workers = 2\n",
+            &["no_such_module:app"][..],
+            "cannot find the module",
+        ),
     ] {
         let (code, _, stderr) = check(&dir, config, args);
         assert_eq!(code, 1, "{config}: {stderr}");
@@ -422,7 +451,14 @@ fn print_config_shows_each_setting_as_resolved() {
     let output = Command::new(workspace_bin(BIN))
         .current_dir(&dir)
         .env("GUNICORN_CMD_ARGS", "--timeout 7 -w 4 --max-requests 9")
-        .args(["--print-config", "-w", "5", "apps.lab:app", "--chdir", &root])
+        .args([
+            "--print-config",
+            "-w",
+            "5",
+            "apps.lab:app",
+            "--chdir",
+            &root,
+        ])
         .assert()
         .success();
     let stdout = String::from_utf8_lossy(&output.get_output().stdout).to_string();

@@ -128,14 +128,19 @@ impl CommandLine {
         let location = [&cli_matches, &env_matches]
             .iter()
             .find_map(|m| m.get_one::<String>("config").cloned())
-            .or_else(|| Path::new(DEFAULT_FILE).is_file().then(|| DEFAULT_FILE.to_string()));
+            .or_else(|| {
+                Path::new(DEFAULT_FILE)
+                    .is_file()
+                    .then(|| DEFAULT_FILE.to_string())
+            });
         let mut file_flags = Vec::new();
         let mut hooks = None;
         let mut warnings = Vec::new();
         if let Some(location) = &location {
             let settings = read_file(location)?;
             let given = |id: &str| on_cli(id) || in_env(id);
-            let found = settings.apply(&command, &program, given, &mut file_flags, &mut warnings)?;
+            let found =
+                settings.apply(&command, &program, given, &mut file_flags, &mut warnings)?;
             hooks = found;
         }
 
@@ -150,8 +155,8 @@ impl CommandLine {
                 clap_sentence(&e)
             ))
         })?;
-        let args = Args::from_arg_matches(&matches)
-            .map_err(|e| StartError::new(clap_sentence(&e)))?;
+        let args =
+            Args::from_arg_matches(&matches).map_err(|e| StartError::new(clap_sentence(&e)))?;
         Ok(CommandLine {
             args,
             file: location,
@@ -179,7 +184,10 @@ impl CommandLine {
             });
             lines.push((name.to_string(), defined.unwrap_or_else(|| "None".into())));
         }
-        lines.push(("config".into(), self.file.clone().unwrap_or_else(|| "None".into())));
+        lines.push((
+            "config".into(),
+            self.file.clone().unwrap_or_else(|| "None".into()),
+        ));
         lines.sort();
         let width = lines.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
         lines
@@ -236,7 +244,9 @@ fn settings(command: &Command) -> impl Iterator<Item = (String, &Arg)> {
 
 /// The flag a file's setting stands for, if it is one.
 fn setting<'c>(command: &'c Command, name: &str) -> Option<&'c Arg> {
-    settings(command).find(|(n, _)| n == name).map(|(_, arg)| arg)
+    settings(command)
+        .find(|(n, _)| n == name)
+        .map(|(_, arg)| arg)
 }
 
 /// The flags `matches` says were typed, for the ids `keep` accepts, written
@@ -339,10 +349,17 @@ fn read_file(location: &str) -> Result<FileSettings, StartError> {
         let namespace = if let Some(module) = location.strip_prefix("python:") {
             py.import(module)
                 .and_then(|m| m.dict().copy())
-                .map_err(|e| failed(format!("cannot import the configuration module {module}"), e))?
+                .map_err(|e| {
+                    failed(
+                        format!("cannot import the configuration module {module}"),
+                        e,
+                    )
+                })?
         } else {
             let source = std::fs::read_to_string(location).map_err(|e| {
-                StartError::new(format!("cannot read the configuration file {location}: {e}"))
+                StartError::new(format!(
+                    "cannot read the configuration file {location}: {e}"
+                ))
             })?;
             let namespace = PyDict::new(py);
             namespace
@@ -350,7 +367,9 @@ fn read_file(location: &str) -> Result<FileSettings, StartError> {
                 .and_then(|_| namespace.set_item("__name__", "__config__"))
                 .map_err(|e| failed("cannot prepare the configuration file".into(), e))?;
             let source = CString::new(source).map_err(|_| {
-                StartError::new(format!("the configuration file {location} contains a NUL byte"))
+                StartError::new(format!(
+                    "the configuration file {location} contains a NUL byte"
+                ))
             })?;
             let file_name = CString::new(location)
                 .map_err(|_| StartError::new("the file name contains a NUL byte"))?;
@@ -359,12 +378,23 @@ fn read_file(location: &str) -> Result<FileSettings, StartError> {
             let code = py
                 .import("builtins")
                 .and_then(|b| b.getattr("compile"))
-                .and_then(|compile| compile.call1((source.to_str().unwrap_or_default(), file_name.to_str().unwrap_or_default(), "exec")))
+                .and_then(|compile| {
+                    compile.call1((
+                        source.to_str().unwrap_or_default(),
+                        file_name.to_str().unwrap_or_default(),
+                        "exec",
+                    ))
+                })
                 .map_err(|e| failed(format!("cannot read the configuration file {location}"), e))?;
             py.import("builtins")
                 .and_then(|b| b.getattr("exec"))
                 .and_then(|exec| exec.call1((code, &namespace)))
-                .map_err(|e| failed(format!("the configuration file {location} raised an exception"), e))?;
+                .map_err(|e| {
+                    failed(
+                        format!("the configuration file {location} raised an exception"),
+                        e,
+                    )
+                })?;
             namespace
         };
         Ok(FileSettings {
@@ -437,10 +467,12 @@ impl FileSettings {
             if hooks.is_empty() {
                 return Ok(None);
             }
-            ServerHooks::new(py, hooks).map(Some).map_err(|e| StartError {
-                message: "cannot prepare the server hooks".into(),
-                traceback: Some(format_exception(py, &e)),
-            })
+            ServerHooks::new(py, hooks)
+                .map(Some)
+                .map_err(|e| StartError {
+                    message: "cannot prepare the server hooks".into(),
+                    traceback: Some(format_exception(py, &e)),
+                })
         })
     }
     // ANCHOR_END: apply
@@ -478,7 +510,9 @@ fn setting_values(
             Ok(_) => Ok(Vec::new()),
             Err(_) => Err(wrong("True or False")),
         },
-        _ if repeatable && (value.is_instance_of::<PyList>() || value.is_instance_of::<PyTuple>()) => {
+        _ if repeatable
+            && (value.is_instance_of::<PyList>() || value.is_instance_of::<PyTuple>()) =>
+        {
             let mut out = Vec::new();
             for item in value.try_iter().map_err(|_| wrong("a list of strings"))? {
                 let item = item.map_err(|_| wrong("a list of strings"))?;
@@ -568,7 +602,11 @@ fn positional_parameters(py: Python<'_>, f: &Bound<'_, PyAny>) -> PyResult<usize
     ];
     let signature = inspect.call_method1("signature", (f,))?;
     let mut n = 0;
-    for p in signature.getattr("parameters")?.call_method0("values")?.try_iter()? {
+    for p in signature
+        .getattr("parameters")?
+        .call_method0("values")?
+        .try_iter()?
+    {
         let kind = p?.getattr("kind")?;
         if kinds.iter().any(|k| k.eq(&kind).unwrap_or(false)) {
             n += 1;
@@ -601,7 +639,14 @@ mod tests {
     #[test]
     fn every_flag_but_a_few_is_a_setting() {
         let command = Args::command();
-        for name in ["bind", "workers", "worker_class", "preload_app", "accesslog", "keepalive"] {
+        for name in [
+            "bind",
+            "workers",
+            "worker_class",
+            "preload_app",
+            "accesslog",
+            "keepalive",
+        ] {
             assert!(setting(&command, name).is_some(), "{name}");
         }
         assert!(setting(&command, "preload").is_none());

@@ -141,10 +141,10 @@ impl ServerHooks {
     fn master_hook_at_start(&self, name: &str, num_workers: usize) -> Result<(), StartError> {
         Python::attach(|py| {
             self.call_master(py, name, num_workers, |server| PyTuple::new(py, [server]))
-            .map_err(|e| StartError {
-                message: format!("the {name} hook raised an exception"),
-                traceback: Some(format_exception(py, &e)),
-            })
+                .map_err(|e| StartError {
+                    message: format!("the {name} hook raised an exception"),
+                    traceback: Some(format_exception(py, &e)),
+                })
         })
     }
 
@@ -187,14 +187,14 @@ impl ServerHooks {
     /// `nworkers_changed(server, new_value, old_value)`, after TTIN or TTOU.
     pub fn nworkers_changed(&self, new: usize, old: usize) -> Result<(), HookFailed> {
         self.master_hook("nworkers_changed", new, |py, server| {
-            Ok(PyTuple::new(
+            PyTuple::new(
                 py,
                 [
                     server,
                     new.into_pyobject(py)?.into_any(),
                     old.into_pyobject(py)?.into_any(),
                 ],
-            )?)
+            )
         })
     }
 
@@ -480,8 +480,10 @@ impl RequestHooks for AroundRequest {
         let Some(hook) = &self.post_request else {
             return;
         };
-        let called = response_object(py, status, body_bytes)
-            .and_then(|resp| hook.bind(py).call1((self.worker.bind(py), req, environ, resp)));
+        let called = response_object(py, status, body_bytes).and_then(|resp| {
+            hook.bind(py)
+                .call1((self.worker.bind(py), req, environ, resp))
+        });
         if let Err(e) = called {
             report(py, "post_request", &e);
         }
@@ -528,13 +530,19 @@ fn request_object<'py>(
     namespace(
         py,
         &[
-            ("method", text("REQUEST_METHOD")?.into_pyobject(py)?.into_any()),
+            (
+                "method",
+                text("REQUEST_METHOD")?.into_pyobject(py)?.into_any(),
+            ),
             ("uri", uri.into_pyobject(py)?.into_any()),
             ("path", path.into_pyobject(py)?.into_any()),
             ("query", text("QUERY_STRING")?.into_pyobject(py)?.into_any()),
             ("version", version.into_pyobject(py)?.into_any()),
             ("headers", headers.into_pyobject(py)?.into_any()),
-            ("remote_addr", text("REMOTE_ADDR")?.into_pyobject(py)?.into_any()),
+            (
+                "remote_addr",
+                text("REMOTE_ADDR")?.into_pyobject(py)?.into_any(),
+            ),
         ],
     )
 }
@@ -553,7 +561,10 @@ fn response_object(py: Python<'_>, status: u16, body_bytes: u64) -> PyResult<Bou
         &[
             (
                 "status",
-                format!("{status} {phrase}").trim_end().into_pyobject(py)?.into_any(),
+                format!("{status} {phrase}")
+                    .trim_end()
+                    .into_pyobject(py)?
+                    .into_any(),
             ),
             ("status_code", status.into_pyobject(py)?.into_any()),
             ("sent", body_bytes.into_pyobject(py)?.into_any()),
@@ -599,7 +610,11 @@ impl HookLog {
     fn exception(&self, msg: &Bound<'_, PyAny>, args: &Bound<'_, PyTuple>) -> PyResult<()> {
         let py = msg.py();
         let tb = py.import("traceback")?.call_method0("format_exc")?;
-        let text = format!("{}\n{}", render(msg, args)?, tb.str()?.to_string().trim_end());
+        let text = format!(
+            "{}\n{}",
+            render(msg, args)?,
+            tb.str()?.to_string().trim_end()
+        );
         log::error!("{text}");
         Ok(())
     }

@@ -92,7 +92,9 @@ const SETTINGS: &[(&str, &str)] = &[
 pub fn setting_refusal(name: &str) -> Option<String> {
     let (_, flag) = SETTINGS.iter().find(|(setting, _)| *setting == name)?;
     let (_, instead) = NOT_HERE.iter().find(|(flags, _)| flags.contains(flag))?;
-    Some(format!("{name} is gunicorn's, not this course's: {instead}"))
+    Some(format!(
+        "{name} is gunicorn's, not this course's: {instead}"
+    ))
 }
 
 /// The sentence for the first gunicorn flag in `args` that stage 3 does not
@@ -151,7 +153,11 @@ mod tests {
         for (setting, _) in SETTINGS {
             assert!(setting_refusal(setting).is_some(), "{setting}");
         }
-        assert!(setting_refusal("daemon").unwrap().starts_with("daemon is gunicorn's"));
+        assert!(
+            setting_refusal("daemon")
+                .unwrap()
+                .starts_with("daemon is gunicorn's")
+        );
         assert_eq!(setting_refusal("workers"), None);
     }
 }
