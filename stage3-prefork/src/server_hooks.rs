@@ -43,6 +43,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString, PyTuple};
 use wsgi_bridge::embed::{StartError, format_exception};
 use wsgi_bridge::hooks::RequestHooks;
@@ -348,7 +349,15 @@ impl ServerHooks {
             .name("worker-hooks".into())
             .spawn(move || {
                 let mut byte = [0u8; 1];
-                while !matches!(read_end.read(&mut byte), Ok(1)) {}
+                loop {
+                    match read_end.read(&mut byte) {
+                        Ok(1) => break,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        // The pipe is never closed; should it fail, the
+                        // signals still stop the loop, without their hooks.
+                        _ => return,
+                    }
+                }
                 let signal = libc::c_int::from(byte[0]);
                 let (name, status) = if signal == libc::SIGABRT {
                     ("worker_abort", 1)
@@ -445,9 +454,14 @@ fn namespace<'py>(
     for (name, value) in attributes {
         kwargs.set_item(name, value)?;
     }
-    py.import("types")?
-        .getattr("SimpleNamespace")?
-        .call((), Some(&kwargs))
+    // Looked up once: a request hook makes two of these per request.
+    static SIMPLE_NAMESPACE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let class = SIMPLE_NAMESPACE.get_or_try_init(py, || {
+        py.import("types")?
+            .getattr("SimpleNamespace")
+            .map(Bound::unbind)
+    })?;
+    class.bind(py).call((), Some(&kwargs))
 }
 
 // ANCHOR: around_request
@@ -549,9 +563,12 @@ fn request_object<'py>(
 
 /// gunicorn's `resp`, as far as the worker knows it once it is sent.
 fn response_object(py: Python<'_>, status: u16, body_bytes: u64) -> PyResult<Bound<'_, PyAny>> {
-    let phrase = py
-        .import("http")?
-        .getattr("HTTPStatus")?
+    static HTTP_STATUS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let http_status = HTTP_STATUS.get_or_try_init(py, || {
+        py.import("http")?.getattr("HTTPStatus").map(Bound::unbind)
+    })?;
+    let phrase = http_status
+        .bind(py)
         .call1((status,))
         .and_then(|s| s.getattr("phrase"))
         .map(|p| p.to_string())
