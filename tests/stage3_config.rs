@@ -462,14 +462,7 @@ fn print_config_shows_each_setting_as_resolved() {
         .assert()
         .success();
     let stdout = String::from_utf8_lossy(&output.get_output().stdout).to_string();
-    let value = |name: &str| {
-        stdout
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(name))
-            .and_then(|l| l.split_once(" = "))
-            .map(|(_, v)| v.to_string())
-            .unwrap_or_else(|| panic!("no {name} in {stdout}"))
-    };
+    let value = |name: &str| printed(&stdout, name);
     assert_eq!(value("workers"), "5");
     assert_eq!(value("timeout"), "7");
     assert_eq!(value("max_requests"), "9");
@@ -486,4 +479,33 @@ fn print_config_shows_each_setting_as_resolved() {
     let mut sorted = names.clone();
     sorted.sort();
     assert_eq!(names, sorted, "sorted by name, as gunicorn prints them");
+}
+
+#[test]
+fn python_colon_names_a_module_to_import() {
+    let dir = dir_with_config("module", "");
+    std::fs::write(
+        dir.join("deploy_settings.py"),
+        "workers = 7\ntimeout = 11\n",
+    )
+    .unwrap();
+    let output = Command::new(workspace_bin(BIN))
+        .current_dir(&dir)
+        .args(["-c", "python:deploy_settings", "--print-config"])
+        .assert()
+        .success();
+    let stdout = String::from_utf8_lossy(&output.get_output().stdout).to_string();
+    assert_eq!(printed(&stdout, "workers"), "7");
+    assert_eq!(printed(&stdout, "timeout"), "11");
+    assert_eq!(printed(&stdout, "config"), "python:deploy_settings");
+}
+
+/// The value --print-config printed for `name`.
+fn printed(stdout: &str, name: &str) -> String {
+    stdout
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_once(" = "))
+        .map(|(_, v)| v.to_string())
+        .unwrap_or_else(|| panic!("no {name} in {stdout}"))
 }

@@ -347,14 +347,25 @@ fn read_file(location: &str) -> Result<FileSettings, StartError> {
         };
         // `python:package.module`: an importable module instead of a file.
         let namespace = if let Some(module) = location.strip_prefix("python:") {
-            py.import(module)
-                .and_then(|m| m.dict().copy())
-                .map_err(|e| {
-                    failed(
-                        format!("cannot import the configuration module {module}"),
-                        e,
-                    )
-                })?
+            // Importable from the current directory, as with gunicorn; only
+            // for this import (the workers set sys.path up themselves).
+            let here = std::env::current_dir()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default();
+            let sys_path = py.import("sys").and_then(|sys| sys.getattr("path"));
+            if let Ok(path) = &sys_path {
+                let _ = path.call_method1("insert", (0, &here));
+            }
+            let imported = py.import(module);
+            if let Ok(path) = &sys_path {
+                let _ = path.call_method1("remove", (&here,));
+            }
+            imported.and_then(|m| m.dict().copy()).map_err(|e| {
+                failed(
+                    format!("cannot import the configuration module {module}"),
+                    e,
+                )
+            })?
         } else {
             let source = std::fs::read_to_string(location).map_err(|e| {
                 StartError::new(format!(
