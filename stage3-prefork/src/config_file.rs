@@ -20,7 +20,7 @@
 //! when it asks for something the course's servers refuse (`daemon =
 //! True`, `certfile = ...`), the same sentence as the flag would.
 
-use std::ffi::{CString, OsString};
+use std::ffi::OsString;
 use std::path::Path;
 
 use clap::parser::ValueSource;
@@ -341,77 +341,58 @@ fn shell_words(text: &str) -> Option<Vec<String>> {
 fn read_file(location: &str) -> Result<FileSettings, StartError> {
     Python::initialize();
     Python::attach(|py| {
-        let failed = |message: String, e: PyErr| StartError {
-            message,
-            traceback: Some(format_exception(py, &e)),
-        };
-        // `python:package.module`: an importable module instead of a file.
-        let namespace = if let Some(module) = location.strip_prefix("python:") {
-            // Importable from the current directory, as with gunicorn; only
-            // for this import (the workers set sys.path up themselves).
-            let here = std::env::current_dir()
-                .map(|d| d.display().to_string())
-                .unwrap_or_default();
-            let sys_path = py.import("sys").and_then(|sys| sys.getattr("path"));
-            if let Ok(path) = &sys_path {
-                let _ = path.call_method1("insert", (0, &here));
-            }
-            let imported = py.import(module);
-            if let Ok(path) = &sys_path {
-                let _ = path.call_method1("remove", (&here,));
-            }
-            imported.and_then(|m| m.dict().copy()).map_err(|e| {
-                failed(
-                    format!("cannot import the configuration module {module}"),
-                    e,
-                )
-            })?
-        } else {
-            let source = std::fs::read_to_string(location).map_err(|e| {
-                StartError::new(format!(
-                    "cannot read the configuration file {location}: {e}"
-                ))
-            })?;
-            let namespace = PyDict::new(py);
-            namespace
-                .set_item("__file__", location)
-                .and_then(|_| namespace.set_item("__name__", "__config__"))
-                .map_err(|e| failed("cannot prepare the configuration file".into(), e))?;
-            let source = CString::new(source).map_err(|_| {
-                StartError::new(format!(
-                    "the configuration file {location} contains a NUL byte"
-                ))
-            })?;
-            let file_name = CString::new(location)
-                .map_err(|_| StartError::new("the file name contains a NUL byte"))?;
-            // Compiled under its own name, so that a traceback points at
-            // the file and line.
-            let code = py
-                .import("builtins")
-                .and_then(|b| b.getattr("compile"))
-                .and_then(|compile| {
-                    compile.call1((
-                        source.to_str().unwrap_or_default(),
-                        file_name.to_str().unwrap_or_default(),
-                        "exec",
-                    ))
-                })
-                .map_err(|e| failed(format!("cannot read the configuration file {location}"), e))?;
-            py.import("builtins")
-                .and_then(|b| b.getattr("exec"))
-                .and_then(|exec| exec.call1((code, &namespace)))
-                .map_err(|e| {
-                    failed(
-                        format!("the configuration file {location} raised an exception"),
-                        e,
-                    )
-                })?;
-            namespace
-        };
+        let namespace = match location.strip_prefix("python:") {
+            Some(module) => import_module(py, module),
+            None => run_file(py, location),
+        }?;
         Ok(FileSettings {
             location: location.to_string(),
             namespace: namespace.unbind(),
         })
+    })
+}
+
+/// Runs the file as gunicorn does: compiled under its own name (so that a
+/// traceback points at the file and line), in a fresh namespace whose
+/// `__name__` is `__config__`.
+fn run_file<'py>(py: Python<'py>, location: &str) -> Result<Bound<'py, PyDict>, StartError> {
+    let source = std::fs::read_to_string(location).map_err(|e| {
+        StartError::new(format!(
+            "cannot read the configuration file {location}: {e}"
+        ))
+    })?;
+    let run = || -> PyResult<Bound<'py, PyDict>> {
+        let namespace = PyDict::new(py);
+        namespace.set_item("__file__", location)?;
+        namespace.set_item("__name__", "__config__")?;
+        let builtins = py.import("builtins")?;
+        let code = builtins.call_method1("compile", (source, location, "exec"))?;
+        builtins.call_method1("exec", (code, &namespace))?;
+        Ok(namespace)
+    };
+    run().map_err(|e| StartError {
+        message: format!("cannot run the configuration file {location}"),
+        traceback: Some(format_exception(py, &e)),
+    })
+}
+
+/// `-c python:package.module`: a module to import instead of a file. It is
+/// looked for in the current directory too, as gunicorn does, for this
+/// import only (the workers set sys.path up themselves).
+fn import_module<'py>(py: Python<'py>, module: &str) -> Result<Bound<'py, PyDict>, StartError> {
+    let here = std::env::current_dir()
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
+    let import = || -> PyResult<Bound<'py, PyDict>> {
+        let sys_path = py.import("sys")?.getattr("path")?;
+        sys_path.call_method1("insert", (0, &here))?;
+        let imported = py.import(module);
+        sys_path.call_method1("remove", (&here,))?;
+        imported?.dict().copy()
+    };
+    import().map_err(|e| StartError {
+        message: format!("cannot import the configuration module {module}"),
+        traceback: Some(format_exception(py, &e)),
     })
 }
 // ANCHOR_END: read_file
