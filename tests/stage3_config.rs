@@ -509,3 +509,37 @@ fn printed(stdout: &str, name: &str) -> String {
         .map(|(_, v)| v.to_string())
         .unwrap_or_else(|| panic!("no {name} in {stdout}"))
 }
+
+#[test]
+fn worker_abort_runs_even_when_the_worker_is_stuck_in_python() {
+    // /cpu computes in a pure-Python loop: the worker's main thread holds
+    // the GIL, and the hook's thread must still get it.
+    let dir = dir_with_config(
+        "abort-cpu",
+        &format!("bind = '127.0.0.1:0'\nworkers = 1\ntimeout = 1\n{HOOKS}"),
+    );
+    let (log, log_env) = hooks_log(&dir);
+    let server = ServerProcess::start_with(
+        BIN,
+        &[
+            "apps.lab:app",
+            "--chdir",
+            &repo_root().display().to_string(),
+        ],
+        &[("HOOKS_LOG", &log_env)],
+        Some(&dir),
+    )
+    .unwrap();
+    wait_for_line(&log, "post_worker_init");
+    let stuck = children(server.pid())[0];
+    let addr = server.addr();
+    let slow = std::thread::spawn(move || client::get(addr, "/cpu?ms=20000"));
+    wait_for_line(&log, &format!("child_exit pid={stuck}"));
+    let seen = lines(&log);
+    assert!(
+        position(&seen, &format!("worker_abort pid={stuck}"))
+            < position(&seen, &format!("worker_exit pid={stuck}")),
+        "{seen:#?}"
+    );
+    let _ = slow.join();
+}
