@@ -543,3 +543,41 @@ fn worker_abort_runs_even_when_the_worker_is_stuck_in_python() {
     );
     let _ = slow.join();
 }
+
+#[test]
+fn a_worker_abort_hook_that_never_returns_is_cut_short_by_kill() {
+    let dir = dir_with_config(
+        "abort-forever",
+        "import time\nbind = '127.0.0.1:0'\nworkers = 1\ntimeout = 1\n\
+         def worker_abort(worker):\n    time.sleep(3600)\n",
+    );
+    let server = ServerProcess::start_with(
+        BIN,
+        &[
+            "apps.lab:app",
+            "--chdir",
+            &repo_root().display().to_string(),
+        ],
+        &[],
+        Some(&dir),
+    )
+    .unwrap();
+    wait_until("a worker runs", Duration::from_secs(10), || {
+        children(server.pid()).len() == 1
+    });
+    let stuck = children(server.pid())[0];
+    let addr = server.addr();
+    let slow = std::thread::spawn(move || client::get(addr, "/io?ms=20000"));
+    assert!(
+        server
+            .wait_for_stderr(
+                &format!("Worker (pid:{stuck}) still there 2 s after ABRT: killing it"),
+                Duration::from_secs(15)
+            )
+            .is_some()
+    );
+    wait_until("the stuck worker is gone", Duration::from_secs(5), || {
+        !children(server.pid()).contains(&stuck)
+    });
+    let _ = slow.join();
+}

@@ -514,6 +514,11 @@ impl Arbiter {
                     }
                 }
                 WorkerState::Aborted(since) if since.elapsed() > ABORT_GRACE => {
+                    log::warn!(
+                        "Worker (pid:{}) still there {} s after ABRT: killing it",
+                        worker.pid,
+                        ABORT_GRACE.as_secs()
+                    );
                     let _ = kill(worker.pid, Signal::SIGKILL);
                     worker.state = WorkerState::Killed;
                 }
