@@ -344,9 +344,8 @@ impl Arbiter {
     }
 
     /// fork(2). With `--preload` (or a configuration file, `-c`), Python is
-    /// running in the master, and must
-    /// be told about the fork on both sides (it resets its locks and thread
-    /// state in the child). This is safe only because the master has a
+    /// running in the master, and must be told about the fork on both sides
+    /// (it resets its locks and thread state in the child). This is safe only because the master has a
     /// single thread: a fork copies only the calling thread, and a lock held
     /// by any other thread would stay locked forever in the child.
     fn fork(&self) -> nix::Result<ForkResult> {
