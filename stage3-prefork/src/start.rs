@@ -76,6 +76,7 @@ fn run(
     };
     // ANCHOR_END: preload
 
+    log::info!("Starting {}", config.server_software.replace('/', " "));
     // The configuration file's on_starting hook: after the preload, before
     // the socket, as in gunicorn.
     if let Some(hooks) = &config.hooks {
@@ -100,7 +101,6 @@ fn run(
 
     let pid = std::process::id();
     let class = &master.worker_class;
-    log::info!("Starting {}", config.server_software.replace('/', " "));
     log::info!(
         "Listening at: {} ({pid})",
         listeners.describe(class.protocol())
