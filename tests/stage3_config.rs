@@ -365,12 +365,19 @@ fn hooks_that_raise_do_what_they_do_in_gunicorn() {
     unsafe { libc::kill(worker as i32, libc::SIGKILL) };
     let status = server.wait_timeout(Duration::from_secs(10)).unwrap();
     assert_eq!(status.code(), Some(1));
-    let stderr = server.stderr_text();
-    assert!(
-        stderr.contains("Exception in child_exit hook")
-            && stderr.contains("RuntimeError: child_exit fails"),
-        "{stderr}"
-    );
+    for line in [
+        "Exception in child_exit hook",
+        "RuntimeError: child_exit fails",
+        "Reason: A server hook raised an exception",
+    ] {
+        assert!(
+            server
+                .wait_for_stderr(line, Duration::from_secs(5))
+                .is_some(),
+            "{line}: {}",
+            server.stderr_text()
+        );
+    }
 }
 
 fn check(dir: &Path, config: &str, args: &[&str]) -> (i32, String, String) {
