@@ -407,8 +407,12 @@ fn threads_overlap_sleeping_requests() {
         ],
     )
     .expect("stage 4 starts");
+    // The worker class is named on the line after `Listening at`, which
+    // the harness may not have read yet: wait for it.
     assert!(
-        server.stderr_text().contains("4 threads each"),
+        server
+            .wait_for_stderr("4 threads each", Duration::from_secs(5))
+            .is_some(),
         "{}",
         server.stderr_text()
     );

@@ -59,9 +59,19 @@ pub(crate) enum WorkerState {
     Running,
     /// Sent TERM at this moment: finishing its requests, then exiting.
     Stopping(Instant),
+    /// Sent ABRT at this moment (`--timeout`, with a `worker_abort` hook to
+    /// run): sent KILL if it has not exited [`ABORT_GRACE`] later.
+    Aborted(Instant),
     /// Sent KILL: waiting to be reaped.
     Killed,
 }
+
+/// How long a worker sent ABRT has to run its `worker_abort` hook and exit.
+const ABORT_GRACE: Duration = Duration::from_secs(2);
+
+/// Why the master stops when a hook of its own raised (gunicorn's arbiter
+/// does not catch those exceptions either).
+const HOOK_FAILED: &str = "A server hook raised an exception (traceback above).";
 
 /// Which side of a fork this is.
 enum Forked {
@@ -171,12 +181,16 @@ impl Arbiter {
                     libc::SIGCHLD => self.reap_workers(),
                     libc::SIGHUP => self.reload(),
                     libc::SIGTTIN => {
+                        let old = self.target;
                         self.target += 1;
                         log::info!("Handling signal: ttin: {} workers", self.target);
+                        self.nworkers_changed(old);
                     }
                     libc::SIGTTOU => {
+                        let old = self.target;
                         self.target = self.target.saturating_sub(1).max(1);
                         log::info!("Handling signal: ttou: {} workers", self.target);
+                        self.nworkers_changed(old);
                     }
                     libc::SIGUSR1 => self.reopen_logs(),
                     libc::SIGUSR2 => self.upgrade(),
@@ -257,6 +271,16 @@ impl Arbiter {
         } else {
             0
         };
+        // The configuration file's pre_fork hook, and the worker's object
+        // its other hooks will get.
+        let hook_worker = match self.config.hooks.as_ref().map(|h| h.pre_fork(self.target)) {
+            Some(Ok(worker)) => Some(worker),
+            Some(Err(_)) => {
+                self.boot_failed = Some(HOOK_FAILED);
+                return false;
+            }
+            None => None,
+        };
         match self.fork_child() {
             Ok(Forked::Child { signal_mask }) => {
                 let status = worker::run(WorkerSpec {
@@ -268,6 +292,7 @@ impl Arbiter {
                         .expect("listening while workers run"),
                     slot: self.scoreboard.slot(slot),
                     preloaded: self.preloaded.as_ref(),
+                    hook_worker,
                     multiprocess: self.target > 1,
                     signal_mask,
                     max_requests: if self.config.max_requests > 0 {
@@ -279,6 +304,9 @@ impl Arbiter {
                 std::process::exit(status);
             }
             Ok(Forked::Parent(child)) => {
+                if let (Some(hooks), Some(worker)) = (&self.config.hooks, hook_worker) {
+                    hooks.forked(child.as_raw(), worker);
+                }
                 self.scoreboard
                     .slot(slot)
                     .pid
@@ -328,13 +356,15 @@ impl Arbiter {
         }
     }
 
-    /// fork(2). With `--preload`, Python is running in the master, and must
-    /// be told about the fork on both sides (it resets its locks and thread
-    /// state in the child). This is safe only because the master has a
+    /// fork(2). With `--preload` (or a configuration file, `-c`), Python is
+    /// running in the master, and must be told about the fork on both sides
+    /// (it resets its locks and thread state in the child). This is safe only because the master has a
     /// single thread: a fork copies only the calling thread, and a lock held
     /// by any other thread would stay locked forever in the child.
     fn fork(&self) -> nix::Result<ForkResult> {
-        if self.preloaded.is_none() {
+        // SAFETY: Py_IsInitialized may be called at any time.
+        let python_runs = unsafe { pyo3::ffi::Py_IsInitialized() } != 0;
+        if !python_runs {
             // SAFETY: the master is single-threaded (no runtime, no pool).
             return unsafe { nix::unistd::fork() };
         }
@@ -457,6 +487,11 @@ impl Arbiter {
                 .slot(worker.slot)
                 .pid
                 .store(0, Ordering::Relaxed);
+            if let Some(hooks) = &self.config.hooks
+                && hooks.child_exit(pid.as_raw(), self.target).is_err()
+            {
+                self.boot_failed = Some(HOOK_FAILED);
+            }
         }
     }
     // ANCHOR_END: reap_workers
@@ -467,6 +502,11 @@ impl Arbiter {
     /// can take its place. Workers slow to finish a graceful stop too.
     fn kill_hung_workers(&mut self) {
         let graceful = self.config.graceful_timeout;
+        let abort_first = self
+            .config
+            .hooks
+            .as_ref()
+            .is_some_and(|h| h.has("worker_abort"));
         for worker in &mut self.workers {
             match worker.state {
                 WorkerState::Running => {
@@ -480,10 +520,27 @@ impl Arbiter {
                             worker.pid,
                             silent as f64 / 1000.0
                         );
-                        let _ = kill(worker.pid, Signal::SIGKILL);
-                        worker.state = WorkerState::Killed;
+                        if abort_first {
+                            // gunicorn's way: ABRT first, so that the worker
+                            // runs the configuration file's worker_abort hook;
+                            // KILL if it is still there a moment later.
+                            let _ = kill(worker.pid, Signal::SIGABRT);
+                            worker.state = WorkerState::Aborted(Instant::now());
+                        } else {
+                            let _ = kill(worker.pid, Signal::SIGKILL);
+                            worker.state = WorkerState::Killed;
+                        }
                         worker.timed_out = true;
                     }
+                }
+                WorkerState::Aborted(since) if since.elapsed() > ABORT_GRACE => {
+                    log::warn!(
+                        "Worker (pid:{}) still there {} s after ABRT: killing it",
+                        worker.pid,
+                        ABORT_GRACE.as_secs()
+                    );
+                    let _ = kill(worker.pid, Signal::SIGKILL);
+                    worker.state = WorkerState::Killed;
                 }
                 WorkerState::Stopping(since) if since.elapsed() > graceful => {
                     log::warn!(
@@ -498,6 +555,15 @@ impl Arbiter {
         }
     }
     // ANCHOR_END: kill_hung_workers
+
+    /// The configuration file's `nworkers_changed(server, new, old)` hook.
+    fn nworkers_changed(&mut self, old: usize) {
+        if let Some(hooks) = &self.config.hooks
+            && hooks.nworkers_changed(self.target, old).is_err()
+        {
+            self.boot_failed = Some(HOOK_FAILED);
+        }
+    }
 
     /// Asks a worker to finish its requests and exit.
     fn stop_worker(&mut self, pid: Pid) {
@@ -518,6 +584,12 @@ impl Arbiter {
             self.target = self.config.workers;
         }
         log::info!("Handling signal: hup: reloading {} workers", self.target);
+        if let Some(hooks) = &self.config.hooks
+            && hooks.on_reload(self.target).is_err()
+        {
+            self.boot_failed = Some(HOOK_FAILED);
+            return;
+        }
         if self.preloaded.is_some() {
             log::warn!(
                 "with --preload the app was imported once, in the master: new workers run the same code (restart the master to load new code)"
@@ -614,6 +686,9 @@ impl Arbiter {
         } else {
             log::info!("Shutting down: Master");
         }
+        if let Some(hooks) = &self.config.hooks {
+            hooks.on_exit(self.target);
+        }
         status
     }
     // ANCHOR_END: stop
@@ -651,6 +726,12 @@ impl Arbiter {
             );
             return;
         };
+        if let Some(hooks) = &self.config.hooks
+            && hooks.pre_exec(self.target).is_err()
+        {
+            self.boot_failed = Some(HOOK_FAILED);
+            return;
+        }
         match relaunch.start(socket) {
             Ok(pid) => {
                 log::info!(

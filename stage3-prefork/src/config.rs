@@ -123,6 +123,23 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 1000)]
     pub worker_connections: usize,
 
+    /// A gunicorn configuration file, in Python: its settings (`workers =
+    /// 3`) apply unless a flag says otherwise, and its server hooks run.
+    /// Without it, ./gunicorn.conf.py is read if there is one.
+    /// `python:MODULE` names an importable module instead.
+    #[arg(short = 'c', long, value_name = "FILE")]
+    pub config: Option<String>,
+
+    /// Read the settings and import the app, say what is wrong, and exit
+    /// (status 0: nothing is).
+    #[arg(long)]
+    pub check_config: bool,
+
+    /// Print every setting as resolved (from the file, GUNICORN_CMD_ARGS and
+    /// the flags), then check as --check-config does.
+    #[arg(long)]
+    pub print_config: bool,
+
     #[command(flatten)]
     pub app: AppArgs,
 
@@ -156,6 +173,8 @@ pub struct Config {
     /// What USR1 does: gunicorn's "reopen the log files" (workers reopen
     /// their access log), or uWSGI's "print statistics" (stage 4).
     pub usr1: Usr1,
+    /// The server hooks of a configuration file (`-c`), if it has any.
+    pub hooks: Option<crate::server_hooks::ServerHooks>,
 }
 
 /// The meaning of SIGUSR1, which gunicorn and uWSGI disagree on.
@@ -298,6 +317,7 @@ impl Args {
             app: args.app,
             source,
             usr1: Usr1::ReopenLogs,
+            hooks: None,
         };
         Ok(Setup {
             config,

@@ -30,10 +30,12 @@
 
 mod arbiter;
 pub mod config;
+pub mod config_file;
 mod http_workers;
 pub mod listen;
 mod reload;
 mod scoreboard;
+pub mod server_hooks;
 mod start;
 mod stats;
 pub mod unsupported;

@@ -76,6 +76,12 @@ fn run(
     };
     // ANCHOR_END: preload
 
+    log::info!("Starting {}", config.server_software.replace('/', " "));
+    // The configuration file's on_starting hook: after the preload, before
+    // the socket, as in gunicorn.
+    if let Some(hooks) = &config.hooks {
+        hooks.on_starting(config.workers)?;
+    }
     let listeners = bind()?;
     let stats = config
         .stats
@@ -95,7 +101,6 @@ fn run(
 
     let pid = std::process::id();
     let class = &master.worker_class;
-    log::info!("Starting {}", config.server_software.replace('/', " "));
     log::info!(
         "Listening at: {} ({pid})",
         listeners.describe(class.protocol())
@@ -123,6 +128,9 @@ fn run(
         }
     );
 
+    if let Some(hooks) = &config.hooks {
+        hooks.when_ready(config.workers)?;
+    }
     let arbiter = Arbiter::new(master, relaunch, listeners, signals, stats, preloaded)
         .map_err(|e| StartError::new(format!("cannot create the scoreboard: {e}")))?;
     Ok(arbiter.run())

@@ -25,10 +25,6 @@ const NOT_HERE: &[(&[&str], &str)] = &[
         "there is no statsd client here: --stats ADDRESS serves the master's and workers' figures as JSON (curl it)",
     ),
     (
-        &["-c", "--config"],
-        "this stage reads no configuration file yet: give the settings as flags (stage3-prefork --help lists them)",
-    ),
-    (
         &["--reload-engine", "--reload-extra-file"],
         "--reload watches the app's imported modules with inotify, and nothing else: there is no other engine, nor extra files",
     ),
@@ -59,6 +55,47 @@ const NOT_HERE: &[(&[&str], &str)] = &[
         "workers report to the master through shared memory, not temporary files: there is nothing to set",
     ),
 ];
+
+/// The same settings as names in a configuration file (`daemon = True`),
+/// with the flag whose sentence they get.
+const SETTINGS: &[(&str, &str)] = &[
+    ("daemon", "--daemon"),
+    ("certfile", "--certfile"),
+    ("keyfile", "--keyfile"),
+    ("ca_certs", "--ca-certs"),
+    ("ssl_version", "--ssl-version"),
+    ("cert_reqs", "--cert-reqs"),
+    ("ciphers", "--ciphers"),
+    ("ssl_context", "--certfile"),
+    ("statsd_host", "--statsd-host"),
+    ("statsd_prefix", "--statsd-prefix"),
+    ("dogstatsd_tags", "--dogstatsd-tags"),
+    ("reload_engine", "--reload-engine"),
+    ("reload_extra_files", "--reload-extra-file"),
+    ("proxy_allow_ips", "--proxy-allow-from"),
+    ("proxy_protocol", "--proxy-protocol"),
+    ("user", "--user"),
+    ("group", "--group"),
+    ("umask", "--umask"),
+    ("initgroups", "--initgroups"),
+    ("paste", "--paste"),
+    ("errorlog", "--error-logfile"),
+    ("logconfig", "--log-config"),
+    ("syslog", "--log-syslog"),
+    ("syslog_addr", "--syslog-addr"),
+    ("worker_tmp_dir", "--worker-tmp-dir"),
+];
+
+/// The sentence for a setting of a configuration file that stage 3 does not
+/// have, when it is one of gunicorn's flags above: the flag's sentence, with
+/// the setting's name.
+pub fn setting_refusal(name: &str) -> Option<String> {
+    let (_, flag) = SETTINGS.iter().find(|(setting, _)| *setting == name)?;
+    let (_, instead) = NOT_HERE.iter().find(|(flags, _)| flags.contains(flag))?;
+    Some(format!(
+        "{name} is gunicorn's, not this course's: {instead}"
+    ))
+}
 
 /// The sentence for the first gunicorn flag in `args` that stage 3 does not
 /// have, if any (`--flag`, `--flag=value`; nothing after `--`).
@@ -108,5 +145,19 @@ mod tests {
             None
         );
         assert_eq!(refusal(&args(&["--", "--daemon"])), None);
+        assert_eq!(refusal(&args(&["-c", "gunicorn.conf.py"])), None);
+    }
+
+    #[test]
+    fn every_setting_names_a_refused_flag() {
+        for (setting, _) in SETTINGS {
+            assert!(setting_refusal(setting).is_some(), "{setting}");
+        }
+        assert!(
+            setting_refusal("daemon")
+                .unwrap()
+                .starts_with("daemon is gunicorn's")
+        );
+        assert_eq!(setting_refusal("workers"), None);
     }
 }

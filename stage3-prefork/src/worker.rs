@@ -72,6 +72,8 @@ pub struct WorkerContext<'a> {
     pub server_software: &'static str,
     /// Proxies whose forwarded headers the app's environ believes.
     pub forwarded: Option<wsgi_bridge::wsgi::forwarded::Forwarded>,
+    /// The configuration file's `pre_request` and `post_request`, if any.
+    pub request_hooks: Option<std::sync::Arc<dyn wsgi_bridge::hooks::RequestHooks>>,
 }
 
 impl WorkerContext<'_> {
@@ -92,6 +94,9 @@ impl WorkerContext<'_> {
         if let Some(forwarded) = &self.forwarded {
             app.trust_proxies(forwarded.clone());
         }
+        if let Some(hooks) = &self.request_hooks {
+            app.set_request_hooks(hooks.clone());
+        }
         Ok(app)
     }
 }
@@ -105,6 +110,8 @@ pub(crate) struct WorkerSpec<'a> {
     pub slot: &'a Slot,
     /// The app imported by the master (`--preload`), or `None`: import it here.
     pub preloaded: Option<&'a Py<PyAny>>,
+    /// This worker's object for the configuration file's hooks (`-c`).
+    pub hook_worker: Option<Py<PyAny>>,
     pub multiprocess: bool,
     pub max_requests: u64,
     /// The signal mask to restore once the worker's own handlers are in
@@ -158,6 +165,12 @@ pub(crate) fn run(spec: WorkerSpec<'_>) -> i32 {
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
 
     let config = spec.config;
+    // The configuration file's post_fork(server, worker) (-c).
+    if let (Some(hooks), Some(me)) = (&config.hooks, spec.hook_worker)
+        && hooks.post_fork(me).is_err()
+    {
+        return WORKER_BOOT_ERROR;
+    }
     let stop = match boot::stop_on_signals() {
         Ok(stop) => stop,
         Err(e) => {
@@ -169,6 +182,12 @@ pub(crate) fn run(spec: WorkerSpec<'_>) -> i32 {
     let _ = supervise::signals::exit_at_once_on(&[libc::SIGQUIT]);
     // SIGUSR1 (passed on by the master): reopen the access log file.
     let _ = wsgi_bridge::logging::reopen_on_signal(libc::SIGUSR1);
+    // With worker_int or worker_abort hooks: INT, QUIT, ABRT run them.
+    if let Some(hooks) = &config.hooks
+        && let Err(e) = hooks.watch_worker_signals()
+    {
+        log::error!("cannot watch the signals of the worker hooks: {e}");
+    }
     // Signals that arrived since the fork are delivered now, to these handlers.
     supervise::signals::restore(&spec.signal_mask);
     // ANCHOR_END: worker_boot
@@ -193,6 +212,11 @@ pub(crate) fn run(spec: WorkerSpec<'_>) -> i32 {
             return WORKER_BOOT_ERROR;
         }
     };
+    if let Some(hooks) = &config.hooks
+        && hooks.post_worker_init().is_err()
+    {
+        return WORKER_BOOT_ERROR;
+    }
     let hooks = ScoreboardHooks {
         slot: spec.slot,
         max_requests: spec.max_requests,
@@ -219,10 +243,10 @@ pub(crate) fn run(spec: WorkerSpec<'_>) -> i32 {
         multiprocess: spec.multiprocess,
         server_software: config.server_software,
         forwarded: config.forwarded.clone(),
+        request_hooks: config.hooks.as_ref().and_then(|h| h.request_hooks()),
     });
-    flush_python_output();
-    wsgi_bridge::trace::flush();
-    match result {
+    crate::server_hooks::wait_for_signal_hooks();
+    let status = match result {
         Ok(()) => {
             log::info!("Worker exiting (pid: {pid})");
             0
@@ -231,7 +255,13 @@ pub(crate) fn run(spec: WorkerSpec<'_>) -> i32 {
             log::error!("worker {pid} stopped: {e}");
             1
         }
+    };
+    if let Some(hooks) = &config.hooks {
+        hooks.worker_exit();
     }
+    flush_python_output();
+    wsgi_bridge::trace::flush();
+    status
 }
 
 /// What the app printed may still sit in Python's buffers: write it out

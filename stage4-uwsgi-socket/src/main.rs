@@ -357,6 +357,8 @@ fn master_config(args: &Args) -> Result<Config, StartError> {
         reload: false,
         // nginx passes the client's address and scheme in the uwsgi vars.
         forwarded: None,
+        // uWSGI has no Python configuration file, nor gunicorn's hooks.
+        hooks: None,
     })
 }
 // ANCHOR_END: uwsgi_config

@@ -36,3 +36,34 @@ pub trait WorkerHooks: Sync {
 pub struct NoHooks;
 
 impl WorkerHooks for NoHooks {}
+
+// ANCHOR: request_hooks
+/// Python code a server runs around each request, with the GIL: gunicorn's
+/// `pre_request` and `post_request` server hooks. A server that has such
+/// hooks gives them to its app ([`WsgiApp::set_request_hooks`]); without
+/// them a request makes no extra Python call.
+///
+/// [`WsgiApp::set_request_hooks`]: crate::wsgi::call::WsgiApp::set_request_hooks
+pub trait RequestHooks: Send + Sync {
+    /// Called once environ is built, before the app: returns the object
+    /// `after` gets back (gunicorn's `req`). An error is answered as the
+    /// app's own errors are: a traceback in the log, a 500 to the client.
+    fn before(
+        &self,
+        py: pyo3::Python<'_>,
+        environ: &pyo3::Bound<'_, pyo3::types::PyDict>,
+    ) -> pyo3::PyResult<pyo3::Py<pyo3::PyAny>>;
+
+    /// Called once the response is written (or has failed): what `before`
+    /// returned, the request's environ, the status and the body bytes sent.
+    /// Errors are the hook's to report: the response is gone already.
+    fn after(
+        &self,
+        py: pyo3::Python<'_>,
+        req: pyo3::Py<pyo3::PyAny>,
+        environ: pyo3::Py<pyo3::types::PyDict>,
+        status: u16,
+        body_bytes: u64,
+    );
+}
+// ANCHOR_END: request_hooks

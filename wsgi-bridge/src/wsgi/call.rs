@@ -30,6 +30,7 @@ use super::request::Request;
 use super::start_response::{ResponseRest, ResponseWriter, StartResponse, body_bytes};
 use crate::conn::{ReadBuf, Stream};
 use crate::embed::format_exception;
+use crate::hooks::RequestHooks;
 use crate::trace;
 
 /// An unread body up to this size is read and thrown away so the connection
@@ -51,6 +52,9 @@ pub struct WsgiApp {
     pub server_software: Arc<str>,
     /// Proxies whose forwarded headers are believed (`--forwarded-allow-ips`).
     forwarded: Option<super::forwarded::Forwarded>,
+    /// Python code to run around each request (stage 3's `pre_request`
+    /// and `post_request` hooks), if the server has any.
+    request_hooks: Option<Arc<dyn RequestHooks>>,
 }
 
 impl WsgiApp {
@@ -71,6 +75,7 @@ impl WsgiApp {
             info,
             server_software: server_software.into(),
             forwarded: None,
+            request_hooks: None,
         })
     }
 
@@ -115,6 +120,11 @@ impl WsgiApp {
 
     pub fn forwarded(&self) -> Option<&super::forwarded::Forwarded> {
         self.forwarded.as_ref()
+    }
+
+    /// Runs `hooks` around every request (see [`RequestHooks`]).
+    pub fn set_request_hooks(&mut self, hooks: Arc<dyn RequestHooks>) {
+        self.request_hooks = Some(hooks);
     }
 }
 
@@ -208,13 +218,20 @@ pub struct Outcome {
 pub fn call_app<R: Request>(app: &WsgiApp, ex: Exchange<'_, R>) -> Outcome {
     // With `--trace`: when the GIL was asked for, got, and let go.
     let asked = trace::start();
-    let rest = Python::attach(|py| {
+    let mut rest = Python::attach(|py| {
         let held = trace::got_gil(asked);
         let rest = call_app_with_gil(py, app, ex);
         trace::release_gil(held);
         rest
     });
-    rest.finish()
+    let hooked = rest.hooked.take();
+    let outcome = rest.finish();
+    // gunicorn's post_request runs once the response is out: with the GIL
+    // again, but only for a server that has the hook.
+    if let (Some(hooks), Some((req, environ))) = (&app.request_hooks, hooked) {
+        Python::attach(|py| hooks.after(py, req, environ, outcome.status, outcome.body_bytes));
+    }
+    outcome
 }
 // ANCHOR_END: call_app
 
@@ -239,7 +256,8 @@ fn call_app_with_gil<'a, R: Request>(
         }
     };
 
-    let result = run_app(py, app, request, &input, &start_response);
+    let mut hooked = None;
+    let result = run_app(py, app, request, &input, &start_response, &mut hooked);
 
     let reader = input.borrow_mut().reader.take();
     let reader = reader.expect("the body reader is only taken here");
@@ -257,6 +275,7 @@ fn call_app_with_gil<'a, R: Request>(
         stream,
         response,
         reader: Some(reader),
+        hooked,
     }
 }
 // ANCHOR_END: call_app_with_gil
@@ -357,7 +376,13 @@ struct AfterApp<'a, R> {
     response: ResponseRest,
     /// `None` when the request never got a body reader (out of memory).
     reader: Option<BodyReader>,
+    /// What the request hooks' `before` returned, and the environ, for
+    /// their `after`.
+    hooked: Option<Hooked>,
 }
+
+/// What [`RequestHooks::before`] returned, and the request's environ.
+type Hooked = (Py<PyAny>, Py<PyDict>);
 
 impl<R: Request> AfterApp<'_, R> {
     /// Writes what is left of the response, then reads and drops what is
@@ -419,6 +444,7 @@ impl<'a, R> AfterApp<'a, R> {
             stream,
             response,
             reader: None,
+            hooked: None,
         }
     }
 }
@@ -441,10 +467,15 @@ fn run_app(
     request: &impl Request,
     input: &Bound<'_, WsgiInput>,
     start_response: &Bound<'_, StartResponse>,
+    hooked: &mut Option<Hooked>,
 ) -> PyResult<()> {
     let t = trace::start();
     let environ = request.environ(py, app, input.as_any())?;
     trace::end(t, "environ");
+    if let Some(hooks) = &app.request_hooks {
+        let req = hooks.before(py, &environ)?;
+        *hooked = Some((req, environ.clone().unbind()));
+    }
     let t = trace::start();
     let iterable = app.app.bind(py).call1((environ, start_response))?;
     trace::end(t, "app");

@@ -1,0 +1,590 @@
+//! Stage 3's configuration file, as gunicorn reads it: settings, the
+//! command line winning over them, server hooks called in order with their
+//! objects (seen through a file the hooks write), `--check-config` and
+//! `--print-config`. Every test starts the real binary and sends real
+//! signals.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use assert_cmd::assert::OutputAssertExt;
+use wsgi_course::client;
+use wsgi_course::procs::children;
+use wsgi_course::server::{ServerProcess, repo_root, workspace_bin};
+
+const BIN: &str = "stage3-prefork";
+
+fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A fresh directory for one test, with `gunicorn.conf.py` written in it.
+fn dir_with_config(name: &str, config: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("stage3-config-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("gunicorn.conf.py"), config).unwrap();
+    dir
+}
+
+/// Hooks that each append one line to the file named by $HOOKS_LOG, with
+/// the attributes gunicorn documents.
+const HOOKS: &str = r#"
+import os
+
+def note(line):
+    with open(os.environ["HOOKS_LOG"], "a") as f:
+        f.write(line + "\n")
+
+def on_starting(server):
+    note(f"on_starting pid={server.pid} num_workers={server.num_workers}")
+    server.log.info("on_starting says hello to %s", "the log")
+
+def when_ready(server):
+    note(f"when_ready pid={server.pid}")
+
+def pre_fork(server, worker):
+    note(f"pre_fork age={worker.age}")
+
+def post_fork(server, worker):
+    note(f"post_fork age={worker.age} pid={worker.pid} ppid={worker.ppid} getpid={os.getpid()}")
+
+def post_worker_init(worker):
+    note(f"post_worker_init pid={worker.pid}")
+
+def pre_request(worker, req):
+    req.seen_by_pre_request = True
+    note(f"pre_request pid={worker.pid} {req.method} {req.path} query={req.query}")
+
+def post_request(worker, req, environ, resp):
+    note(f"post_request pid={worker.pid} {req.method} {req.path} {resp.status_code} "
+         f"pre={req.seen_by_pre_request} path_info={environ['PATH_INFO']}")
+
+def worker_int(worker):
+    note(f"worker_int pid={worker.pid}")
+
+def worker_abort(worker):
+    note(f"worker_abort pid={worker.pid}")
+
+def worker_exit(server, worker):
+    note(f"worker_exit pid={worker.pid}")
+
+def child_exit(server, worker):
+    note(f"child_exit pid={worker.pid}")
+
+def nworkers_changed(server, new_value, old_value):
+    note(f"nworkers_changed {new_value} {old_value}")
+
+def on_exit(server):
+    note(f"on_exit pid={server.pid}")
+"#;
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+fn position(lines: &[String], needle: &str) -> usize {
+    lines
+        .iter()
+        .position(|l| l.starts_with(needle))
+        .unwrap_or_else(|| panic!("no line starts with {needle:?} in {lines:#?}"))
+}
+
+fn wait_for_line(path: &Path, needle: &str) {
+    wait_until(needle, Duration::from_secs(15), || {
+        lines(path).iter().any(|l| l.starts_with(needle))
+    });
+}
+
+/// The hooks' file for a test, and the environment that names it.
+fn hooks_log(dir: &Path) -> (PathBuf, String) {
+    let path = dir.join("hooks.log");
+    (path.clone(), path.display().to_string())
+}
+
+#[test]
+fn gunicorn_conf_py_is_read_and_the_command_line_wins() {
+    let root = repo_root();
+    let config = format!(
+        "import multiprocessing\n\
+         bind = ['127.0.0.1:0']\n\
+         workers = 3\n\
+         wsgi_app = 'apps.lab:app'\n\
+         chdir = {root:?}\n\
+         preload_app = False\n\
+         a_helper_variable = multiprocessing.cpu_count()\n",
+        root = root.display().to_string()
+    );
+    let dir = dir_with_config("default-file", &config);
+    // No -c: ./gunicorn.conf.py is read; its app, directory, bind, workers.
+    let server = ServerProcess::start_with(BIN, &[], &[], Some(&dir)).unwrap();
+    let serving = server
+        .wait_for_stderr("Serving ", Duration::from_secs(10))
+        .unwrap();
+    assert!(
+        serving.contains("Serving apps.lab:app") && serving.contains(": 3 workers"),
+        "{serving}"
+    );
+    wait_until("3 workers run", Duration::from_secs(10), || {
+        children(server.pid()).len() == 3
+    });
+    assert_eq!(client::get(server.addr(), "/pid").unwrap().status, 200);
+    assert!(
+        !server.stderr_text().contains("a_helper_variable"),
+        "names that are not settings are ignored, as gunicorn does"
+    );
+    drop(server);
+
+    // A flag beats the file.
+    let server = ServerProcess::start_with(BIN, &["-w", "2"], &[], Some(&dir)).unwrap();
+    assert!(
+        server
+            .wait_for_stderr(": 2 workers", Duration::from_secs(10))
+            .is_some()
+    );
+    wait_until("2 workers run", Duration::from_secs(10), || {
+        children(server.pid()).len() == 2
+    });
+}
+
+#[test]
+fn hooks_are_called_in_order_with_their_objects() {
+    let dir = dir_with_config(
+        "hooks",
+        &format!("bind = '127.0.0.1:0'\nworkers = 2\n{HOOKS}"),
+    );
+    let (log, log_env) = hooks_log(&dir);
+    let config = dir.join("gunicorn.conf.py").display().to_string();
+    let server = ServerProcess::start_with(
+        BIN,
+        &[
+            "-c",
+            &config,
+            "apps.lab:app",
+            "--chdir",
+            &repo_root().display().to_string(),
+        ],
+        &[("HOOKS_LOG", &log_env)],
+        None,
+    )
+    .unwrap();
+    let master = server.pid();
+    assert!(
+        server
+            .wait_for_stderr("on_starting says hello to the log", Duration::from_secs(5))
+            .is_some(),
+        "server.log writes to the server's log"
+    );
+    wait_for_line(&log, "post_worker_init");
+    wait_until(
+        "both workers ran post_worker_init",
+        Duration::from_secs(10),
+        || {
+            lines(&log)
+                .iter()
+                .filter(|l| l.starts_with("post_worker_init"))
+                .count()
+                == 2
+        },
+    );
+
+    // A request: pre_request and post_request, in the worker that served it,
+    // with the same req object.
+    let pid = client::get(server.addr(), "/pid?x=1").unwrap().text();
+    let pid = pid.trim();
+    wait_for_line(&log, "post_request");
+    let seen = lines(&log);
+    assert!(
+        seen.contains(&format!("pre_request pid={pid} GET /pid query=x=1")),
+        "{seen:#?}"
+    );
+    assert!(
+        seen.contains(&format!(
+            "post_request pid={pid} GET /pid 200 pre=True path_info=/pid"
+        )),
+        "{seen:#?}"
+    );
+
+    // kill -9 a worker: child_exit in the master, and a new worker (age 3).
+    let victim = children(master)[0];
+    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+    wait_for_line(&log, &format!("child_exit pid={victim}"));
+    wait_for_line(&log, "post_worker_init");
+    wait_for_line(&log, "post_fork age=3");
+
+    // TTIN: nworkers_changed(server, 3, 2).
+    server.signal(libc::SIGTTIN);
+    wait_for_line(&log, "nworkers_changed 3 2");
+    wait_until("3 workers run", Duration::from_secs(10), || {
+        children(master).len() == 3
+    });
+    wait_until("the third worker is ready", Duration::from_secs(10), || {
+        lines(&log)
+            .iter()
+            .filter(|l| l.starts_with("post_worker_init"))
+            .count()
+            == 4
+    });
+    let workers = children(master);
+
+    // INT: the master's fast stop; each worker runs worker_int, then
+    // worker_exit; the master child_exit for each, then on_exit, last.
+    server.signal(libc::SIGINT);
+    wait_for_line(&log, "on_exit");
+    let seen = lines(&log);
+    assert_eq!(seen[0], format!("on_starting pid={master} num_workers=2"));
+    assert_eq!(seen[1], format!("when_ready pid={master}"));
+    assert_eq!(seen.last().unwrap(), &format!("on_exit pid={master}"));
+    for age in 1..=4 {
+        let pre = position(&seen, &format!("pre_fork age={age}"));
+        let post = position(&seen, &format!("post_fork age={age} "));
+        assert!(pre < post, "pre_fork before post_fork: {seen:#?}");
+    }
+    for line in seen.iter().filter(|l| l.starts_with("post_fork")) {
+        // post_fork runs in the new worker: its pid is its own, its ppid
+        // the master's.
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(field("pid="), field("getpid="), "{line}");
+        assert_eq!(field("ppid="), master.to_string(), "{line}");
+        let pid = field("pid=");
+        assert!(
+            position(&seen, line) < position(&seen, &format!("post_worker_init pid={pid}")),
+            "{seen:#?}"
+        );
+    }
+    for pid in workers {
+        let int = position(&seen, &format!("worker_int pid={pid}"));
+        let exit = position(&seen, &format!("worker_exit pid={pid}"));
+        let reaped = position(&seen, &format!("child_exit pid={pid}"));
+        assert!(int < exit && exit < reaped, "{seen:#?}");
+    }
+}
+
+#[test]
+fn a_timeout_runs_worker_abort_and_term_ends_with_on_exit() {
+    let dir = dir_with_config(
+        "abort",
+        &format!("bind = '127.0.0.1:0'\nworkers = 1\ntimeout = 1\n{HOOKS}"),
+    );
+    let (log, log_env) = hooks_log(&dir);
+    let mut server = ServerProcess::start_with(
+        BIN,
+        &[
+            "apps.lab:app",
+            "--chdir",
+            &repo_root().display().to_string(),
+        ],
+        &[("HOOKS_LOG", &log_env)],
+        Some(&dir),
+    )
+    .unwrap();
+    wait_for_line(&log, "post_worker_init");
+    let hung = children(server.pid())[0];
+    // A request that sleeps past --timeout: the master sends ABRT, the
+    // worker runs worker_abort then worker_exit, the master child_exit.
+    let addr = server.addr();
+    let slow = std::thread::spawn(move || client::get(addr, "/io?ms=20000"));
+    wait_for_line(&log, &format!("child_exit pid={hung}"));
+    let seen = lines(&log);
+    let abort = position(&seen, &format!("worker_abort pid={hung}"));
+    let exit = position(&seen, &format!("worker_exit pid={hung}"));
+    let reaped = position(&seen, &format!("child_exit pid={hung}"));
+    assert!(abort < exit && exit < reaped, "{seen:#?}");
+    assert!(
+        server
+            .wait_for_stderr("WORKER TIMEOUT", Duration::from_secs(1))
+            .is_some()
+    );
+    let _ = slow.join();
+
+    // TERM: a graceful stop, worker_exit in the worker, on_exit last.
+    wait_for_line(&log, "post_fork age=2");
+    wait_until("the new worker is ready", Duration::from_secs(10), || {
+        lines(&log)
+            .iter()
+            .filter(|l| l.starts_with("post_worker_init"))
+            .count()
+            == 2
+    });
+    let worker = children(server.pid())[0];
+    let status = server.terminate(Duration::from_secs(10)).unwrap();
+    assert!(status.success(), "{status}");
+    let seen = lines(&log);
+    assert!(
+        position(&seen, &format!("worker_exit pid={worker}"))
+            < position(&seen, &format!("child_exit pid={worker}")),
+        "{seen:#?}"
+    );
+    assert!(
+        !seen.contains(&format!("worker_int pid={worker}")),
+        "TERM is graceful: {seen:#?}"
+    );
+    assert!(seen.last().unwrap().starts_with("on_exit"), "{seen:#?}");
+}
+
+#[test]
+fn hooks_that_raise_do_what_they_do_in_gunicorn() {
+    let dir = dir_with_config(
+        "raise",
+        "bind = '127.0.0.1:0'\nworkers = 1\n\
+         def pre_request(worker, req):\n    if req.path == '/boom':\n        raise ValueError('pre_request says no')\n\
+         def post_request(worker, req, environ, resp):\n    raise KeyError('post_request fails')\n\
+         def child_exit(server, worker):\n    raise RuntimeError('child_exit fails')\n",
+    );
+    let mut server = ServerProcess::start_with(BIN, &[], &[], Some(&dir)).unwrap();
+    // pre_request raising: an app error, a 500, the traceback in the log.
+    assert_eq!(client::get(server.addr(), "/boom").unwrap().status, 500);
+    assert!(
+        server
+            .wait_for_stderr("ValueError: pre_request says no", Duration::from_secs(5))
+            .is_some()
+    );
+    // post_request raising: logged, the response was sent already.
+    assert_eq!(client::get(server.addr(), "/").unwrap().status, 200);
+    assert!(
+        server
+            .wait_for_stderr("Exception in post_request hook", Duration::from_secs(5))
+            .is_some()
+    );
+    // child_exit raising: a master hook; gunicorn's arbiter stops.
+    let worker = children(server.pid())[0];
+    unsafe { libc::kill(worker as i32, libc::SIGKILL) };
+    let status = server.wait_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(status.code(), Some(1));
+    for line in [
+        "Exception in child_exit hook",
+        "RuntimeError: child_exit fails",
+        "Reason: A server hook raised an exception",
+    ] {
+        assert!(
+            server
+                .wait_for_stderr(line, Duration::from_secs(5))
+                .is_some(),
+            "{line}: {}",
+            server.stderr_text()
+        );
+    }
+}
+
+fn check(dir: &Path, config: &str, args: &[&str]) -> (i32, String, String) {
+    std::fs::write(dir.join("checked.py"), config).unwrap();
+    let output = Command::new(workspace_bin(BIN))
+        .current_dir(dir)
+        .args(["--check-config", "-c", "checked.py"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).to_string(),
+        String::from_utf8_lossy(&output.stderr).to_string(),
+    )
+}
+
+#[test]
+fn check_config_says_what_is_wrong_and_exits_non_zero() {
+    let dir = dir_with_config("check", "");
+    let root = repo_root().display().to_string();
+    let lab = ["apps.lab:app", "--chdir", root.as_str()];
+    let good = format!("workers = 2\nbind = '127.0.0.1:9'\n{HOOKS}");
+    let (code, stdout, stderr) = check(&dir, &good, &lab);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, "");
+    assert!(
+        !stderr.contains("Listening"),
+        "nothing is started: {stderr}"
+    );
+
+    for (config, args, says) in [
+        ("workers = 2\nbind = [\n", &lab[..], "SyntaxError"),
+        (
+            "workers = 'three'\n",
+            &lab[..],
+            "workers = 'three': invalid value",
+        ),
+        (
+            "daemon = True\n",
+            &lab[..],
+            "daemon is gunicorn's, not this course's",
+        ),
+        ("certfile = 'cert.pem'\n", &lab[..], "put nginx in front"),
+        (
+            "def pre_fork(server):\n    pass\n",
+            &lab[..],
+            "pre_fork takes 1 argument, but it is called with 2",
+        ),
+        (
+            "workers = 2\n",
+            &["no_such_module:app"][..],
+            "cannot find the module",
+        ),
+    ] {
+        let (code, _, stderr) = check(&dir, config, args);
+        assert_eq!(code, 1, "{config}: {stderr}");
+        assert!(stderr.contains(says), "{config}: {stderr}");
+    }
+    // Settings that ask for nothing are harmless.
+    let (code, _, stderr) = check(&dir, "daemon = False\ncertfile = None\n", &lab);
+    assert_eq!(code, 0, "{stderr}");
+    // A gunicorn setting this stage lacks: a warning, not an error.
+    let (code, _, stderr) = check(&dir, "backlog = 64\n", &lab);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("backlog is a gunicorn setting"), "{stderr}");
+}
+
+#[test]
+fn print_config_shows_each_setting_as_resolved() {
+    let dir = dir_with_config(
+        "print",
+        "workers = 3\ntimeout = 5\npreload_app = True\nbind = ['127.0.0.1:9001']\n\
+         def when_ready(server):\n    pass\n",
+    );
+    let root = repo_root().display().to_string();
+    // The file < GUNICORN_CMD_ARGS < the command line.
+    let output = Command::new(workspace_bin(BIN))
+        .current_dir(&dir)
+        .env("GUNICORN_CMD_ARGS", "--timeout 7 -w 4 --max-requests 9")
+        .args([
+            "--print-config",
+            "-w",
+            "5",
+            "apps.lab:app",
+            "--chdir",
+            &root,
+        ])
+        .assert()
+        .success();
+    let stdout = String::from_utf8_lossy(&output.get_output().stdout).to_string();
+    let value = |name: &str| printed(&stdout, name);
+    assert_eq!(value("workers"), "5");
+    assert_eq!(value("timeout"), "7");
+    assert_eq!(value("max_requests"), "9");
+    assert_eq!(value("preload_app"), "True");
+    assert_eq!(value("bind"), "['127.0.0.1:9001']");
+    assert_eq!(value("wsgi_app"), "apps.lab:app");
+    assert_eq!(value("config"), "gunicorn.conf.py");
+    assert!(value("when_ready").starts_with("<function when_ready"));
+    assert_eq!(value("on_starting"), "None");
+    let names: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted, "sorted by name, as gunicorn prints them");
+}
+
+#[test]
+fn python_colon_names_a_module_to_import() {
+    let dir = dir_with_config("module", "");
+    std::fs::write(
+        dir.join("deploy_settings.py"),
+        "workers = 7\ntimeout = 11\n",
+    )
+    .unwrap();
+    let output = Command::new(workspace_bin(BIN))
+        .current_dir(&dir)
+        .args(["-c", "python:deploy_settings", "--print-config"])
+        .assert()
+        .success();
+    let stdout = String::from_utf8_lossy(&output.get_output().stdout).to_string();
+    assert_eq!(printed(&stdout, "workers"), "7");
+    assert_eq!(printed(&stdout, "timeout"), "11");
+    assert_eq!(printed(&stdout, "config"), "python:deploy_settings");
+}
+
+/// The value --print-config printed for `name`.
+fn printed(stdout: &str, name: &str) -> String {
+    stdout
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_once(" = "))
+        .map(|(_, v)| v.to_string())
+        .unwrap_or_else(|| panic!("no {name} in {stdout}"))
+}
+
+#[test]
+fn worker_abort_runs_even_when_the_worker_is_stuck_in_python() {
+    // /cpu computes in a pure-Python loop: the worker's main thread holds
+    // the GIL, and the hook's thread must still get it.
+    let dir = dir_with_config(
+        "abort-cpu",
+        &format!("bind = '127.0.0.1:0'\nworkers = 1\ntimeout = 1\n{HOOKS}"),
+    );
+    let (log, log_env) = hooks_log(&dir);
+    let server = ServerProcess::start_with(
+        BIN,
+        &[
+            "apps.lab:app",
+            "--chdir",
+            &repo_root().display().to_string(),
+        ],
+        &[("HOOKS_LOG", &log_env)],
+        Some(&dir),
+    )
+    .unwrap();
+    wait_for_line(&log, "post_worker_init");
+    let stuck = children(server.pid())[0];
+    let addr = server.addr();
+    let slow = std::thread::spawn(move || client::get(addr, "/cpu?ms=20000"));
+    wait_for_line(&log, &format!("child_exit pid={stuck}"));
+    let seen = lines(&log);
+    assert!(
+        position(&seen, &format!("worker_abort pid={stuck}"))
+            < position(&seen, &format!("worker_exit pid={stuck}")),
+        "{seen:#?}"
+    );
+    let _ = slow.join();
+}
+
+#[test]
+fn a_worker_abort_hook_that_never_returns_is_cut_short_by_kill() {
+    let dir = dir_with_config(
+        "abort-forever",
+        "import time\nbind = '127.0.0.1:0'\nworkers = 1\ntimeout = 1\n\
+         def worker_abort(worker):\n    time.sleep(3600)\n",
+    );
+    let server = ServerProcess::start_with(
+        BIN,
+        &[
+            "apps.lab:app",
+            "--chdir",
+            &repo_root().display().to_string(),
+        ],
+        &[],
+        Some(&dir),
+    )
+    .unwrap();
+    wait_until("a worker runs", Duration::from_secs(10), || {
+        children(server.pid()).len() == 1
+    });
+    let stuck = children(server.pid())[0];
+    let addr = server.addr();
+    let slow = std::thread::spawn(move || client::get(addr, "/io?ms=20000"));
+    assert!(
+        server
+            .wait_for_stderr(
+                &format!("Worker (pid:{stuck}) still there 2 s after ABRT: killing it"),
+                Duration::from_secs(15)
+            )
+            .is_some()
+    );
+    wait_until("the stuck worker is gone", Duration::from_secs(5), || {
+        !children(server.pid()).contains(&stuck)
+    });
+    let _ = slow.join();
+}
