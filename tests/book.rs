@@ -840,3 +840,54 @@ fn the_workspace_listings_in_the_book_are_the_workspace() {
         problems.join("\n")
     );
 }
+
+#[test]
+fn cargo_run_p_starts_every_stage() {
+    // The book and README say `cargo run -p stageN-...`: a package with a
+    // second binary (stage 5's `cluster`) needs `default-run`, or cargo
+    // refuses with "could not determine which binary to run".
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["metadata", "--no-deps", "--format-version", "1"])
+        .current_dir(repo_root())
+        .output()
+        .expect("cargo metadata runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let mut stages = 0;
+    let mut problems = Vec::new();
+    for package in meta["packages"].as_array().expect("packages") {
+        let name = package["name"].as_str().unwrap_or_default();
+        if !name.starts_with("stage") {
+            continue;
+        }
+        stages += 1;
+        let bins: Vec<&str> = package["targets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| {
+                t["kind"]
+                    .as_array()
+                    .is_some_and(|k| k.iter().any(|k| k == "bin"))
+            })
+            .filter_map(|t| t["name"].as_str())
+            .collect();
+        let runs = match package["default_run"].as_str() {
+            Some(default) => bins.contains(&default).then_some(default),
+            None if bins.len() == 1 => Some(bins[0]),
+            None => None,
+        };
+        if runs != Some(name) {
+            problems.push(format!(
+                "`cargo run -p {name}` runs {runs:?} (binaries: {bins:?})"
+            ));
+        }
+    }
+    assert_eq!(stages, 6, "six stage packages");
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

@@ -891,3 +891,57 @@ fn more_waiting_requests_than_a_default_listen_queue_get_no_502() {
     let bad: Vec<&u16> = statuses.iter().filter(|&&s| s != 200).collect();
     assert!(bad.is_empty(), "{} of 120 were not 200: {bad:?}", bad.len());
 }
+
+#[test]
+fn an_ini_file_sets_stage4_and_the_command_line_wins() {
+    if !have_nginx() {
+        return;
+    }
+    let dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ini-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ini = dir.join("site.ini");
+    std::fs::write(
+        &ini,
+        "[uwsgi]\nmodule = apps.lab:app\nmaster = true\nprocesses = 3\nthreads = 2\n\
+         socket = /tmp/nowhere-%n.sock\nchmod-socket = 666\nmax-requests = 1000\n",
+    )
+    .unwrap();
+    // uWSGI's `uwsgi site.ini`: the bare file; --workers on the command line
+    // wins over the file's processes.
+    let server = start(&[ini.to_str().unwrap(), "--workers", "2"]);
+    let r = client::get(server.addr(), "/environ").unwrap();
+    assert_eq!(r.status, 200, "the ini's module (the lab app) is served");
+    let stage4 = cmdline(stage4_master(&server).expect("stage 4 runs"));
+    for wanted in [
+        "--processes 2",
+        "--threads 2",
+        "--module apps.lab:app",
+        "--max-requests 1000",
+    ] {
+        assert!(
+            stage4.contains(wanted),
+            "stage 4 runs without {wanted:?}: {stage4}"
+        );
+    }
+    assert!(
+        !stage4.contains("nowhere"),
+        "the ini's socket reached stage 4: {stage4}"
+    );
+    assert!(
+        server
+            .wait_for_stderr("`socket` is not used", Duration::from_secs(5))
+            .is_some()
+    );
+    drop(server);
+
+    // A value that is not a number: one sentence naming the file and key.
+    std::fs::write(&ini, "[uwsgi]\nthreads = many\n").unwrap();
+    let (status, stderr) = run_to_end(&["--ini", ini.to_str().unwrap()]);
+    assert_ne!(status, Some(0));
+    assert!(
+        stderr.contains("`threads = many`: the number of threads must be a number"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

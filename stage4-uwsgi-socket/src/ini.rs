@@ -17,8 +17,18 @@
 
 use std::path::Path;
 
-/// The flags an ini file stands for, as command-line arguments.
-pub fn to_args(path: &Path) -> Result<Vec<String>, String> {
+/// One `key = value` line of the `[uwsgi]` section: the key as a flag name
+/// (`chmod_socket` is `chmod-socket`), the value with `%d` and `%n`
+/// replaced; `None` for a switch that is on (`master = true`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Setting {
+    pub key: String,
+    pub value: Option<String>,
+}
+
+/// The settings of an ini file's `[uwsgi]` section, in the file's order;
+/// a switch that is off is left out.
+pub fn read(path: &Path) -> Result<Vec<Setting>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read the ini file {}: {e}", path.display()))?;
     let dir = std::path::absolute(path)
@@ -32,8 +42,18 @@ pub fn to_args(path: &Path) -> Result<Vec<String>, String> {
     parse(&text, &dir, &name).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn parse(text: &str, dir: &str, name: &str) -> Result<Vec<String>, String> {
+/// The flags an ini file stands for, as command-line arguments.
+pub fn to_args(path: &Path) -> Result<Vec<String>, String> {
     let mut args = Vec::new();
+    for setting in read(path)? {
+        args.push(format!("--{}", setting.key));
+        args.extend(setting.value);
+    }
+    Ok(args)
+}
+
+fn parse(text: &str, dir: &str, name: &str) -> Result<Vec<Setting>, String> {
+    let mut settings = Vec::new();
     let mut in_uwsgi = false;
     for (number, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -56,15 +76,17 @@ fn parse(text: &str, dir: &str, name: &str) -> Result<Vec<String>, String> {
         let key = key.trim().replace('_', "-");
         let value = value.trim().replace("%d", dir).replace("%n", name);
         match value.to_ascii_lowercase().as_str() {
-            "true" | "yes" | "on" | "1" if is_switch(&key) => args.push(format!("--{key}")),
-            "false" | "no" | "off" | "0" if is_switch(&key) => {}
-            _ => {
-                args.push(format!("--{key}"));
-                args.push(value);
+            "true" | "yes" | "on" | "1" if is_switch(&key) => {
+                settings.push(Setting { key, value: None })
             }
+            "false" | "no" | "off" | "0" if is_switch(&key) => {}
+            _ => settings.push(Setting {
+                key,
+                value: Some(value),
+            }),
         }
     }
-    Ok(args)
+    Ok(settings)
 }
 
 /// The flags that take no value.
@@ -94,7 +116,11 @@ chmod_socket = 660
 [other]
 module = nope
 ";
-        let args = parse(text, "/srv/site/", "app").unwrap();
+        let args: Vec<String> = parse(text, "/srv/site/", "app")
+            .unwrap()
+            .into_iter()
+            .flat_map(|s| std::iter::once(format!("--{}", s.key)).chain(s.value))
+            .collect();
         assert_eq!(
             args,
             [

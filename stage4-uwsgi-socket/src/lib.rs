@@ -9,9 +9,11 @@
 //! - [`uwsgi`]: the protocol: packets, their variables, `environ` from them,
 //!   and how the response is framed for nginx;
 //! - [`connection`]: one connection, one packet, one response;
-//! - [`router`]: the `--http` router, to try the workers without nginx.
+//! - [`router`]: the `--http` router, to try the workers without nginx;
+//! - [`ini`]: uWSGI's ini files (stage 5 reads them too).
 
 pub mod connection;
+pub mod ini;
 pub mod router;
 pub mod uwsgi;
 

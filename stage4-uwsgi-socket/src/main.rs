@@ -6,7 +6,6 @@
 //! cargo run -p stage4-uwsgi-socket -- --http 127.0.0.1:8000     # plus a router, to try it with curl
 //! ```
 
-mod ini;
 mod socket;
 
 use std::io;
@@ -18,7 +17,7 @@ use stage3_prefork::{
     Config, ExtraChild, Listeners, Master, Usr1, WorkerClass, WorkerContext, WorkerListener,
 };
 use stage4_uwsgi_socket::router::{self, Upstream};
-use stage4_uwsgi_socket::{UwsgiConfig, serve_forever_threads};
+use stage4_uwsgi_socket::{UwsgiConfig, ini, serve_forever_threads};
 use wsgi_bridge::boot;
 use wsgi_bridge::cli::{AppArgs, LimitArgs, LogArgs};
 use wsgi_bridge::embed::{AppSource, StartError};

@@ -9,6 +9,7 @@
 //! cargo run -p stage5-nginx -- --print-nginx-config  # the configuration nginx gets
 //! ```
 
+mod ini_file;
 mod relay;
 mod site;
 mod supervisor;
@@ -19,7 +20,7 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use wsgi_bridge::boot;
 use wsgi_bridge::embed::StartError;
 use wsgi_bridge::logging::{self, LogLevel};
@@ -35,9 +36,19 @@ use crate::supervisor::{Failure, Plan, Role, Supervisor};
 #[command(name = "stage5-nginx", version)]
 struct Args {
     /// The WSGI app, as MODULE:CALLABLE (e.g. apps.lab:app). Without it and
-    /// without --wsgi-file, a built-in hello app.
+    /// without --wsgi-file, a built-in hello app. A FILE.ini here is --ini.
     #[arg(value_name = "APP")]
     app: Option<String>,
+
+    /// Read the app's and its workers' settings from this uWSGI ini file
+    /// (its [uwsgi] section); the command line wins. Its socket settings
+    /// are not used: stage 5 makes the socket nginx connects to.
+    #[arg(long, value_name = "FILE")]
+    ini: Option<PathBuf>,
+
+    /// The ini file's settings that stage 5 passes to stage 4 unread.
+    #[arg(skip)]
+    stage4_flags: Vec<String>,
 
     /// Load the app from this Python file instead.
     #[arg(long, value_name = "FILE", conflicts_with = "app")]
@@ -82,7 +93,7 @@ struct Args {
     /// comma-separated or repeated): nginx spreads requests over them, and
     /// no stage 4 is started here.
     #[arg(long, value_name = "SOCKETS", value_delimiter = ',',
-          conflicts_with_all = ["app", "wsgi_file", "chdir", "pythonpath", "virtualenv", "lazy_apps"])]
+          conflicts_with_all = ["app", "wsgi_file", "chdir", "pythonpath", "virtualenv", "lazy_apps", "ini"])]
     upstream: Vec<String>,
 
     /// Kill a worker stuck on one request for more than SECS (0: never).
@@ -157,16 +168,28 @@ struct Args {
 }
 
 fn main() {
-    let args = Args::parse();
-    match run(args) {
+    let matches = Args::command().get_matches();
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    match run(args, &matches) {
         Ok(status) => std::process::exit(status),
         Err(e) => boot::exit_with(e),
     }
 }
 
-fn run(args: Args) -> Result<i32, StartError> {
+fn run(mut args: Args, matches: &clap::ArgMatches) -> Result<i32, StartError> {
     logging::init(LogLevel::Info);
     append_to_output_files();
+    // uWSGI's `uwsgi app.ini`: a bare ini file where the app would be.
+    if args.ini.is_none() && args.app.as_deref().is_some_and(|a| a.ends_with(".ini")) {
+        args.ini = args.app.take().map(PathBuf::from);
+    }
+    if let Some(path) = args.ini.clone() {
+        let from_ini = ini_file::apply(&mut args, matches, &path)?;
+        for warning in &from_ini.warnings {
+            log::warn!("{warning}");
+        }
+        args.stage4_flags = from_ini.stage4_flags;
+    }
     if args.workers == 0 {
         return Err(StartError::new("--workers must be at least 1"));
     }
@@ -515,6 +538,7 @@ fn stage4_command(bin: &Path, args: &Args, site: &Site) -> Vec<OsString> {
     if args.lazy_apps {
         cmd.push("--lazy-apps".into());
     }
+    cmd.extend(args.stage4_flags.iter().map(OsString::from));
     cmd
 }
 
