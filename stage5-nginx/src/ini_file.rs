@@ -31,7 +31,6 @@ const SOCKET_SETTINGS: &[&str] = &[
     "chmod-socket",
     "chown-socket",
     "listen",
-    "vacuum",
 ];
 
 /// What reading the file left to do: flags for stage 4 that stage 5 does
@@ -96,7 +95,9 @@ pub fn apply(args: &mut Args, matches: &ArgMatches, path: &Path) -> Result<FromI
             | "processes" | "workers" | "threads" | "harakiri" | "buffer-size"
             | "limit-request-body" => {}
             // What stage 5 runs stage 4 with anyway.
-            "master" | "enable-threads" | "die-on-term" => {}
+            // What stage 5 runs stage 4 with anyway (and its run directory,
+            // socket included, is removed at exit: uWSGI's vacuum).
+            "master" | "enable-threads" | "die-on-term" | "vacuum" => {}
             key if SOCKET_SETTINGS.contains(&key) => out.warnings.push(format!(
                 "{shown}: `{key}` is not used: stage 5 makes the socket nginx connects to"
             )),
