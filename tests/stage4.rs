@@ -472,3 +472,51 @@ fn an_ini_file_is_its_flags_and_the_command_line_wins() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn term_stops_gracefully_and_int_and_quit_stop_at_once() {
+    // uWSGI 2.0 reloaded on TERM unless --die-on-term; 2.1 stops, and so
+    // does stage 4: gracefully, the request in flight answered. INT and
+    // QUIT stop at once, as in uWSGI (and gunicorn), cutting it.
+    for (signal, graceful) in [
+        (libc::SIGTERM, true),
+        (libc::SIGINT, false),
+        (libc::SIGQUIT, false),
+    ] {
+        let (mut server, sock) = start(&format!("stop{signal}"), &[]);
+        let in_flight = {
+            let sock = sock.clone();
+            std::thread::spawn(move || {
+                uwsgi::request(&sock, "GET", "/io?ms=1500", &[("Host", "t")], b"")
+            })
+        };
+        std::thread::sleep(Duration::from_millis(400));
+        let sent = std::time::Instant::now();
+        server.signal(signal);
+        let status = server.wait_timeout(Duration::from_secs(10)).unwrap();
+        let took = sent.elapsed();
+        let answer = in_flight.join().unwrap();
+        if graceful {
+            assert_eq!(status.code(), Some(0), "TERM: {}", server.stderr_text());
+            assert_eq!(
+                answer
+                    .expect("TERM: the request in flight is answered")
+                    .status,
+                200
+            );
+        } else {
+            assert!(
+                answer.is_err(),
+                "signal {signal}: the request in flight was answered, not cut"
+            );
+            assert!(
+                took < Duration::from_millis(1000),
+                "signal {signal}: stopping took {took:?}, as long as the request"
+            );
+        }
+        assert!(
+            !sock.exists(),
+            "signal {signal}: the socket file is removed"
+        );
+    }
+}
