@@ -548,13 +548,17 @@ impl Arbiter {
         // what they accepted. (Only at a real stop: on a reload the new
         // workers share this same socket.) With --reuse-port each worker's
         // socket is its own and closes when the worker exits.
-        if let Some(listeners) = self.listeners.take() {
+        if let Some(mut listeners) = self.listeners.take() {
             if self.new_master.is_some() {
-                // A new master serves on this same socket: leave it open.
-                log::info!("The new master keeps the socket");
+                // A new master serves on these same sockets: leave them open,
+                // and their files in place.
+                log::info!("The new master keeps the sockets");
+                listeners.hand_over();
             } else {
                 listeners.stop_listening();
             }
+            // Dropped: a unix socket's file is removed (new clients get "No
+            // such file" at once), unless handed over.
         }
         let deadline = Instant::now() + limit;
         while !self.workers.is_empty() && Instant::now() < deadline {
@@ -622,14 +626,14 @@ impl Arbiter {
             log::warn!("a new master (pid:{pid}) is already running: stop this one first");
             return;
         }
-        let socket = self.listeners.as_ref().and_then(Listeners::shared_fd);
-        let (Some(relaunch), Some(socket)) = (&self.relaunch, socket) else {
+        let sockets = self.listeners.as_ref().and_then(Listeners::shared_fds);
+        let (Some(relaunch), Some(sockets)) = (&self.relaunch, sockets) else {
             log::error!(
                 "cannot upgrade: with --reuse-port each worker binds its own socket, so there is none to hand over (start the new server beside this one instead)"
             );
             return;
         };
-        match relaunch.start(socket) {
+        match relaunch.start(&sockets) {
             Ok(pid) => {
                 log::info!(
                     "New master started (pid:{pid}); stop this one (pid:{}) with TERM once it serves",

@@ -46,15 +46,16 @@ pub trait WorkerClass {
         boot::load_app_from(args, source)
     }
 
-    /// Accepts on the worker's listener and serves until `worker.stop` is
+    /// Accepts on the worker's listeners and serves until `worker.stop` is
     /// readable or the hooks ask to stop. Runs in the forked worker.
     fn serve(&self, worker: WorkerContext<'_>) -> io::Result<()>;
 }
 
 /// What the master gives a worker class, in the forked worker.
 pub struct WorkerContext<'a> {
-    /// The socket to accept on.
-    pub listener: WorkerListener,
+    /// The sockets to accept on, one per address (`-b` given more than
+    /// once), in the order given.
+    pub listeners: Vec<WorkerListener>,
     /// The app object (`module:callable`), imported in this worker or
     /// preloaded in the master.
     pub app: Py<PyAny>,
@@ -63,9 +64,8 @@ pub struct WorkerContext<'a> {
     /// How the loop reports to the master.
     pub hooks: &'a dyn WorkerHooks,
     /// What a PEP 3333 environ says about the server, but `multithread`,
-    /// which is the worker class's to say.
-    pub server_name: String,
-    pub server_port: String,
+    /// which is the worker class's to say, and `SERVER_NAME` and
+    /// `SERVER_PORT`, which each listener's address says.
     pub script_name: String,
     pub multiprocess: bool,
     /// The `Server` header.
@@ -75,11 +75,31 @@ pub struct WorkerContext<'a> {
 }
 
 impl WorkerContext<'_> {
-    /// The app wrapped for PEP 3333, as the WSGI worker classes serve it.
+    /// The app wrapped for PEP 3333, once per listener (`apps[i]` has
+    /// listener `i`'s `SERVER_NAME` and `SERVER_PORT`), as the WSGI worker
+    /// classes serve it.
+    pub fn wsgi_apps(&self, multithread: bool) -> io::Result<Vec<WsgiApp>> {
+        self.listeners
+            .iter()
+            .map(|l| self.wsgi_app_for(l, multithread))
+            .collect()
+    }
+
+    /// The app wrapped for PEP 3333, for a worker class with one listener
+    /// (stage 4's socket).
     pub fn wsgi_app(&self, multithread: bool) -> io::Result<WsgiApp> {
+        let first = self
+            .listeners
+            .first()
+            .ok_or_else(|| io::Error::other("no socket to listen on"))?;
+        self.wsgi_app_for(first, multithread)
+    }
+
+    fn wsgi_app_for(&self, listener: &WorkerListener, multithread: bool) -> io::Result<WsgiApp> {
+        let (server_name, server_port) = listener.server_name_port();
         let info = ServerInfo {
-            server_name: self.server_name.clone(),
-            server_port: self.server_port.clone(),
+            server_name,
+            server_port,
             script_name: self.script_name.clone(),
             url_scheme: "http",
             multithread,
@@ -186,7 +206,7 @@ pub(crate) fn run(spec: WorkerSpec<'_>) -> i32 {
             }
         },
     };
-    let listener = match spec.listeners.for_worker() {
+    let listeners = match spec.listeners.for_worker() {
         Ok(l) => l,
         Err(e) => {
             log::error!("cannot open the listening socket in worker {pid}: {e}");
@@ -205,14 +225,11 @@ pub(crate) fn run(spec: WorkerSpec<'_>) -> i32 {
         }
     }
 
-    let (server_name, server_port) = spec.listeners.server_name_port();
     let result = spec.worker_class.serve(WorkerContext {
-        listener,
+        listeners,
         app,
         stop: stop.as_fd(),
         hooks: &hooks,
-        server_name,
-        server_port,
         script_name: config.app.script_name(),
         multiprocess: spec.multiprocess,
         server_software: config.server_software,
