@@ -55,6 +55,9 @@ pub(crate) enum WorkerState {
     Running,
     /// Sent TERM at this moment: finishing its requests, then exiting.
     Stopping(Instant),
+    /// Silent past --timeout, sent ABRT at this moment (it exits with
+    /// status 1 at once); killed if it is still there a second later.
+    Aborted(Instant),
     /// Sent KILL: waiting to be reaped.
     Killed,
 }
@@ -176,7 +179,14 @@ impl Arbiter {
                         );
                     }
                     libc::SIGTERM => exit = Some(Exit::Graceful),
-                    _ => exit = Some(Exit::Fast), // SIGINT, SIGQUIT
+                    libc::SIGINT | libc::SIGQUIT => exit = Some(Exit::Fast),
+                    // ALRM, PROF, ...: their default action would end the
+                    // master (and leave the workers orphaned); they mean
+                    // nothing to it.
+                    other => log::warn!(
+                        "Ignoring signal: {}: it means nothing to the master",
+                        signals::short_name(other)
+                    ),
                 }
             }
             self.serve_stats();
@@ -460,9 +470,20 @@ impl Arbiter {
                             worker.pid,
                             silent as f64 / 1000.0
                         );
-                        let _ = kill(worker.pid, Signal::SIGKILL);
-                        worker.state = WorkerState::Killed;
+                        // As gunicorn: ABRT first, which the worker answers
+                        // by exiting at once (gunicorn's worker_abort hook
+                        // runs there); KILL if it cannot even do that.
+                        let _ = kill(worker.pid, Signal::SIGABRT);
+                        worker.state = WorkerState::Aborted(Instant::now());
                     }
+                }
+                WorkerState::Aborted(since) if since.elapsed() > Duration::from_secs(1) => {
+                    log::error!(
+                        "Worker (pid:{}) did not exit on ABRT: killing it",
+                        worker.pid
+                    );
+                    let _ = kill(worker.pid, Signal::SIGKILL);
+                    worker.state = WorkerState::Killed;
                 }
                 WorkerState::Stopping(since) if since.elapsed() > graceful => {
                     log::warn!(

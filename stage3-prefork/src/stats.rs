@@ -25,6 +25,7 @@ pub(crate) fn snapshot(arbiter: &Arbiter) -> Value {
                 "state": match w.state {
                     WorkerState::Running => "running",
                     WorkerState::Stopping(_) => "stopping",
+                    WorkerState::Aborted(_) => "aborted",
                     WorkerState::Killed => "killed",
                 },
                 "status": if slot.busy.load(Ordering::Relaxed) > 0 { "busy" } else { "idle" },

@@ -178,17 +178,13 @@ pub(crate) fn run(spec: WorkerSpec<'_>) -> i32 {
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
 
     let config = spec.config;
-    let stop = match boot::stop_on_signals() {
+    let stop = match install_signals() {
         Ok(stop) => stop,
         Err(e) => {
-            log::error!("{e}");
+            log::error!("cannot install the signal handlers: {e}");
             return 1;
         }
     };
-    // SIGQUIT (the master's fast stop): exit at once, mid-request or not.
-    let _ = supervise::signals::exit_at_once_on(&[libc::SIGQUIT]);
-    // SIGUSR1 (passed on by the master): reopen the access log file.
-    let _ = wsgi_bridge::logging::reopen_on_signal(libc::SIGUSR1);
     // Signals that arrived since the fork are delivered now, to these handlers.
     supervise::signals::restore(&spec.signal_mask);
     // ANCHOR_END: worker_boot
@@ -247,6 +243,51 @@ pub(crate) fn run(spec: WorkerSpec<'_>) -> i32 {
         }
     }
 }
+
+// ANCHOR: worker_signals
+/// A worker's signals, as gunicorn's workers take them. Returns the socket
+/// that becomes readable on TERM.
+fn install_signals() -> io::Result<std::os::unix::net::UnixStream> {
+    use supervise::signals;
+    // TERM (the master's graceful stop): finish the requests in hand, then
+    // exit. A second TERM exits at once.
+    let stop = signals::stop_on(&[libc::SIGTERM])?;
+    // INT and QUIT (the master's fast stop, or Ctrl-C reaching the whole
+    // process group): exit at once, mid-request or not.
+    signals::exit_at_once_on(&[libc::SIGINT, libc::SIGQUIT])?;
+    // ABRT (the master's --timeout): exit at once with status 1. The
+    // handler exits by itself, so a worker stuck in Python exits too.
+    signals::exit_at_once_with(1, &[libc::SIGABRT])?;
+    // USR1 (passed on by the master): reopen the access log file.
+    wsgi_bridge::logging::reopen_on_signal(libc::SIGUSR1)?;
+    // The master's signals mean nothing to a worker, and the rest would
+    // kill it by default: `kill -HUP` or `pkill -USR2 stage3-prefork`
+    // (which matches the workers too: they share the master's command
+    // line) must not take workers down. Ignored, with a line that says so.
+    let master = nix::unistd::getppid();
+    let mut ignored = vec![
+        libc::SIGHUP,
+        libc::SIGUSR2,
+        libc::SIGTTIN,
+        libc::SIGTTOU,
+        libc::SIGWINCH,
+    ];
+    ignored.extend(signals::unused().into_iter().filter(|&s| s != libc::SIGABRT));
+    signals::log_and_ignore(&ignored, move |signal| {
+        let name = signals::short_name(signal);
+        match signal {
+            // A terminal resized: nothing to say above debug (gunicorn's
+            // words).
+            libc::SIGWINCH => log::debug!("SIGWINCH ignored. Not applicable."),
+            libc::SIGHUP | libc::SIGUSR2 | libc::SIGTTIN | libc::SIGTTOU => log::warn!(
+                "Ignoring signal: {name}: it is the master's; send it to the master (pid {master})"
+            ),
+            _ => log::warn!("Ignoring signal: {name}: it means nothing to a worker"),
+        }
+    })?;
+    Ok(stop)
+}
+// ANCHOR_END: worker_signals
 
 /// What the app printed may still sit in Python's buffers: write it out
 /// before the process ends.
