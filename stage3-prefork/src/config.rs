@@ -211,7 +211,9 @@ impl Bind {
         let mut binds: Vec<Bind> = Vec::new();
         for text in texts {
             let bind = Bind::parse(text)?;
-            if binds.contains(&bind) {
+            // Port 0 twice is two ports, each chosen by the kernel.
+            let any_port = matches!(bind, Bind::Tcp(a) if a.port() == 0);
+            if !any_port && binds.contains(&bind) {
                 return Err(StartError::new(format!(
                     "--bind {text} is given twice: give each address once"
                 )));

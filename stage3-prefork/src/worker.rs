@@ -272,7 +272,11 @@ fn install_signals() -> io::Result<std::os::unix::net::UnixStream> {
         libc::SIGTTOU,
         libc::SIGWINCH,
     ];
-    ignored.extend(signals::unused().into_iter().filter(|&s| s != libc::SIGABRT));
+    ignored.extend(
+        signals::unused()
+            .into_iter()
+            .filter(|&s| s != libc::SIGABRT),
+    );
     signals::log_and_ignore(&ignored, move |signal| {
         let name = signals::short_name(signal);
         match signal {
