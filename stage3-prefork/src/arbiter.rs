@@ -573,7 +573,14 @@ impl Arbiter {
             if self.new_master.is_some() {
                 // A new master serves on these same sockets: leave them open,
                 // and their files in place.
-                log::info!("The new master keeps the sockets");
+                log::info!(
+                    "The new master keeps the {}",
+                    if listeners.count() == 1 {
+                        "socket"
+                    } else {
+                        "sockets"
+                    }
+                );
                 listeners.hand_over();
             } else {
                 listeners.stop_listening();

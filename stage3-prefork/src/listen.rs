@@ -110,7 +110,14 @@ impl Listeners {
             let sockets = inherited.map_err(|e| {
                 StartError::new(format!("cannot use the sockets the old master passed: {e}"))
             })?;
-            log::info!("Using the listening sockets of the master that started this one");
+            log::info!(
+                "Using the listening {} of the master that started this one",
+                if sockets.len() == 1 {
+                    "socket"
+                } else {
+                    "sockets"
+                }
+            );
             // The socket files are this server's to remove now.
             let files = sockets.iter().filter_map(unix_path).collect();
             let sockets = sockets.into_iter().map(Socket::Shared).collect();
@@ -162,6 +169,11 @@ impl Listeners {
                 },
             })
             .collect()
+    }
+
+    /// How many addresses.
+    pub fn count(&self) -> usize {
+        self.sockets.len()
     }
 
     /// Whether any TCP address has a socket per worker (`--reuse-port`).
