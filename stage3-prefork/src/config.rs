@@ -193,7 +193,12 @@ impl Bind {
                     "--bind {text}: give the socket file's path, e.g. unix:/tmp/app.sock"
                 )));
             }
-            return Ok(Bind::Unix(PathBuf::from(path)));
+            // Relative to where the server was started: the master changes
+            // to --chdir before it binds.
+            let path = std::env::current_dir()
+                .map(|cwd| cwd.join(path))
+                .unwrap_or_else(|_| PathBuf::from(path));
+            return Ok(Bind::Unix(path));
         }
         match text.strip_prefix("fd://") {
             Some(n) => n.parse().map(Bind::Fd).map_err(|_| {

@@ -166,7 +166,7 @@ impl SignalQueue {
 /// handler once the child unblocks it.
 pub fn block_all() -> SigSet {
     let mut set = SigSet::empty();
-    for signal in HANDLED {
+    for signal in HANDLED.into_iter().chain(unused()) {
         if let Ok(s) = Signal::try_from(signal) {
             set.add(s);
         }
