@@ -106,22 +106,8 @@ impl Listeners {
     pub fn open(binds: Vec<Bind>, reuse_port: bool) -> Result<Listeners, StartError> {
         // Started by an old master's USR2: its sockets, not new ones (the
         // addresses are taken, by those very sockets).
-        if let Some(inherited) = crate::upgrade::inherited_sockets() {
-            let sockets = inherited.map_err(|e| {
-                StartError::new(format!("cannot use the sockets the old master passed: {e}"))
-            })?;
-            log::info!(
-                "Using the listening {} of the master that started this one",
-                if sockets.len() == 1 {
-                    "socket"
-                } else {
-                    "sockets"
-                }
-            );
-            // The socket files are this server's to remove now.
-            let files = sockets.iter().filter_map(unix_path).collect();
-            let sockets = sockets.into_iter().map(Socket::Shared).collect();
-            return Ok(Listeners::new(sockets, files));
+        if let Some(inherited) = Listeners::inherited() {
+            return inherited;
         }
         // Filled as addresses are bound: if one fails, dropping it removes
         // the socket files already made.
@@ -150,6 +136,33 @@ impl Listeners {
             listeners.sockets.push(socket);
         }
         Ok(listeners)
+    }
+
+    /// The sockets an old master handed over with USR2, if this master was
+    /// started that way; `None` otherwise. (Stage 4 asks before it binds
+    /// its `--socket`.)
+    pub fn inherited() -> Option<Result<Listeners, StartError>> {
+        let inherited = crate::upgrade::inherited_sockets()?;
+        let sockets = match inherited {
+            Ok(sockets) => sockets,
+            Err(e) => {
+                return Some(Err(StartError::new(format!(
+                    "cannot use the sockets the old master passed: {e}"
+                ))));
+            }
+        };
+        log::info!(
+            "Using the listening {} of the master that started this one",
+            if sockets.len() == 1 {
+                "socket"
+            } else {
+                "sockets"
+            }
+        );
+        // The socket files are this server's to remove now.
+        let files = sockets.iter().filter_map(unix_path).collect();
+        let sockets = sockets.into_iter().map(Socket::Shared).collect();
+        Some(Ok(Listeners::new(sockets, files)))
     }
 
     /// The addresses in the banner's form, one per socket:

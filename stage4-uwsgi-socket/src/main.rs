@@ -314,6 +314,10 @@ fn run(args: Args) -> Result<i32, StartError> {
         .as_deref()
         .map(socket::owner)
         .transpose()?;
+    // Started by an old master's USR2: its socket, already bound.
+    if let Some(inherited) = Listeners::inherited() {
+        return master.run(|| inherited);
+    }
     match socket {
         SocketSpec::Tcp(addr) => master.run(|| {
             let listener = boot::bind_tcp_as(addr, "--socket")?;
