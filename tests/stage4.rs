@@ -407,8 +407,12 @@ fn threads_overlap_sleeping_requests() {
         ],
     )
     .expect("stage 4 starts");
+    // The banner's next line, which may still be on its way when
+    // `Listening at:` has arrived.
     assert!(
-        server.stderr_text().contains("4 threads each"),
+        server
+            .wait_for_stderr("4 threads each", Duration::from_secs(10))
+            .is_some(),
         "{}",
         server.stderr_text()
     );

@@ -14,7 +14,10 @@
 //!   [`SignalQueue`];
 //! - a server that only needs to be told to stop (stages 1 and 2, each
 //!   worker process): [`stop_on_signals`] and [`stop_requested`];
-//! - a process that should die at once on a signal: [`exit_at_once_on`].
+//! - a process that should die at once on a signal: [`exit_at_once_on`];
+//! - the signals nobody here uses ([`unused`]), whose default action would
+//!   kill the process: a supervisor gets them from its queue and logs
+//!   them, a worker logs them on a thread ([`log_and_ignore`]).
 
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
