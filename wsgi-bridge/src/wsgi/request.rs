@@ -185,21 +185,44 @@ fn unix_socket_server(
     else {
         return Ok(());
     };
-    let host = String::from_utf8_lossy(host);
     let https = forwarded.is_some_and(|said| said.https);
-    // The port follows the last ':', unless that ':' is inside an IPv6
-    // literal (`[::1]`).
-    let split = host
-        .rsplit_once(':')
-        .filter(|(name, _)| !name.starts_with('[') || name.ends_with(']'));
-    let (name, port) = match split {
-        Some((name, port)) => (name.to_string(), port.to_string()),
-        None => (
-            host.to_string(),
-            if https { "443" } else { "80" }.to_string(),
-        ),
-    };
+    let host = String::from_utf8_lossy(host);
+    let (name, port) = host_and_port(&host, https);
     env.set_item(pyo3::intern!(py, "SERVER_NAME"), name)?;
     env.set_item(pyo3::intern!(py, "SERVER_PORT"), port)?;
     Ok(())
+}
+
+/// A `Host` header's name and port; the scheme's port when it names none.
+fn host_and_port(host: &str, https: bool) -> (&str, &str) {
+    // The port follows the last ':', unless that ':' is inside an IPv6
+    // literal (`[::1]`).
+    match host
+        .rsplit_once(':')
+        .filter(|(name, _)| !name.starts_with('[') || name.ends_with(']'))
+    {
+        Some((name, port)) => (name, port),
+        None => (host, if https { "443" } else { "80" }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_and_port;
+
+    #[test]
+    fn host_header_forms() {
+        assert_eq!(
+            host_and_port("example.com:8080", false),
+            ("example.com", "8080")
+        );
+        assert_eq!(host_and_port("example.com", false), ("example.com", "80"));
+        assert_eq!(host_and_port("example.com", true), ("example.com", "443"));
+        assert_eq!(host_and_port("[::1]:8000", false), ("[::1]", "8000"));
+        assert_eq!(host_and_port("[::1]", false), ("[::1]", "80"));
+        assert_eq!(
+            host_and_port("[2001:db8::1:5]", false),
+            ("[2001:db8::1:5]", "80")
+        );
+    }
 }
