@@ -891,3 +891,18 @@ fn cargo_run_p_starts_every_stage() {
     assert_eq!(stages, 6, "six stage packages");
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+#[test]
+fn no_page_shows_a_developers_checkout() {
+    // Outputs pasted from a run show the path of the tree they ran in; the
+    // book shows a reader's (/home/student/wsgi-course), never ours.
+    let mut found = Vec::new();
+    for chapter in markdown_files(&book_src()) {
+        for (n, line) in read(&chapter).lines().enumerate() {
+            if line.contains("/work/main/") || line.contains("/work/wt-") {
+                found.push(format!("{}:{}: {line}", shown(&chapter), n + 1));
+            }
+        }
+    }
+    assert!(found.is_empty(), "{}", found.join("\n"));
+}

@@ -407,11 +407,11 @@ fn threads_overlap_sleeping_requests() {
         ],
     )
     .expect("stage 4 starts");
-    // The worker class is named on the line after `Listening at`, which
-    // the harness may not have read yet: wait for it.
+    // The banner's next line, which may still be on its way when
+    // `Listening at:` has arrived.
     assert!(
         server
-            .wait_for_stderr("4 threads each", Duration::from_secs(5))
+            .wait_for_stderr("4 threads each", Duration::from_secs(10))
             .is_some(),
         "{}",
         server.stderr_text()
@@ -519,4 +519,49 @@ fn term_stops_gracefully_and_int_and_quit_stop_at_once() {
             "signal {signal}: the socket file is removed"
         );
     }
+}
+
+#[test]
+fn usr2_hands_the_unix_socket_to_a_new_master() {
+    // Stage 3's upgrade on the fly, with stage 4's socket: the new master
+    // takes the socket the old one passed instead of binding (the path is
+    // taken, by that very socket), and the file outlives the old master.
+    let pid_file = socket_path("usr2").with_extension("pid");
+    let pid_text = pid_file.to_str().unwrap().to_string();
+    let (mut old, sock) = start("usr2", &["--pidfile", &pid_text]);
+    old.signal(libc::SIGUSR2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut new = 0u32;
+    while new == 0 || new == old.pid() {
+        assert!(std::time::Instant::now() < deadline, "no new master");
+        std::thread::sleep(Duration::from_millis(50));
+        new = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+    }
+    while procs::children(new).len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no new workers");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    old.signal(libc::SIGTERM);
+    assert_eq!(
+        old.wait_timeout(Duration::from_secs(10)).unwrap().code(),
+        Some(0)
+    );
+    assert!(
+        sock.exists(),
+        "the old master leaves the new one's socket file"
+    );
+    let r = uwsgi::request(&sock, "GET", "/pid", &[("Host", "t")], b"").unwrap();
+    let worker: u32 = r.text().trim().parse().unwrap();
+    assert!(procs::children(new).contains(&worker));
+    // SAFETY: kill(2) on the master this test caused to start.
+    unsafe { libc::kill(new as i32, libc::SIGTERM) };
+    while procs::alive(new) {
+        assert!(std::time::Instant::now() < deadline + Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!sock.exists(), "the new master removes the file at exit");
+    let _ = std::fs::remove_file(&pid_file);
 }

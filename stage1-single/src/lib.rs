@@ -6,12 +6,12 @@
 //! of its worker processes (gunicorn's `sync` worker).
 
 use std::io;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use wsgi_bridge::conn::Stream;
+use wsgi_bridge::conn::{Listener, Stream};
 use wsgi_bridge::hooks::WorkerHooks;
 use wsgi_bridge::http::request::Limits;
 use wsgi_bridge::serve::{HttpConnection, Next};
@@ -39,82 +39,125 @@ pub fn serve_forever(
     stop: BorrowedFd<'_>,
     hooks: &dyn WorkerHooks,
 ) -> io::Result<()> {
-    accept_loop(
-        listener.as_fd(),
+    let listener = Listener::Tcp(listener.try_clone()?);
+    serve_all(
+        std::slice::from_ref(&listener),
+        std::slice::from_ref(app),
+        config,
         stop,
         hooks,
-        || listener.accept(),
+    )
+}
+
+/// [`serve_forever`] on several listening sockets at once (stage 3 with
+/// `-b` given more than once, or `-b unix:PATH`), each with the app as seen
+/// through it (`apps[i]` has listener `i`'s `SERVER_NAME` and `SERVER_PORT`).
+pub fn serve_all(
+    listeners: &[Listener],
+    apps: &[WsgiApp],
+    config: &SyncConfig,
+    stop: BorrowedFd<'_>,
+    hooks: &dyn WorkerHooks,
+) -> io::Result<()> {
+    let fds: Vec<BorrowedFd<'_>> = listeners.iter().map(AsFd::as_fd).collect();
+    accept_loop(
+        &fds,
+        stop,
+        hooks,
+        |i| listeners[i].accept().map(|connection| (i, connection)),
         // While this connection is served, nobody else is: the lesson of stage 1.
-        |(stream, addr)| serve_connection(stream, addr, app, config, stop, hooks),
+        |(i, (stream, peer))| serve_connection(stream, peer, &apps[i], config, stop, hooks),
     )
 }
 
 /// The loop of a worker that serves one connection at a time, whatever the
-/// protocol: take a waiting connection with `accept` and `serve` it to the
-/// end; when none is waiting, sleep until one arrives (or `stop` is
-/// readable). `serve` returns `false` to stop. Stage 4 runs it with uwsgi
-/// connections on a unix socket.
+/// protocol: take a waiting connection with `accept(i)` (from listener
+/// `i`) and `serve` it to the end; when none is waiting, sleep until one
+/// arrives on any listener (or `stop` is readable), as gunicorn's sync
+/// worker waits on all of them with `select`. `serve` returns `false` to
+/// stop. Stage 4 runs it with uwsgi connections on a unix socket.
 pub fn accept_loop<C>(
-    listener: BorrowedFd<'_>,
+    listeners: &[BorrowedFd<'_>],
     stop: BorrowedFd<'_>,
     hooks: &dyn WorkerHooks,
-    mut accept: impl FnMut() -> io::Result<C>,
+    mut accept: impl FnMut(usize) -> io::Result<C>,
     mut serve: impl FnMut(C) -> bool,
 ) -> io::Result<()> {
     // Non-blocking, so that `accept` with nobody waiting (or a wake-up for a
     // connection another process took first, in stage 3) returns instead
     // of blocking.
-    set_nonblocking(listener)?;
-    // Whether `poll` just said a connection was waiting.
-    let mut woken = false;
+    for fd in listeners {
+        set_nonblocking(*fd)?;
+    }
+    // Whether `poll` just said a connection was waiting on each listener.
+    let mut woken = vec![false; listeners.len()];
+    // The listener asked first on the next turn: they take turns, so a busy
+    // one cannot keep another's clients waiting.
+    let mut first = 0;
     loop {
         hooks.heartbeat();
         // Accept first, as gunicorn's sync worker does: under load the next
         // client is already queued, and asking `poll` first would cost a
         // system call per request to learn what `accept` tells anyway.
-        match accept() {
-            Ok(connection) => {
-                woken = false;
-                // Busy, the loop does not poll the stop pipe: the signal
-                // handler's flag tells, without a system call.
-                if !serve(connection) || wsgi_bridge::boot::stop_requested() {
-                    return Ok(());
+        let mut again = false;
+        for turn in 0..listeners.len() {
+            let i = (first + turn) % listeners.len();
+            match accept(i) {
+                Ok(connection) => {
+                    woken.fill(false);
+                    first = (i + 1) % listeners.len();
+                    // Busy, the loop does not poll the stop pipe: the signal
+                    // handler's flag tells, without a system call.
+                    if !serve(connection) || wsgi_bridge::boot::stop_requested() {
+                        return Ok(());
+                    }
+                    again = true;
+                    break;
                 }
-                continue;
-            }
-            // Nobody waiting. After a wake-up, another process was faster.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if woken {
-                    hooks.accept_missed();
+                // Nobody waiting. After a wake-up, another process was faster.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if woken[i] {
+                        hooks.accept_missed();
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    again = true;
+                    break;
+                }
+                // The listening socket was shut down: stage 3's master does
+                // that when it stops, so that new clients are refused at once.
+                // This worker can take no more connections; its TERM is on
+                // the way.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(()),
+                // Out of file descriptors, or a connection reset before we
+                // took it: not a reason to stop serving.
+                Err(e) => {
+                    log::warn!("accept failed: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            // The listening socket was shut down: stage 3's master does that
-            // when it stops, so that new clients are refused at once. This
-            // worker can take no more connections; its TERM is on the way.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(()),
-            // Out of file descriptors, or a connection reset before we took it:
-            // not a reason to stop serving.
-            Err(e) => {
-                log::warn!("accept failed: {e}");
-                std::thread::sleep(Duration::from_millis(10));
-            }
+        }
+        if again {
+            continue;
         }
         // Sleep until a client connects or we are told to stop; wake up
         // every second anyway to send the heartbeat.
-        let mut fds = [
-            PollFd::new(listener, PollFlags::POLLIN),
-            PollFd::new(stop, PollFlags::POLLIN),
-        ];
+        let mut fds: Vec<PollFd<'_>> = listeners
+            .iter()
+            .map(|fd| PollFd::new(*fd, PollFlags::POLLIN))
+            .collect();
+        fds.push(PollFd::new(stop, PollFlags::POLLIN));
         match poll(&mut fds, PollTimeout::from(1000u16)) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e.into()),
         }
-        if is_readable(&fds[1]) {
+        if is_readable(&fds[listeners.len()]) {
             return Ok(());
         }
-        woken = is_readable(&fds[0]);
+        for (i, fd) in fds[..listeners.len()].iter().enumerate() {
+            woken[i] = is_readable(fd);
+        }
     }
 }
 
@@ -130,27 +173,25 @@ fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
 /// Serves every request of one connection. Returns `false` when the hooks
 /// asked the worker to stop.
 pub fn serve_connection(
-    stream: TcpStream,
-    addr: std::net::SocketAddr,
+    stream: Stream,
+    peer: Peer,
     app: &WsgiApp,
     config: &SyncConfig,
     stop: BorrowedFd<'_>,
     hooks: &dyn WorkerHooks,
 ) -> bool {
     // Small responses go out at once instead of waiting (Nagle's algorithm)
-    // for more data that will never come. These are set on each accepted
-    // socket, not once on the listener (which Linux would copy into every
-    // accepted socket): a connection accepted by the kernel before the
-    // listener had them would have no timeout, and could hold the one
-    // thread for ever.
-    let _ = stream.set_nodelay(true);
+    // for more data that will never come (TCP only: a unix socket has no
+    // such delay). These are set on each accepted socket, not once on the
+    // listener (which Linux would copy into every accepted TCP socket): a
+    // connection accepted by the kernel before the listener had them would
+    // have no timeout, and could hold the one thread for ever.
+    if let Stream::Tcp(tcp) = &stream {
+        let _ = tcp.set_nodelay(true);
+    }
     let _ = stream.set_read_timeout(Some(config.timeout));
     let _ = stream.set_write_timeout(Some(config.timeout));
-    let peer = Peer {
-        addr: addr.ip().to_string(),
-        port: addr.port().to_string(),
-    };
-    let mut conn = HttpConnection::new(Stream::Tcp(stream), peer);
+    let mut conn = HttpConnection::new(stream, peer);
     // A request head gets --timeout in all, not per read: a client that
     // sends a byte now and then would otherwise hold the only thread.
     conn.limit_head_time(config.timeout);

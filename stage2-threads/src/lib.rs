@@ -39,7 +39,7 @@
 
 use std::io;
 use std::mem;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
-use wsgi_bridge::conn::Stream;
+use wsgi_bridge::conn::{Listener, Stream};
 use wsgi_bridge::hooks::WorkerHooks;
 use wsgi_bridge::http::request::Limits;
 use wsgi_bridge::serve::{Arrived, HttpConnection};
@@ -80,6 +80,8 @@ pub struct ThreadConfig {
 struct Job {
     slot: usize,
     conn: HttpConnection,
+    /// The listener it came through: which of `Shared::apps` serves it.
+    origin: usize,
 }
 
 /// A connection on its way back: `None` if the pool closed it.
@@ -90,7 +92,9 @@ struct Done {
 
 /// What the main thread and the pool threads share.
 struct Shared<'a> {
-    app: &'a WsgiApp,
+    /// The app as seen through each listener (its `SERVER_NAME` and
+    /// `SERVER_PORT`), in the listeners' order.
+    apps: &'a [WsgiApp],
     config: &'a ThreadConfig,
     hooks: &'a dyn WorkerHooks,
     /// Jobs: the main thread pushes, every pool thread takes (see
@@ -109,11 +113,13 @@ struct Shared<'a> {
     stopping: AtomicBool,
 }
 
-const LISTENER: Token = Token(0);
 const STOP: Token = Token(1);
 const WAKER: Token = Token(2);
 /// Connection `i` of the table is registered as token `FIRST_CONN + i`.
 const FIRST_CONN: usize = 3;
+/// Listener `i` is registered as token `LISTENERS + i`, far above any
+/// connection's.
+const LISTENERS: usize = usize::MAX / 2;
 
 /// The main loop wakes up at least this often, to prove it is alive
 /// (`hooks.heartbeat()`) even when nothing happens.
@@ -135,9 +141,32 @@ pub fn serve_forever(
     stop: BorrowedFd<'_>,
     hooks: &dyn WorkerHooks,
 ) -> io::Result<()> {
+    let listener = Listener::Tcp(listener.try_clone()?);
+    serve_all(
+        std::slice::from_ref(&listener),
+        std::slice::from_ref(app),
+        config,
+        stop,
+        hooks,
+    )
+}
+
+/// [`serve_forever`] on several listening sockets (stage 3 with `-b` given
+/// more than once, or `-b unix:PATH`): the poller watches them all, as
+/// gunicorn's gthread worker registers every listener with its poller.
+/// `apps[i]` serves the connections of `listeners[i]`.
+pub fn serve_all(
+    listeners: &[Listener],
+    apps: &[WsgiApp],
+    config: &ThreadConfig,
+    stop: BorrowedFd<'_>,
+    hooks: &dyn WorkerHooks,
+) -> io::Result<()> {
     // Non-blocking: the loop accepts until the kernel says "no more"
     // (WouldBlock), and in stage 3 another process may take a connection first.
-    listener.set_nonblocking(true)?;
+    for listener in listeners {
+        listener.set_nonblocking(true)?;
+    }
     // With --trace: a thread that watches who holds the GIL.
     if wsgi_bridge::trace::enabled() {
         pyo3::Python::attach(wsgi_bridge::trace::start_gil_sampler);
@@ -147,7 +176,7 @@ pub fn serve_forever(
     let registry = poll.registry().try_clone()?;
     let (done_tx, done_rx) = mpsc::channel();
     let shared = Shared {
-        app,
+        apps,
         config,
         hooks,
         jobs: pool::JobQueue::new(),
@@ -169,7 +198,7 @@ pub fn serve_forever(
                 .name(format!("pool-{i}"))
                 .spawn_scoped(scope, move || pool::run(shared))?;
         }
-        let mut main = MainLoop::new(poll, listener, &shared, done_rx);
+        let mut main = MainLoop::new(poll, listeners, &shared, done_rx);
         main.run(stop)
     })
 }
@@ -196,11 +225,13 @@ enum ConnEntry {
 /// The main thread: a poller and the table of open connections.
 struct MainLoop<'a> {
     poll: Poll,
-    listener: &'a TcpListener,
+    listeners: &'a [Listener],
     shared: &'a Shared<'a>,
     done: Receiver<Done>,
     /// Open connections, by slot; `free` lists the free slots to reuse.
     slots: Vec<ConnEntry>,
+    /// The listener each slot's connection came through.
+    origins: Vec<usize>,
     free: Vec<usize>,
     /// Connections open (idle + busy), and how many of them the pool has.
     open: usize,
@@ -209,8 +240,11 @@ struct MainLoop<'a> {
     accepting: bool,
     /// An accept failed for lack of resources (file descriptors): try again soon.
     retry_accept: bool,
-    /// One connection was taken on the last turn; more may be waiting.
-    more_to_accept: bool,
+    /// One connection was taken from listener `i` on the last turn; more
+    /// may be waiting there.
+    more_to_accept: Vec<bool>,
+    /// The poller said listener `i` has a connection waiting.
+    woke: Vec<bool>,
     /// The earliest deadline of an idle connection (maybe one since handed
     /// to the pool: then the sweep finds nothing, which is harmless).
     next_expiry: Option<Instant>,
@@ -220,22 +254,24 @@ struct MainLoop<'a> {
 impl<'a> MainLoop<'a> {
     fn new(
         poll: Poll,
-        listener: &'a TcpListener,
+        listeners: &'a [Listener],
         shared: &'a Shared<'a>,
         done: Receiver<Done>,
     ) -> MainLoop<'a> {
         MainLoop {
             poll,
-            listener,
+            listeners,
             shared,
             done,
             slots: Vec::new(),
+            origins: Vec::new(),
             free: Vec::new(),
             open: 0,
             busy: 0,
             accepting: false,
             retry_accept: false,
-            more_to_accept: false,
+            more_to_accept: vec![false; listeners.len()],
+            woke: vec![false; listeners.len()],
             next_expiry: None,
             last_beat: Instant::now(),
         }
@@ -253,10 +289,10 @@ impl<'a> MainLoop<'a> {
         loop {
             self.heartbeat();
             self.wait(&mut events, self.poll_timeout())?;
-            let mut listener_woke = false;
+            self.woke.fill(false);
             for event in &events {
                 match event.token() {
-                    LISTENER => listener_woke = true,
+                    Token(t) if t >= LISTENERS => self.woke[t - LISTENERS] = true,
                     // A signal arrived: leave the loop below.
                     STOP => self.shared.stopping.store(true, Ordering::Relaxed),
                     // A pool thread finished: its connections are taken below.
@@ -265,9 +301,11 @@ impl<'a> MainLoop<'a> {
                     Token(t) => self.readable(t - FIRST_CONN),
                 }
             }
-            if listener_woke || self.more_to_accept || self.retry_accept {
-                self.retry_accept = false;
-                self.accept_one(listener_woke);
+            let retry = mem::take(&mut self.retry_accept);
+            for i in 0..self.listeners.len() {
+                if self.woke[i] || self.more_to_accept[i] || retry {
+                    self.accept_one(i, self.woke[i]);
+                }
             }
             self.take_back_finished();
             self.close_expired(Instant::now());
@@ -297,7 +335,7 @@ impl<'a> MainLoop<'a> {
         if self.retry_accept {
             timeout = Duration::from_millis(10);
         }
-        if self.more_to_accept {
+        if self.more_to_accept.contains(&true) {
             // Connections may be waiting: just look at the other events.
             timeout = Duration::ZERO;
         }
@@ -317,24 +355,27 @@ impl<'a> MainLoop<'a> {
         }
     }
 
-    /// Starts or stops watching the listener. At `--worker-connections`
+    /// Starts or stops watching the listeners. At `--worker-connections`
     /// open connections the server stops accepting: new clients wait in the
     /// kernel's backlog until a connection closes.
     fn listen(&mut self, on: bool) {
         if on == self.accepting {
             return;
         }
-        let mut source = SourceFd(&self.listener.as_raw_fd());
         let registry = self.poll.registry();
-        let result = if on {
-            registry.register(&mut source, LISTENER, Interest::READABLE)
-        } else {
-            registry.deregister(&mut source)
-        };
-        match result {
-            Ok(()) => self.accepting = on,
-            Err(e) => log::error!("cannot change the listener's registration: {e}"),
+        for (i, listener) in self.listeners.iter().enumerate() {
+            let mut source = SourceFd(&listener.as_raw_fd());
+            let result = if on {
+                registry.register(&mut source, Token(LISTENERS + i), Interest::READABLE)
+            } else {
+                registry.deregister(&mut source)
+            };
+            if let Err(e) = result {
+                log::error!("cannot change the listener's registration: {e}");
+                return;
+            }
         }
+        self.accepting = on;
     }
 
     /// Takes one waiting connection. One per turn of the loop, not all of
@@ -354,8 +395,8 @@ impl<'a> MainLoop<'a> {
     /// connections it has (nginx's `accept_mutex_delay` in miniature): the
     /// least loaded worker tends to take the next one. Connections that do
     /// not stay (`--keep-alive 0`) are spread by the races themselves.
-    fn accept_one(&mut self, woken: bool) {
-        self.more_to_accept = false;
+    fn accept_one(&mut self, i: usize, woken: bool) {
+        self.more_to_accept[i] = false;
         let config = self.shared.config;
         if !config.keep_alive.is_zero() && self.open >= config.threads {
             let over = (self.open + 1 - config.threads).min(10) as u32;
@@ -370,10 +411,10 @@ impl<'a> MainLoop<'a> {
                 self.listen(false);
                 return;
             }
-            match self.listener.accept() {
-                Ok((stream, addr)) => {
-                    self.add(stream, addr);
-                    self.more_to_accept = true;
+            match self.listeners[i].accept() {
+                Ok((stream, peer)) => {
+                    self.add(stream, peer, i);
+                    self.more_to_accept[i] = true;
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -410,7 +451,7 @@ impl<'a> MainLoop<'a> {
     }
 
     /// A new connection: set it up and watch it until its first request arrives.
-    fn add(&mut self, stream: TcpStream, addr: SocketAddr) {
+    fn add(&mut self, stream: Stream, peer: Peer, origin: usize) {
         // Blocking, with timeouts, is how the pool threads read and write
         // (the listener is non-blocking, and on some systems accepted
         // sockets inherit that). See `watch` for why mio does not mind.
@@ -419,24 +460,24 @@ impl<'a> MainLoop<'a> {
             .and_then(|()| stream.set_read_timeout(Some(self.shared.config.timeout)))
             .and_then(|()| stream.set_write_timeout(Some(self.shared.config.timeout)));
         if let Err(e) = setup {
-            log::warn!("cannot set up the connection from {addr}: {e}");
+            log::warn!("cannot set up the connection from {}: {e}", peer.addr);
             return;
         }
         // Small responses go out at once instead of waiting (Nagle's
         // algorithm) for more data that will never come.
-        let _ = stream.set_nodelay(true);
-        let peer = Peer {
-            addr: addr.ip().to_string(),
-            port: addr.port().to_string(),
-        };
-        let mut conn = HttpConnection::new(Stream::Tcp(stream), peer);
+        if let Stream::Tcp(tcp) = &stream {
+            let _ = tcp.set_nodelay(true);
+        }
+        let mut conn = HttpConnection::new(stream, peer);
         // A pool thread that reads a head (one that arrived while it served
         // the previous request) gives it --timeout in all, not per read.
         conn.limit_head_time(self.shared.config.timeout);
         let slot = self.free.pop().unwrap_or_else(|| {
             self.slots.push(ConnEntry::Free);
+            self.origins.push(0);
             self.slots.len() - 1
         });
+        self.origins[slot] = origin;
         self.open += 1;
         // A new client gets the full --timeout to send its first request,
         // as in stage 1; between requests, --keep-alive applies.
@@ -534,7 +575,8 @@ impl<'a> MainLoop<'a> {
             .registry()
             .reregister(&mut SourceFd(&fd), token, Interest::PRIORITY);
         self.busy += 1;
-        self.shared.jobs.push(Job { slot, conn });
+        let origin = self.origins[slot];
+        self.shared.jobs.push(Job { slot, conn, origin });
     }
 
     /// Takes back the connections the pool finished with. One that stays

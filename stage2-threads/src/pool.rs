@@ -7,6 +7,7 @@ use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use pyo3::Python;
 use wsgi_bridge::serve::{HttpConnection, Next};
+use wsgi_bridge::wsgi::call::WsgiApp;
 
 use std::os::fd::AsRawFd;
 
@@ -28,10 +29,16 @@ pub(crate) fn run(shared: &Shared<'_>) {
 fn serve_jobs(shared: &Shared<'_>) {
     loop {
         // `None` means the main loop has ended: so does the thread.
-        let Some(Job { slot, mut conn }) = shared.jobs.pop() else {
+        let Some(Job {
+            slot,
+            mut conn,
+            origin,
+        }) = shared.jobs.pop()
+        else {
             return;
         };
-        let keep = serve(shared, &mut conn) && watch_again(shared, slot, &conn);
+        let keep =
+            serve(shared, &shared.apps[origin], &mut conn) && watch_again(shared, slot, &conn);
         let _ = shared.done.send(Done {
             slot,
             conn: keep.then_some(conn),
@@ -146,7 +153,7 @@ fn watch_again(shared: &Shared<'_>, slot: usize, conn: &HttpConnection) -> bool 
 
 /// Serves the request waiting on `conn`, and any pipelined after it.
 /// Returns whether the connection stays open.
-fn serve(shared: &Shared<'_>, conn: &mut HttpConnection) -> bool {
+fn serve(shared: &Shared<'_>, app: &WsgiApp, conn: &mut HttpConnection) -> bool {
     let config = shared.config;
     loop {
         let keep_alive = !config.keep_alive.is_zero() && !shared.stopping.load(Ordering::Relaxed);
@@ -154,7 +161,7 @@ fn serve(shared: &Shared<'_>, conn: &mut HttpConnection) -> bool {
         // only to build environ, call the app and pull each body chunk (see
         // wsgi_bridge::wsgi::call). A panic must not cost the pool a thread.
         let next = catch_unwind(AssertUnwindSafe(|| {
-            conn.serve_one(shared.app, &config.limits, keep_alive, shared.hooks)
+            conn.serve_one(app, &config.limits, keep_alive, shared.hooks)
         }))
         .unwrap_or(Next::Close);
         if shared.hooks.should_stop() {

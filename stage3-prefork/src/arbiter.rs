@@ -59,8 +59,9 @@ pub(crate) enum WorkerState {
     Running,
     /// Sent TERM at this moment: finishing its requests, then exiting.
     Stopping(Instant),
-    /// Sent ABRT at this moment (`--timeout`, with a `worker_abort` hook to
-    /// run): sent KILL if it has not exited [`ABORT_GRACE`] later.
+    /// Silent past --timeout, sent ABRT at this moment: it exits at once
+    /// with status 1 (after the configuration file's worker_abort hook, if
+    /// there is one); sent KILL if it is still there [`ABORT_GRACE`] later.
     Aborted(Instant),
     /// Sent KILL: waiting to be reaped.
     Killed,
@@ -201,7 +202,14 @@ impl Arbiter {
                         );
                     }
                     libc::SIGTERM => exit = Some(Exit::Graceful),
-                    _ => exit = Some(Exit::Fast), // SIGINT, SIGQUIT
+                    libc::SIGINT | libc::SIGQUIT => exit = Some(Exit::Fast),
+                    // ALRM, PROF, ...: their default action would end the
+                    // master (and leave the workers orphaned); they mean
+                    // nothing to it.
+                    other => log::warn!(
+                        "Ignoring signal: {}: it means nothing to the master",
+                        signals::short_name(other)
+                    ),
                 }
             }
             self.serve_stats();
@@ -502,11 +510,6 @@ impl Arbiter {
     /// can take its place. Workers slow to finish a graceful stop too.
     fn kill_hung_workers(&mut self) {
         let graceful = self.config.graceful_timeout;
-        let abort_first = self
-            .config
-            .hooks
-            .as_ref()
-            .is_some_and(|h| h.has("worker_abort"));
         for worker in &mut self.workers {
             match worker.state {
                 WorkerState::Running => {
@@ -520,21 +523,16 @@ impl Arbiter {
                             worker.pid,
                             silent as f64 / 1000.0
                         );
-                        if abort_first {
-                            // gunicorn's way: ABRT first, so that the worker
-                            // runs the configuration file's worker_abort hook;
-                            // KILL if it is still there a moment later.
-                            let _ = kill(worker.pid, Signal::SIGABRT);
-                            worker.state = WorkerState::Aborted(Instant::now());
-                        } else {
-                            let _ = kill(worker.pid, Signal::SIGKILL);
-                            worker.state = WorkerState::Killed;
-                        }
+                        // As gunicorn: ABRT first, which the worker answers
+                        // by exiting at once (after the worker_abort hook of
+                        // a configuration file); KILL if it cannot even do that.
+                        let _ = kill(worker.pid, Signal::SIGABRT);
+                        worker.state = WorkerState::Aborted(Instant::now());
                         worker.timed_out = true;
                     }
                 }
                 WorkerState::Aborted(since) if since.elapsed() > ABORT_GRACE => {
-                    log::warn!(
+                    log::error!(
                         "Worker (pid:{}) still there {} s after ABRT: killing it",
                         worker.pid,
                         ABORT_GRACE.as_secs()
@@ -642,13 +640,24 @@ impl Arbiter {
         // what they accepted. (Only at a real stop: on a reload the new
         // workers share this same socket.) With --reuse-port each worker's
         // socket is its own and closes when the worker exits.
-        if let Some(listeners) = self.listeners.take() {
+        if let Some(mut listeners) = self.listeners.take() {
             if self.new_master.is_some() {
-                // A new master serves on this same socket: leave it open.
-                log::info!("The new master keeps the socket");
+                // A new master serves on these same sockets: leave them open,
+                // and their files in place.
+                log::info!(
+                    "The new master keeps the {}",
+                    if listeners.count() == 1 {
+                        "socket"
+                    } else {
+                        "sockets"
+                    }
+                );
+                listeners.hand_over();
             } else {
                 listeners.stop_listening();
             }
+            // Dropped: a unix socket's file is removed (new clients get "No
+            // such file" at once), unless handed over.
         }
         let deadline = Instant::now() + limit;
         while !self.workers.is_empty() && Instant::now() < deadline {
@@ -719,8 +728,8 @@ impl Arbiter {
             log::warn!("a new master (pid:{pid}) is already running: stop this one first");
             return;
         }
-        let socket = self.listeners.as_ref().and_then(Listeners::shared_fd);
-        let (Some(relaunch), Some(socket)) = (&self.relaunch, socket) else {
+        let sockets = self.listeners.as_ref().and_then(Listeners::shared_fds);
+        let (Some(relaunch), Some(sockets)) = (&self.relaunch, sockets) else {
             log::error!(
                 "cannot upgrade: with --reuse-port each worker binds its own socket, so there is none to hand over (start the new server beside this one instead)"
             );
@@ -732,7 +741,7 @@ impl Arbiter {
             self.boot_failed = Some(HOOK_FAILED);
             return;
         }
-        match relaunch.start(socket) {
+        match relaunch.start(&sockets) {
             Ok(pid) => {
                 log::info!(
                     "New master started (pid:{pid}); stop this one (pid:{}) with TERM once it serves",

@@ -31,8 +31,10 @@ pub enum WorkerKind {
 #[command(name = "stage3-prefork", version)]
 pub struct Args {
     /// The address to listen on: HOST:PORT, [::1]:PORT, :PORT (every
-    /// interface), PORT (on 127.0.0.1), or fd://N (a socket this process
-    /// inherited, as systemd's socket activation passes it).
+    /// interface), PORT (on 127.0.0.1), unix:PATH (a unix socket file), or
+    /// fd://N (a socket this process inherited, as systemd's socket
+    /// activation passes it). Give it several times to listen on several
+    /// addresses: every worker accepts on all of them.
     #[arg(short, long, value_name = "ADDRESS", default_value = "127.0.0.1:8000")]
     pub bind: Vec<String>,
 
@@ -191,20 +193,38 @@ pub enum Usr1 {
 pub struct Setup {
     pub config: Config,
     pub worker_class: Box<dyn crate::WorkerClass>,
-    pub bind: Bind,
+    /// Every address to listen on, in the order given.
+    pub bind: Vec<Bind>,
     pub reuse_port: bool,
 }
 
-/// Where stage 3 listens.
-#[derive(Clone, Copy, Debug)]
+/// One address stage 3 listens on.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Bind {
     Tcp(SocketAddr),
+    /// A unix socket file (`unix:PATH`).
+    Unix(PathBuf),
     /// A listening socket inherited as this file descriptor (`fd://N`).
     Fd(i32),
 }
 
 impl Bind {
     fn parse(text: &str) -> Result<Bind, StartError> {
+        if let Some(path) = text.strip_prefix("unix:") {
+            // gunicorn also accepts unix://PATH.
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if path.is_empty() {
+                return Err(StartError::new(format!(
+                    "--bind {text}: give the socket file's path, e.g. unix:/tmp/app.sock"
+                )));
+            }
+            // Relative to where the server was started: the master changes
+            // to --chdir before it binds.
+            let path = std::env::current_dir()
+                .map(|cwd| cwd.join(path))
+                .unwrap_or_else(|_| PathBuf::from(path));
+            return Ok(Bind::Unix(path));
+        }
         match text.strip_prefix("fd://") {
             Some(n) => n.parse().map(Bind::Fd).map_err(|_| {
                 StartError::new(format!(
@@ -213,6 +233,24 @@ impl Bind {
             }),
             None => boot::resolve_bind(text).map(Bind::Tcp),
         }
+    }
+
+    /// Reads every `--bind`, refusing one given twice (the second bind
+    /// would find the address taken, by the first).
+    fn parse_all(texts: &[String]) -> Result<Vec<Bind>, StartError> {
+        let mut binds: Vec<Bind> = Vec::new();
+        for text in texts {
+            let bind = Bind::parse(text)?;
+            // Port 0 twice is two ports, each chosen by the kernel.
+            let any_port = matches!(bind, Bind::Tcp(a) if a.port() == 0);
+            if !any_port && binds.contains(&bind) {
+                return Err(StartError::new(format!(
+                    "--bind {text} is given twice: give each address once"
+                )));
+            }
+            binds.push(bind);
+        }
+        Ok(binds)
     }
 }
 
@@ -233,15 +271,7 @@ pub fn default_workers() -> usize {
 impl Args {
     pub fn setup(self) -> Result<Setup, StartError> {
         let args = self;
-        let bind = match args.bind.as_slice() {
-            [one] => Bind::parse(one)?,
-            _ => {
-                return Err(StartError::new(format!(
-                    "--bind given {} times: gunicorn listens on several addresses, this course's stage 3 on one (run one server per address, or put nginx in front of one)",
-                    args.bind.len()
-                )));
-            }
-        };
+        let bind = Bind::parse_all(&args.bind)?;
         let stats = args.stats.as_deref().map(boot::resolve_bind).transpose()?;
         let workers = args.workers.unwrap_or_else(default_workers);
         if workers == 0 {

@@ -6,7 +6,6 @@ use std::io;
 use stage1_single::SyncConfig;
 use stage2_threads::ThreadConfig;
 
-use crate::listen::WorkerListener;
 use crate::worker::{WorkerClass, WorkerContext};
 
 // ANCHOR: worker_classes
@@ -19,9 +18,8 @@ impl WorkerClass for SyncWorker {
     }
 
     fn serve(&self, worker: WorkerContext<'_>) -> io::Result<()> {
-        let app = worker.wsgi_app(false)?;
-        let listener = tcp(worker.listener)?;
-        stage1_single::serve_forever(&listener, &app, &self.0, worker.stop, worker.hooks)
+        let apps = worker.wsgi_apps(false)?;
+        stage1_single::serve_all(&worker.listeners, &apps, &self.0, worker.stop, worker.hooks)
     }
 }
 
@@ -34,9 +32,8 @@ impl WorkerClass for ThreadWorker {
     }
 
     fn serve(&self, worker: WorkerContext<'_>) -> io::Result<()> {
-        let app = worker.wsgi_app(true)?;
-        let listener = tcp(worker.listener)?;
-        stage2_threads::serve_forever(&listener, &app, &self.0, worker.stop, worker.hooks)
+        let apps = worker.wsgi_apps(true)?;
+        stage2_threads::serve_all(&worker.listeners, &apps, &self.0, worker.stop, worker.hooks)
     }
 }
 // ANCHOR_END: worker_classes
@@ -63,15 +60,13 @@ impl WorkerClass for AsgiWorker {
     }
 
     fn serve(&self, worker: WorkerContext<'_>) -> io::Result<()> {
-        let listener = tcp(worker.listener)?;
-        stage6_asgi::serve_forever(listener, worker.app, &self.0, worker.stop, worker.hooks)
+        stage6_asgi::serve_all(
+            worker.listeners,
+            worker.app,
+            &self.0,
+            worker.stop,
+            worker.hooks,
+        )
     }
 }
 // ANCHOR_END: asgi_worker
-
-fn tcp(listener: WorkerListener) -> io::Result<std::net::TcpListener> {
-    match listener {
-        WorkerListener::Tcp(listener) => Ok(listener),
-        WorkerListener::Unix(_) => Err(io::Error::other("the HTTP workers listen on TCP")),
-    }
-}

@@ -9,7 +9,7 @@
 //!
 //! - a [`Config`]: gunicorn's server settings (workers, timeouts, preload…);
 //! - a [`WorkerClass`]: the loop each worker runs (`-k`);
-//! - [`Listeners`]: the socket the workers accept on, bound by the caller;
+//! - [`Listeners`]: the sockets the workers accept on, bound by the caller;
 //! - [`ExtraChild`]ren, if any: processes the master runs beside the
 //!   workers and restarts when they die (stage 4's HTTP router).
 //!
@@ -38,6 +38,7 @@ mod scoreboard;
 pub mod server_hooks;
 mod start;
 mod stats;
+pub mod unix_socket;
 pub mod unsupported;
 mod upgrade;
 mod worker;

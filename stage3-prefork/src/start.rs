@@ -101,10 +101,10 @@ fn run(
 
     let pid = std::process::id();
     let class = &master.worker_class;
-    log::info!(
-        "Listening at: {} ({pid})",
-        listeners.describe(class.protocol())
-    );
+    // One line per address, as gunicorn prints them.
+    for address in listeners.describe(class.protocol()) {
+        log::info!("Listening at: {address} ({pid})");
+    }
     match class.protocol() {
         "http" => log::info!("Using worker: {}", class.name()),
         other => log::info!(

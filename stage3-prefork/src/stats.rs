@@ -43,12 +43,12 @@ pub(crate) fn snapshot(arbiter: &Arbiter) -> Value {
     json!({
         "master": {
             "pid": std::process::id(),
-            "listen": listeners.map(|l| l.describe(arbiter.worker_class.protocol())),
+            "listen": listeners.map(|l| l.describe(arbiter.worker_class.protocol()).join(", ")),
             "worker_class": arbiter.worker_class.name(),
             "workers_target": arbiter.target,
             "generation": arbiter.generation,
             "preload": config.preload,
-            "reuse_port": matches!(listeners, Some(Listeners::ReusePort { .. })),
+            "reuse_port": listeners.is_some_and(Listeners::reuse_port),
             "timeout_secs": config.timeout.map(|t| t.as_secs()),
             "max_requests": config.max_requests,
             "running_secs": arbiter.started.elapsed().as_secs_f64(),

@@ -46,15 +46,16 @@ pub trait WorkerClass {
         boot::load_app_from(args, source)
     }
 
-    /// Accepts on the worker's listener and serves until `worker.stop` is
+    /// Accepts on the worker's listeners and serves until `worker.stop` is
     /// readable or the hooks ask to stop. Runs in the forked worker.
     fn serve(&self, worker: WorkerContext<'_>) -> io::Result<()>;
 }
 
 /// What the master gives a worker class, in the forked worker.
 pub struct WorkerContext<'a> {
-    /// The socket to accept on.
-    pub listener: WorkerListener,
+    /// The sockets to accept on, one per address (`-b` given more than
+    /// once), in the order given.
+    pub listeners: Vec<WorkerListener>,
     /// The app object (`module:callable`), imported in this worker or
     /// preloaded in the master.
     pub app: Py<PyAny>,
@@ -63,9 +64,8 @@ pub struct WorkerContext<'a> {
     /// How the loop reports to the master.
     pub hooks: &'a dyn WorkerHooks,
     /// What a PEP 3333 environ says about the server, but `multithread`,
-    /// which is the worker class's to say.
-    pub server_name: String,
-    pub server_port: String,
+    /// which is the worker class's to say, and `SERVER_NAME` and
+    /// `SERVER_PORT`, which each listener's address says.
     pub script_name: String,
     pub multiprocess: bool,
     /// The `Server` header.
@@ -77,11 +77,31 @@ pub struct WorkerContext<'a> {
 }
 
 impl WorkerContext<'_> {
-    /// The app wrapped for PEP 3333, as the WSGI worker classes serve it.
+    /// The app wrapped for PEP 3333, once per listener (`apps[i]` has
+    /// listener `i`'s `SERVER_NAME` and `SERVER_PORT`), as the WSGI worker
+    /// classes serve it.
+    pub fn wsgi_apps(&self, multithread: bool) -> io::Result<Vec<WsgiApp>> {
+        self.listeners
+            .iter()
+            .map(|l| self.wsgi_app_for(l, multithread))
+            .collect()
+    }
+
+    /// The app wrapped for PEP 3333, for a worker class with one listener
+    /// (stage 4's socket).
     pub fn wsgi_app(&self, multithread: bool) -> io::Result<WsgiApp> {
+        let first = self
+            .listeners
+            .first()
+            .ok_or_else(|| io::Error::other("no socket to listen on"))?;
+        self.wsgi_app_for(first, multithread)
+    }
+
+    fn wsgi_app_for(&self, listener: &WorkerListener, multithread: bool) -> io::Result<WsgiApp> {
+        let (server_name, server_port) = listener.server_name_port();
         let info = ServerInfo {
-            server_name: self.server_name.clone(),
-            server_port: self.server_port.clone(),
+            server_name,
+            server_port,
             script_name: self.script_name.clone(),
             url_scheme: "http",
             multithread,
@@ -171,18 +191,15 @@ pub(crate) fn run(spec: WorkerSpec<'_>) -> i32 {
     {
         return WORKER_BOOT_ERROR;
     }
-    let stop = match boot::stop_on_signals() {
+    let stop = match install_signals() {
         Ok(stop) => stop,
         Err(e) => {
-            log::error!("{e}");
+            log::error!("cannot install the signal handlers: {e}");
             return 1;
         }
     };
-    // SIGQUIT (the master's fast stop): exit at once, mid-request or not.
-    let _ = supervise::signals::exit_at_once_on(&[libc::SIGQUIT]);
-    // SIGUSR1 (passed on by the master): reopen the access log file.
-    let _ = wsgi_bridge::logging::reopen_on_signal(libc::SIGUSR1);
-    // With worker_int or worker_abort hooks: INT, QUIT, ABRT run them.
+    // With worker_int or worker_abort hooks: INT, QUIT, ABRT run them
+    // (their handlers, installed above, are replaced).
     if let Some(hooks) = &config.hooks
         && let Err(e) = hooks.watch_worker_signals()
     {
@@ -205,7 +222,7 @@ pub(crate) fn run(spec: WorkerSpec<'_>) -> i32 {
             }
         },
     };
-    let listener = match spec.listeners.for_worker() {
+    let listeners = match spec.listeners.for_worker() {
         Ok(l) => l,
         Err(e) => {
             log::error!("cannot open the listening socket in worker {pid}: {e}");
@@ -231,14 +248,11 @@ pub(crate) fn run(spec: WorkerSpec<'_>) -> i32 {
 
     // With --trace: this worker's requests go to the master's trace file.
     wsgi_bridge::trace::start_flusher();
-    let (server_name, server_port) = spec.listeners.server_name_port();
     let result = spec.worker_class.serve(WorkerContext {
-        listener,
+        listeners,
         app,
         stop: stop.as_fd(),
         hooks: &hooks,
-        server_name,
-        server_port,
         script_name: config.app.script_name(),
         multiprocess: spec.multiprocess,
         server_software: config.server_software,
@@ -263,6 +277,55 @@ pub(crate) fn run(spec: WorkerSpec<'_>) -> i32 {
     wsgi_bridge::trace::flush();
     status
 }
+
+// ANCHOR: worker_signals
+/// A worker's signals, as gunicorn's workers take them. Returns the socket
+/// that becomes readable on TERM.
+fn install_signals() -> io::Result<std::os::unix::net::UnixStream> {
+    use supervise::signals;
+    // TERM (the master's graceful stop): finish the requests in hand, then
+    // exit. A second TERM exits at once.
+    let stop = signals::stop_on(&[libc::SIGTERM])?;
+    // INT and QUIT (the master's fast stop, or Ctrl-C reaching the whole
+    // process group): exit at once, mid-request or not.
+    signals::exit_at_once_on(&[libc::SIGINT, libc::SIGQUIT])?;
+    // ABRT (the master's --timeout): exit at once with status 1. The
+    // handler exits by itself, so a worker stuck in Python exits too.
+    signals::exit_at_once_with(1, &[libc::SIGABRT])?;
+    // USR1 (passed on by the master): reopen the access log file.
+    wsgi_bridge::logging::reopen_on_signal(libc::SIGUSR1)?;
+    // The master's signals mean nothing to a worker, and the rest would
+    // kill it by default: `kill -HUP` or `pkill -USR2 stage3-prefork`
+    // (which matches the workers too: they share the master's command
+    // line) must not take workers down. Ignored, with a line that says so.
+    let master = nix::unistd::getppid();
+    let mut ignored = vec![
+        libc::SIGHUP,
+        libc::SIGUSR2,
+        libc::SIGTTIN,
+        libc::SIGTTOU,
+        libc::SIGWINCH,
+    ];
+    ignored.extend(
+        signals::unused()
+            .into_iter()
+            .filter(|&s| s != libc::SIGABRT),
+    );
+    signals::log_and_ignore(&ignored, move |signal| {
+        let name = signals::short_name(signal);
+        match signal {
+            // A terminal resized: nothing to say above debug (gunicorn's
+            // words).
+            libc::SIGWINCH => log::debug!("SIGWINCH ignored. Not applicable."),
+            libc::SIGHUP | libc::SIGUSR2 | libc::SIGTTIN | libc::SIGTTOU => log::warn!(
+                "Ignoring signal: {name}: it is the master's; send it to the master (pid {master})"
+            ),
+            _ => log::warn!("Ignoring signal: {name}: it means nothing to a worker"),
+        }
+    })?;
+    Ok(stop)
+}
+// ANCHOR_END: worker_signals
 
 /// What the app printed may still sit in Python's buffers: write it out
 /// before the process ends.

@@ -18,7 +18,7 @@ pub mod router;
 pub mod uwsgi;
 
 use std::io;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
 
 use stage3_prefork::listen::WorkerListener;
@@ -89,18 +89,24 @@ pub fn serve_forever(
             WorkerListener::Tcp(l) => l.accept().map(|(s, _)| Stream::Tcp(s)),
         }
     };
-    stage1_single::accept_loop(listener.as_fd(), stop, hooks, accept, |stream| {
-        // Blocking, whatever the listener is: on Linux, `accept` gives a
-        // blocking socket already; elsewhere it may inherit the listener's
-        // non-blocking mode. Unlike TCP (stage 1), a unix socket from
-        // `accept` does not inherit timeouts: they are set on each.
-        #[cfg(not(target_os = "linux"))]
-        let _ = stream.set_nonblocking(false);
-        let _ = stream.set_read_timeout(Some(config.timeout));
-        let _ = stream.set_write_timeout(Some(config.timeout));
-        // One packet, one response, close: nginx opens a connection per request.
-        UwsgiConnection::new(stream).serve(app, config, hooks);
-        !hooks.should_stop()
-    })
+    stage1_single::accept_loop(
+        &[listener.as_fd()],
+        stop,
+        hooks,
+        |_| accept(),
+        |stream| {
+            // Blocking, whatever the listener is: on Linux, `accept` gives a
+            // blocking socket already; elsewhere it may inherit the listener's
+            // non-blocking mode. Unlike TCP (stage 1), a unix socket from
+            // `accept` does not inherit timeouts: they are set on each.
+            #[cfg(not(target_os = "linux"))]
+            let _ = stream.set_nonblocking(false);
+            let _ = stream.set_read_timeout(Some(config.timeout));
+            let _ = stream.set_write_timeout(Some(config.timeout));
+            // One packet, one response, close: nginx opens a connection per request.
+            UwsgiConnection::new(stream).serve(app, config, hooks);
+            !hooks.should_stop()
+        },
+    )
 }
 // ANCHOR_END: serve_forever

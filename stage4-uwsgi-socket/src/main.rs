@@ -272,7 +272,12 @@ impl WorkerClass for UwsgiWorker {
 
     fn serve(&self, worker: WorkerContext<'_>) -> io::Result<()> {
         let app = worker.wsgi_app(self.0.threads > 1)?;
-        serve_forever_threads(&worker.listener, &app, &self.0, worker.stop, worker.hooks)
+        // uWSGI's one --socket: the master gives this worker class one listener.
+        let listener = worker
+            .listeners
+            .first()
+            .ok_or_else(|| io::Error::other("no socket to listen on"))?;
+        serve_forever_threads(listener, &app, &self.0, worker.stop, worker.hooks)
     }
 }
 // ANCHOR_END: worker_class
@@ -308,16 +313,17 @@ fn run(args: Args) -> Result<i32, StartError> {
         .as_deref()
         .map(socket::owner)
         .transpose()?;
+    // Started by an old master's USR2: its socket, already bound.
+    if let Some(inherited) = Listeners::inherited() {
+        return master.run(|| inherited);
+    }
     match socket {
         SocketSpec::Tcp(addr) => master.run(|| {
             let listener = boot::bind_tcp_as(addr, "--socket")?;
-            Ok(Listeners::Shared(WorkerListener::Tcp(listener)))
+            Ok(Listeners::shared(WorkerListener::Tcp(listener)))
         }),
-        SocketSpec::Unix(path) => {
-            let status = master.run(|| socket::bind_unix(&path, mode, owner, backlog));
-            socket::remove(&path);
-            status
-        }
+        // The master removes the socket file when it stops.
+        SocketSpec::Unix(path) => master.run(|| socket::bind_unix(&path, mode, owner, backlog)),
     }
 }
 

@@ -6,82 +6,34 @@
 //! that died is replaced, one a live server listens on is not), and who may
 //! connect (the file's permissions), and removing it at the end.
 
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 
-use nix::sys::socket::{
-    AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, listen, socket,
-};
-use stage3_prefork::{Listeners, WorkerListener};
+use stage3_prefork::Listeners;
 use wsgi_bridge::embed::StartError;
 
-/// Binds a unix socket at `path` with permissions `mode`. A socket file
-/// left by a server that died is replaced; one a live server listens on
-/// is not.
+/// Binds a unix socket at `path` with permissions `mode`, with stage 3's
+/// [`stage3_prefork::unix_socket::bind_unix`] (a stale file is replaced, a
+/// live one refused). The master removes the file when it stops: nginx then
+/// gets a clear "No such file" instead of "Connection refused" from a dead
+/// socket, and the next start finds no stale file.
 pub fn bind_unix(
     path: &Path,
     mode: u32,
     owner: Option<Owner>,
     backlog: i32,
 ) -> Result<Listeners, StartError> {
-    let shown = path.display();
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            return Err(StartError::new(format!(
-                "{shown} exists and is not a socket: remove it or choose another --socket path"
-            )));
-        }
-        if UnixStream::connect(path).is_ok() {
-            return Err(StartError::new(format!(
-                "another server is listening on {shown}: stop it or choose another --socket path"
-            )));
-        }
-        std::fs::remove_file(path)
-            .map_err(|e| StartError::new(format!("cannot remove the stale socket {shown}: {e}")))?;
-        log::info!("Removed a stale socket file: {shown}");
-    }
-    if let Some(dir) = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
-    {
-        return Err(StartError::new(format!(
-            "cannot listen on unix:{shown}: the directory {} does not exist",
-            dir.display()
-        )));
-    }
-    let fail = |e: nix::Error| StartError::new(format!("cannot listen on unix:{shown}: {e}"));
-    let fd = socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(fail)?;
-    let addr = UnixAddr::new(path).map_err(fail)?;
-    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr).map_err(fail)?;
     warn_if_the_kernel_caps(backlog);
-    let backlog = Backlog::new(backlog).unwrap_or(Backlog::MAXCONN);
-    listen(&fd, backlog).map_err(fail)?;
     // Who may connect: by default only this user (0600). nginx's workers
     // run as another user when nginx is started by root, and need 0666 or
     // a shared group (0660) — the 502 "Permission denied" of the book.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| StartError::new(format!("cannot chmod {shown}: {e}")))?;
-    if let Some(owner) = owner {
-        std::os::unix::fs::chown(path, Some(owner.uid), owner.gid)
-            .map_err(|e| StartError::new(format!("cannot chown {shown}: {e}")))?;
-    }
-    Ok(Listeners::Shared(WorkerListener::Unix(UnixListener::from(
-        fd,
-    ))))
-}
-
-/// Removes the socket file when the server stops: nginx then gets a clear
-/// "No such file" instead of "Connection refused" from a dead socket, and
-/// the next start finds no stale file.
-pub fn remove(path: &Path) {
-    let _ = std::fs::remove_file(path);
+    let listener = stage3_prefork::unix_socket::bind_unix(
+        path,
+        mode,
+        owner.map(|o| (o.uid, o.gid)),
+        backlog,
+        "--socket",
+    )?;
+    Ok(Listeners::unix(listener, path))
 }
 
 /// Who owns the socket file (`--chown-socket USER[:GROUP]`).

@@ -231,14 +231,19 @@ impl Supervisor {
                             supervise::signals::name(signal)
                         );
                     }
-                    _ => {
-                        // TERM, INT, QUIT
+                    libc::SIGTERM | libc::SIGINT | libc::SIGQUIT => {
                         let name = Signal::try_from(signal).map_or("?", Signal::as_str);
                         let name = name.trim_start_matches("SIG").to_lowercase();
                         log::info!("Handling signal: {name}");
                         self.stop();
                         return Ok(0);
                     }
+                    // ALRM, PROF, ...: their default action would end the
+                    // supervisor; they mean nothing to it.
+                    other => log::warn!(
+                        "Ignoring signal: {}: it means nothing to stage 5",
+                        supervise::signals::short_name(other)
+                    ),
                 }
             }
             for (role, status) in self.reap() {

@@ -149,6 +149,7 @@ use std::time::Duration;
 use http_codec::request::Limits;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyModule};
+use wsgi_bridge::conn::Listener;
 use wsgi_bridge::embed::{AppSource, StartError};
 use wsgi_bridge::hooks::WorkerHooks;
 
@@ -267,6 +268,20 @@ pub fn serve_forever(
     stop: BorrowedFd<'_>,
     hooks: &dyn WorkerHooks,
 ) -> std::io::Result<()> {
+    serve_all(vec![Listener::Tcp(listener)], app, config, stop, hooks)
+}
+
+/// [`serve_forever`] on several listening sockets, TCP or unix (stage 3's
+/// `-k asgi` with `-b` given more than once, or `-b unix:PATH`): the I/O
+/// thread accepts on all of them, and each scope's `server` is the address
+/// of the listener its connection came through.
+pub fn serve_all(
+    listeners: Vec<Listener>,
+    app: Py<PyAny>,
+    config: &AsgiConfig,
+    stop: BorrowedFd<'_>,
+    hooks: &dyn WorkerHooks,
+) -> std::io::Result<()> {
     let fail = |what: &str, e: PyErr| {
         Python::attach(|py| {
             std::io::Error::other(format!(
@@ -278,7 +293,10 @@ pub fn serve_forever(
     let inbox = Arc::new(shared::Inbox::new()?);
     let stop_fd = stop.try_clone_to_owned()?;
     let stop_io = Arc::new(tokio::sync::Notify::new());
-    let local = listener.local_addr()?;
+    let servers: Vec<Option<(String, u16)>> = listeners
+        .iter()
+        .map(|l| l.tcp_addr().map(|a| (a.ip().to_string(), a.port())))
+        .collect();
 
     // SAFETY: the hooks outlive every use: they are reached only from
     // callbacks of the asyncio loop, which is closed (and the context
@@ -331,19 +349,25 @@ pub fn serve_forever(
         let failure: Option<String> = failure.extract()?;
         let pyconfig = py::PyConfig {
             root_path: config.root_path.clone(),
-            server: Some((local.ip().to_string(), local.port())),
+            servers,
             eager: config.eager,
             slow_step: config.slow_step,
             server_header: config.server_header.clone(),
         };
-        let (http_template, ws_template) = py::templates(py, &pyconfig)?;
+        let mut http_templates = Vec::new();
+        let mut ws_templates = Vec::new();
+        for server in &pyconfig.servers {
+            let (http, ws) = py::templates(py, &pyconfig, server)?;
+            http_templates.push(http);
+            ws_templates.push(ws);
+        }
         py::install(py::PyCtx {
             app: app.clone_ref(py),
             event_loop: event_loop.clone().unbind(),
             inbox: inbox.clone(),
             state: state.unbind(),
-            http_template,
-            ws_template,
+            http_templates,
+            ws_templates,
             config: pyconfig,
             hooks,
             waiting: Default::default(),
@@ -380,7 +404,7 @@ pub fn serve_forever(
         let io_thread = std::thread::Builder::new()
             .name("stage6-io".into())
             .spawn_scoped(scope, move || {
-                io::run(listener, stop_fd, inbox_io, io_config, stop_for_io)
+                io::run(listeners, stop_fd, inbox_io, io_config, stop_for_io)
             })?;
         // The loop thread's one attach: the loop runs inside it and gives the
         // GIL up only in `select`.

@@ -57,11 +57,37 @@ pub enum Kind {
 pub struct Start {
     pub kind: Kind,
     pub head: RequestHead,
-    pub client: std::net::SocketAddr,
+    pub peer: Peer,
     pub exchange: std::sync::Arc<Exchange>,
     /// The server wants to keep the connection open after this response and
     /// the client allows it.
     pub keep_alive: bool,
+}
+
+/// Who a connection is with, and which of the server's listeners it came
+/// through (its scope's `server`).
+#[derive(Clone, Copy, Debug)]
+pub struct Peer {
+    /// The client's address; `None` on a unix socket (the scope's `client`
+    /// is then `None`, as uvicorn's).
+    pub client: Option<std::net::SocketAddr>,
+    pub listener: usize,
+}
+
+impl Peer {
+    /// The client's host for the access log (empty on a unix socket).
+    pub fn host(&self) -> String {
+        self.client.map(|a| a.ip().to_string()).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.client {
+            Some(a) => write!(f, "{}:{}", a.ip(), a.port()),
+            None => f.write_str("a unix socket client"),
+        }
+    }
 }
 
 /// The inbox of the Python thread.

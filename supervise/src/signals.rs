@@ -14,7 +14,10 @@
 //!   [`SignalQueue`];
 //! - a server that only needs to be told to stop (stages 1 and 2, each
 //!   worker process): [`stop_on_signals`] and [`stop_requested`];
-//! - a process that should die at once on a signal: [`exit_at_once_on`].
+//! - a process that should die at once on a signal: [`exit_at_once_on`];
+//! - the signals nobody here uses ([`unused`]), whose default action would
+//!   kill the process: a supervisor gets them from its queue and logs
+//!   them, a worker logs them on a thread ([`log_and_ignore`]).
 
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
@@ -40,6 +43,34 @@ pub const HANDLED: [libc::c_int; 10] = [
     libc::SIGWINCH,
 ];
 
+/// The other signals whose default action ends the process, and that mean
+/// nothing to the course's servers: `kill -ALRM` by mistake (or a timer an
+/// app forgot) must not take a master or a worker down. A supervisor logs
+/// and ignores them (they come out of [`SignalQueue::take`] after
+/// [`HANDLED`]); a worker does the same with [`log_and_ignore`]. Left out:
+/// the faults (`SEGV`, `BUS`, `FPE`, `ILL`, `TRAP`, `SYS`), which a process
+/// cannot go on after, and `PIPE`, which Rust's runtime ignores at start-up
+/// (a write to a closed connection then fails with `EPIPE`, which the
+/// server handles where it writes; a log line for each client that leaves
+/// would be noise).
+pub fn unused() -> Vec<libc::c_int> {
+    let mut signals = vec![
+        libc::SIGABRT,
+        libc::SIGALRM,
+        libc::SIGVTALRM,
+        libc::SIGPROF,
+        libc::SIGIO,
+        libc::SIGPWR,
+        libc::SIGSTKFLT,
+        libc::SIGXCPU,
+        libc::SIGXFSZ,
+    ];
+    // The real-time signals too (glibc keeps the first two for itself:
+    // SIGRTMIN() is past them).
+    signals.extend(libc::SIGRTMIN()..=libc::SIGRTMAX());
+    signals
+}
+
 /// How many times each signal arrived and was not handled yet.
 static PENDING: [AtomicUsize; 65] = [const { AtomicUsize::new(0) }; 65];
 /// The write end of the wake-up pipe, for the handler.
@@ -60,7 +91,7 @@ impl SignalQueue {
         WAKE_FD.store(write_end.as_raw_fd(), Ordering::SeqCst);
         std::mem::forget(write_end);
         let mut ids = Vec::new();
-        for signal in HANDLED {
+        for signal in HANDLED.into_iter().chain(unused()) {
             // SAFETY: the action only touches atomics and calls write(2),
             // both async-signal-safe.
             let id =
@@ -79,12 +110,13 @@ impl SignalQueue {
     }
 
     /// Takes the signals that arrived since the last call, in a fixed order
-    /// (CHLD first: replace dead workers before anything else).
+    /// (CHLD first: replace dead workers before anything else; the
+    /// [`unused`] ones last).
     pub fn take(&mut self) -> Vec<libc::c_int> {
         let mut scratch = [0u8; 64];
         while matches!((&self.wake).read(&mut scratch), Ok(n) if n > 0) {}
         let mut out = Vec::new();
-        for signal in HANDLED {
+        for signal in HANDLED.into_iter().chain(unused()) {
             let n = PENDING[signal as usize].swap(0, Ordering::SeqCst);
             // Three TTINs in a row are three more workers; repeated CHLDs
             // or TERMs mean the same as one.
@@ -111,22 +143,17 @@ impl SignalQueue {
             // process no longer needs it.
             unsafe { libc::close(fd) };
         }
-        // The master's signals mean nothing to a worker: ignore them, so a
-        // `kill -TTIN` sent to a worker by mistake (`pkill` matches workers
-        // too: they share the master's command line) does no harm. SIGTTIN's
-        // default action would even stop the process, SIGUSR2's kill it.
-        // (SIGUSR1 is the child's to handle: a worker reopens its logs.)
-        for signal in [
-            libc::SIGHUP,
-            libc::SIGTTIN,
-            libc::SIGTTOU,
-            libc::SIGUSR2,
-            libc::SIGWINCH,
-        ] {
-            // SAFETY: plain sigaction changes.
-            unsafe { libc::signal(signal, libc::SIG_IGN) };
-        }
-        // SAFETY: as above.
+        // The master's signals mean nothing to a child until it says
+        // otherwise: the registry's handler stays installed with no action
+        // left, which ignores them, so a `kill -TTIN` sent to a worker by
+        // mistake (`pkill` matches workers too: they share the master's
+        // command line) does no harm (SIGTTIN's default action would stop
+        // the process, SIGUSR2's kill it). A stage 3 worker then logs them;
+        // changing the disposition here (SIG_IGN) would hide the signals
+        // from the handlers it registers, since the registry believes its
+        // handler is still in place.
+        // A child's own children (an app's subprocess) are its business.
+        // SAFETY: a plain sigaction change.
         unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
         drop(self.wake);
     }
@@ -142,7 +169,7 @@ impl SignalQueue {
 /// handler once the child unblocks it.
 pub fn block_all() -> SigSet {
     let mut set = SigSet::empty();
-    for signal in HANDLED {
+    for signal in HANDLED.into_iter().chain(unused()) {
         if let Ok(s) = Signal::try_from(signal) {
             set.add(s);
         }
@@ -177,9 +204,15 @@ fn on_signal(signal: libc::c_int) {
 /// handler). A second SIGINT or SIGTERM exits at once, for the impatient.
 /// [`stop_requested`] tells the same without a system call.
 pub fn stop_on_signals() -> io::Result<UnixStream> {
+    stop_on(&[libc::SIGINT, libc::SIGTERM])
+}
+
+/// [`stop_on_signals`] for the given signals only: a stage 3 worker stops
+/// gracefully on TERM alone (INT and QUIT end it at once, as gunicorn's).
+pub fn stop_on(signals: &[libc::c_int]) -> io::Result<UnixStream> {
     let (stop_read, stop_write) = UnixStream::pair()?;
     let stopping = STOPPING.get_or_init(|| Arc::new(AtomicBool::new(false)));
-    for signal in [libc::SIGINT, libc::SIGTERM] {
+    for &signal in signals {
         // Order matters: the exit-if-already-set action is registered first,
         // so the first signal only sets the flag.
         signal_hook::flag::register_conditional_shutdown(signal, 1, stopping.clone())?;
@@ -203,11 +236,46 @@ pub fn stop_requested() -> bool {
 /// it is doing: a worker's SIGQUIT (the master's fast stop), a helper
 /// process that has nothing to finish.
 pub fn exit_at_once_on(signals: &[libc::c_int]) -> io::Result<()> {
+    exit_at_once_with(0, signals)
+}
+
+/// [`exit_at_once_on`] with exit status `status`: a worker's SIGABRT (the
+/// master's timeout) exits with 1, as gunicorn's. The handler calls
+/// `_exit(2)` itself, so it works even while the process is stuck in a
+/// loop that holds the GIL.
+pub fn exit_at_once_with(status: libc::c_int, signals: &[libc::c_int]) -> io::Result<()> {
     let always = Arc::new(AtomicBool::new(true));
     for &signal in signals {
-        signal_hook::flag::register_conditional_shutdown(signal, 0, always.clone())?;
+        signal_hook::flag::register_conditional_shutdown(signal, status, always.clone())?;
     }
     Ok(())
+}
+
+/// Ignores each of `signals`, but says so in the log: `say` runs on a
+/// thread of its own for every one that arrives (a signal handler cannot
+/// log). For a process that may have threads (a worker), never for the
+/// master, which forks.
+pub fn log_and_ignore(
+    signals: &[libc::c_int],
+    say: impl Fn(libc::c_int) + Send + 'static,
+) -> io::Result<()> {
+    let mut arrived = signal_hook::iterator::Signals::new(signals)?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in arrived.forever() {
+                say(signal);
+            }
+        })?;
+    Ok(())
+}
+
+/// A signal's name as gunicorn logs it: `hup`, `alrm`, `rtmin+3`.
+pub fn short_name(signal: libc::c_int) -> String {
+    if (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&signal) {
+        return format!("rtmin+{}", signal - libc::SIGRTMIN());
+    }
+    name(signal).trim_start_matches("SIG").to_lowercase()
 }
 
 /// A signal's name, for log lines a student can read.

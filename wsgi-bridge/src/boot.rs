@@ -121,7 +121,7 @@ pub fn resolve_bind(bind: &str) -> Result<SocketAddr, StartError> {
     let bind = bind.trim();
     if bind.starts_with("unix:") {
         return Err(StartError::new(format!(
-            "this server listens on TCP only, so --bind {bind} cannot be used: give HOST:PORT (stage 4 is the one that speaks on unix sockets)"
+            "this server listens on TCP only, so --bind {bind} cannot be used: give HOST:PORT (stages 3 and 4 listen on unix sockets)"
         )));
     }
     let is_port = |p: &str| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit());

@@ -7,10 +7,90 @@
 //! `Read` and `Write`, so no lock is needed.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Duration;
+
+use crate::wsgi::environ::Peer;
+
+/// A listening socket of either family: what `-b HOST:PORT` and
+/// `-b unix:PATH` give a worker to accept on.
+#[derive(Debug)]
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl Listener {
+    /// Takes a waiting connection: its socket and who is on the other end.
+    /// A unix socket's client has no address and no port: `REMOTE_ADDR`
+    /// is then empty and `REMOTE_PORT` absent, as in gunicorn.
+    pub fn accept(&self) -> io::Result<(Stream, Peer)> {
+        match self {
+            Listener::Tcp(l) => l
+                .accept()
+                .map(|(s, addr)| (Stream::Tcp(s), Peer::from(addr))),
+            Listener::Unix(l) => l.accept().map(|(s, _)| (Stream::Unix(s), Peer::default())),
+        }
+    }
+
+    /// Another handle on the same socket.
+    pub fn try_clone(&self) -> io::Result<Listener> {
+        match self {
+            Listener::Tcp(l) => l.try_clone().map(Listener::Tcp),
+            Listener::Unix(l) => l.try_clone().map(Listener::Unix),
+        }
+    }
+
+    pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        match self {
+            Listener::Tcp(l) => l.set_nonblocking(on),
+            Listener::Unix(l) => l.set_nonblocking(on),
+        }
+    }
+
+    /// The TCP address it listens on; `None` for a unix socket.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Listener::Tcp(l) => l.local_addr().ok(),
+            Listener::Unix(_) => None,
+        }
+    }
+
+    /// `SERVER_NAME` and `SERVER_PORT` as gunicorn fills them: the
+    /// listening address; for a unix socket its path and no port (the
+    /// request's `Host` header then says more: see `ServerInfo`).
+    pub fn server_name_port(&self) -> (String, String) {
+        match self {
+            Listener::Tcp(l) => match l.local_addr() {
+                Ok(a) => (a.ip().to_string(), a.port().to_string()),
+                Err(_) => (String::new(), String::new()),
+            },
+            Listener::Unix(l) => {
+                let path = l.local_addr().ok();
+                let path = path.as_ref().and_then(|a| a.as_pathname());
+                let name = path.map(|p| p.display().to_string()).unwrap_or_default();
+                (name, String::new())
+            }
+        }
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Listener::Tcp(l) => l.as_fd(),
+            Listener::Unix(l) => l.as_fd(),
+        }
+    }
+}
+
+impl AsRawFd for Listener {
+    fn as_raw_fd(&self) -> RawFd {
+        self.as_fd().as_raw_fd()
+    }
+}
 
 /// A connected socket of either family.
 #[derive(Debug)]

@@ -2,13 +2,13 @@
 //! gently.
 
 use std::io;
-use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::socket::Socket;
+use crate::shared::Peer;
 use http_codec::request::{HttpError, parse_head};
 use http_codec::response::error_response;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use wsgi_bridge::logging::{AccessEntry, access_log};
 
@@ -45,7 +45,7 @@ impl RBuf {
             self.start = 0;
         }
     }
-    pub(super) async fn fill(&mut self, stream: &mut TcpStream) -> io::Result<usize> {
+    pub(super) async fn fill(&mut self, stream: &mut Socket) -> io::Result<usize> {
         if self.start > 0 && self.start * 2 >= self.data.len() {
             self.data.drain(..self.start);
             self.start = 0;
@@ -58,12 +58,12 @@ impl RBuf {
 }
 
 pub(super) async fn connection(
-    mut stream: TcpStream,
-    peer: SocketAddr,
+    mut stream: Socket,
+    peer: Peer,
     ctx: &Ctx,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let _ = stream.set_nodelay(true);
+    stream.set_nodelay();
     let mut buf = RBuf::new();
     let mut first = true;
     loop {
@@ -140,24 +140,18 @@ pub(super) async fn connection(
 
 /// Answers a request that never reached the app, then closes gently.
 pub(super) async fn reject(
-    stream: &mut TcpStream,
+    stream: &mut Socket,
     buf: &mut RBuf,
-    peer: SocketAddr,
+    peer: Peer,
     e: &HttpError,
     ctx: &Ctx,
 ) {
-    log::info!(
-        "bad request from {}:{}: {} ({})",
-        peer.ip(),
-        peer.port(),
-        e.reason,
-        e.status
-    );
+    log::info!("bad request from {peer}: {} ({})", e.reason, e.status);
     let bytes = error_response(e.status, e.reason, &ctx.cfg.server_header);
     let _ = tokio::time::timeout(ctx.cfg.timeout, stream.write_all(&bytes)).await;
     if let Some(log) = access_log() {
         log.write(&AccessEntry {
-            remote_addr: &peer.ip().to_string(),
+            remote_addr: &peer.host(),
             request_line: "-",
             status: e.status,
             body_bytes: 0,
@@ -171,7 +165,7 @@ pub(super) async fn reject(
 /// Stops writing, then reads and drops what the client still sends for a
 /// moment: closing with unread bytes sends a reset that can destroy the
 /// response in flight.
-pub(super) async fn linger(stream: &mut TcpStream, buf: &mut RBuf) {
+pub(super) async fn linger(stream: &mut Socket, buf: &mut RBuf) {
     let _ = stream.shutdown().await;
     buf.data.clear();
     buf.start = 0;

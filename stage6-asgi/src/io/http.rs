@@ -2,18 +2,17 @@
 //! the response bytes the app queued written out.
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use super::socket::Socket;
 use http_codec::chunked::ChunkedDecoder;
 use http_codec::request::{BodyKind, HttpError, RequestHead, Version};
 use http_codec::response::CONTINUE;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use wsgi_bridge::logging::{AccessEntry, access_log};
 
-use crate::shared::{BODY_READ_AHEAD, Event, Exchange, Kind, STATS, Start};
+use crate::shared::{BODY_READ_AHEAD, Event, Exchange, Kind, Peer, STATS, Start};
 
 use super::Ctx;
 use super::conn::{RBuf, linger, reject};
@@ -57,10 +56,10 @@ impl Body {
 
 /// Serves one HTTP request. Returns whether the connection may carry another.
 pub(super) async fn http_exchange(
-    stream: &mut TcpStream,
+    stream: &mut Socket,
     buf: &mut RBuf,
     head: RequestHead,
-    peer: SocketAddr,
+    peer: Peer,
     ctx: &Ctx,
     stopping: bool,
 ) -> bool {
@@ -87,7 +86,7 @@ pub(super) async fn http_exchange(
     ctx.inbox.push(Event::Start(Box::new(Start {
         kind: Kind::Http,
         head,
-        client: peer,
+        peer,
         exchange: x.clone(),
         keep_alive,
     })));
@@ -214,7 +213,7 @@ pub(super) async fn http_exchange(
                 }
             },
             _ = tokio::time::sleep(ctx.cfg.timeout), if waiting_body && room_for_body => {
-                log::info!("client {}:{} sent no body for {:?}: closing", peer.ip(), peer.port(), ctx.cfg.timeout);
+                log::info!("client {peer} sent no body for {:?}: closing", ctx.cfg.timeout);
                 client_gone(&x, ctx);
                 return false;
             }
@@ -231,7 +230,7 @@ pub(super) async fn http_exchange(
     };
     if let (Some(log), Some((line, referer, agent))) = (access_log(), &log_line) {
         log.write(&AccessEntry {
-            remote_addr: &peer.ip().to_string(),
+            remote_addr: &peer.host(),
             request_line: line,
             status,
             body_bytes,
@@ -306,7 +305,7 @@ pub(super) fn wake_if_due(
     }
 }
 
-pub(super) async fn write(stream: &mut TcpStream, bytes: &[u8], ctx: &Ctx) -> io::Result<()> {
+pub(super) async fn write(stream: &mut Socket, bytes: &[u8], ctx: &Ctx) -> io::Result<()> {
     match tokio::time::timeout(ctx.cfg.timeout, stream.write_all(bytes)).await {
         Ok(r) => r,
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out")),

@@ -14,6 +14,7 @@
 
 mod conn;
 mod http;
+mod socket;
 mod websocket;
 
 use std::io;
@@ -24,10 +25,11 @@ use std::time::Duration;
 
 use http_codec::request::Limits;
 use tokio::io::unix::AsyncFd;
-use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
+use wsgi_bridge::conn::Listener;
 
-use crate::shared::{Event, Inbox};
+use crate::shared::{Event, Inbox, Peer};
+use socket::Acceptor;
 
 use conn::connection;
 
@@ -55,9 +57,10 @@ pub(super) struct Ctx {
 /// Runs the I/O thread until a stop: `stop_fd` readable (a signal) or
 /// `stop` notified (the Python side: the hooks asked). Then stops accepting,
 /// lets running requests finish (up to the graceful timeout), and tells the
-/// Python thread with [`Event::Drained`].
+/// Python thread with [`Event::Drained`]. It accepts on every listener
+/// (stage 3's `-b` given more than once).
 pub fn run(
-    listener: std::net::TcpListener,
+    listeners: Vec<Listener>,
     stop_fd: OwnedFd,
     inbox: Arc<Inbox>,
     cfg: IoConfig,
@@ -66,7 +69,7 @@ pub fn run(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let result = runtime.block_on(serve(listener, stop_fd, inbox.clone(), cfg, stop));
+    let result = runtime.block_on(serve(listeners, stop_fd, inbox.clone(), cfg, stop));
     // Whatever happened, the Python loop must not wait for ever.
     inbox.push(Event::Drained);
     // Connection tasks left after the graceful timeout are dropped here.
@@ -75,14 +78,16 @@ pub fn run(
 }
 
 async fn serve(
-    listener: std::net::TcpListener,
+    listeners: Vec<Listener>,
     stop_fd: OwnedFd,
     inbox: Arc<Inbox>,
     cfg: IoConfig,
     stop: Arc<Notify>,
 ) -> io::Result<()> {
-    listener.set_nonblocking(true)?;
-    let listener = TcpListener::from_std(listener)?;
+    let acceptors = listeners
+        .into_iter()
+        .map(Acceptor::from_std)
+        .collect::<io::Result<Vec<_>>>()?;
     #[allow(deprecated)]
     let stop_fd = AsyncFd::with_interest(stop_fd, tokio::io::Interest::READABLE)?;
     let graceful = cfg.graceful_timeout;
@@ -93,44 +98,32 @@ async fn serve(
         all_closed: Notify::new(),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let mut accepting = true;
-    loop {
-        tokio::select! {
-            accepted = listener.accept(), if accepting => match accepted {
-                Ok((stream, peer)) => {
-                    ctx.live.fetch_add(1, Ordering::Relaxed);
-                    let ctx = ctx.clone();
-                    let shutdown = shutdown_rx.clone();
-                    tokio::spawn(async move {
-                        connection(stream, peer, &ctx, shutdown).await;
-                        if ctx.live.fetch_sub(1, Ordering::Relaxed) == 1 {
-                            ctx.all_closed.notify_one();
-                        }
-                    });
-                }
-                // The listening socket was shut down: stage 3's master does
-                // that when it stops (`-k asgi`), so that new clients are
-                // refused at once. Stop accepting; the stop itself (TERM,
-                // then `stop_fd`) is on its way, and running requests finish.
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => accepting = false,
-                Err(e) => {
-                    // Out of descriptors, or a connection reset before it was
-                    // taken: not a reason to stop serving.
-                    log::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            },
-            ready = stop_fd.readable() => {
-                if let Ok(mut guard) = ready {
-                    guard.clear_ready();
-                }
-                break;
+    // One accepting task per listener; they end at the stop, closing their
+    // listener.
+    let accepting: Vec<_> = acceptors
+        .into_iter()
+        .enumerate()
+        .map(|(index, acceptor)| {
+            tokio::spawn(accept_loop(
+                acceptor,
+                index,
+                ctx.clone(),
+                shutdown_rx.clone(),
+            ))
+        })
+        .collect();
+    tokio::select! {
+        ready = stop_fd.readable() => {
+            if let Ok(mut guard) = ready {
+                guard.clear_ready();
             }
-            _ = stop.notified() => break,
         }
+        _ = stop.notified() => {}
     }
-    drop(listener);
     let _ = shutdown_tx.send(true);
+    for task in accepting {
+        let _ = task.await;
+    }
     let live = ctx.live.load(Ordering::Relaxed);
     if live > 0 {
         log::info!("Waiting for {live} connection(s) to finish (up to {graceful:?})");
@@ -142,4 +135,44 @@ async fn serve(
         .await;
     }
     Ok(())
+}
+
+/// Accepts connections on one listener, each served by a task of its own,
+/// until the stop.
+async fn accept_loop(
+    acceptor: Acceptor,
+    listener: usize,
+    ctx: Arc<Ctx>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = acceptor.accept() => match accepted {
+                Ok((stream, client)) => {
+                    ctx.live.fetch_add(1, Ordering::Relaxed);
+                    let ctx = ctx.clone();
+                    let shutdown = shutdown.clone();
+                    let peer = Peer { client, listener };
+                    tokio::spawn(async move {
+                        connection(stream, peer, &ctx, shutdown).await;
+                        if ctx.live.fetch_sub(1, Ordering::Relaxed) == 1 {
+                            ctx.all_closed.notify_one();
+                        }
+                    });
+                }
+                // The listening socket was shut down: stage 3's master does
+                // that when it stops (`-k asgi`), so that new clients are
+                // refused at once. Stop accepting; the stop itself (TERM,
+                // then `stop_fd`) is on its way, and running requests finish.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return,
+                Err(e) => {
+                    // Out of descriptors, or a connection reset before it was
+                    // taken: not a reason to stop serving.
+                    log::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            _ = shutdown.changed() => return,
+        }
+    }
 }

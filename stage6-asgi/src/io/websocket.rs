@@ -2,16 +2,15 @@
 //! until one side closes.
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use super::socket::Socket;
 use futures_util::{SinkExt, StreamExt};
 use http_codec::request::{BodyKind, RequestHead, Version};
 use http_codec::response::error_response;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -20,7 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use wsgi_bridge::logging::{AccessEntry, access_log};
 
-use crate::shared::{Event, Exchange, Kind, STATS, Start, WS_READ_AHEAD, WsIn, WsOut};
+use crate::shared::{Event, Exchange, Kind, Peer, STATS, Start, WS_READ_AHEAD, WsIn, WsOut};
 
 use super::Ctx;
 use super::conn::{RBuf, linger};
@@ -70,19 +69,15 @@ pub(super) fn check_upgrade(head: &RequestHead) -> Option<(u16, &'static str)> {
 }
 
 pub(super) async fn websocket(
-    mut stream: TcpStream,
+    mut stream: Socket,
     mut buf: RBuf,
     head: RequestHead,
-    peer: SocketAddr,
+    peer: Peer,
     ctx: &Ctx,
     mut shutdown: watch::Receiver<bool>,
 ) {
     if let Some((status, why)) = check_upgrade(&head) {
-        log::info!(
-            "refused WebSocket upgrade from {}:{}: {why}",
-            peer.ip(),
-            peer.port()
-        );
+        log::info!("refused WebSocket upgrade from {peer}: {why}");
         let mut resp = error_response(status, why, &ctx.cfg.server_header);
         if status == 426 {
             // Insert the version the client should use before the blank line.
@@ -105,7 +100,7 @@ pub(super) async fn websocket(
     ctx.inbox.push(Event::Start(Box::new(Start {
         kind: Kind::WebSocket,
         head,
-        client: peer,
+        peer,
         exchange: x.clone(),
         keep_alive: false,
     })));
@@ -295,10 +290,10 @@ pub(super) async fn websocket(
     x.lock().io_done = true;
 }
 
-pub(super) fn ws_access(peer: SocketAddr, target: &str, status: u16) {
+pub(super) fn ws_access(peer: Peer, target: &str, status: u16) {
     if let Some(log) = access_log() {
         log.write(&AccessEntry {
-            remote_addr: &peer.ip().to_string(),
+            remote_addr: &peer.host(),
             request_line: &format!("GET {target} HTTP/1.1 (WebSocket)"),
             status,
             body_bytes: 0,
@@ -331,7 +326,7 @@ pub(super) fn ws_gone(x: &Exchange, ctx: &Ctx, code: u16) {
     wake_if_due(x, ctx, s);
 }
 
-pub(super) async fn write_plain(stream: &mut TcpStream, bytes: &[u8], ctx: &Ctx) -> io::Result<()> {
+pub(super) async fn write_plain(stream: &mut Socket, bytes: &[u8], ctx: &Ctx) -> io::Result<()> {
     match tokio::time::timeout(ctx.cfg.timeout, stream.write_all(bytes)).await {
         Ok(r) => r,
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out")),

@@ -77,7 +77,9 @@ pub enum Eager {
 /// What the Python side needs to know, fixed for the life of the loop.
 pub struct PyConfig {
     pub root_path: String,
-    pub server: Option<(String, u16)>,
+    /// The scope's `server` for each listener, in order: its host and
+    /// port, or `None` for a unix socket (as uvicorn says).
+    pub servers: Vec<Option<(String, u16)>>,
     pub eager: Eager,
     pub slow_step: Duration,
     pub server_header: String,
@@ -89,8 +91,9 @@ pub struct PyCtx {
     pub event_loop: Py<PyAny>,
     pub inbox: Arc<Inbox>,
     pub state: Py<PyDict>,
-    pub http_template: Py<PyDict>,
-    pub ws_template: Py<PyDict>,
+    /// The constant part of every scope, one per listener (its `server`).
+    pub http_templates: Vec<Py<PyDict>>,
+    pub ws_templates: Vec<Py<PyDict>>,
     pub config: PyConfig,
     pub hooks: &'static dyn WorkerHooks,
     /// Calls waiting on a `receive()` or `send()` future, by exchange id.
@@ -123,12 +126,17 @@ fn ctx() -> Rc {
         .expect("the stage 6 loop is running")
 }
 
-/// Builds the constant part of every scope once; each request copies it.
-pub fn templates(py: Python<'_>, config: &PyConfig) -> PyResult<(Py<PyDict>, Py<PyDict>)> {
+/// Builds the constant part of every scope once, for the listener whose
+/// address is `server`; each request copies it.
+pub fn templates(
+    py: Python<'_>,
+    config: &PyConfig,
+    server: &Option<(String, u16)>,
+) -> PyResult<(Py<PyDict>, Py<PyDict>)> {
     let asgi = PyDict::new(py);
     asgi.set_item("version", "3.0")?;
     asgi.set_item("spec_version", "2.4")?;
-    let server: Bound<'_, PyAny> = match &config.server {
+    let server: Bound<'_, PyAny> = match server {
         Some((host, port)) => (host.as_str(), *port).into_pyobject(py)?.into_any(),
         None => py.None().into_bound(py),
     };

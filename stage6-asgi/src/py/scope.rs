@@ -17,8 +17,8 @@ pub(super) fn build_scope<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let head = &start.head;
     let template = match start.kind {
-        Kind::Http => ctx.http_template.bind(py),
-        Kind::WebSocket => ctx.ws_template.bind(py),
+        Kind::Http => ctx.http_templates[start.peer.listener].bind(py),
+        Kind::WebSocket => ctx.ws_templates[start.peer.listener].bind(py),
     };
     let scope = template.copy()?;
     let version = match head.version {
@@ -54,8 +54,14 @@ pub(super) fn build_scope<'py>(
         headers.append(pair)?;
     }
     scope.set_item(intern!(py, "headers"), headers)?;
-    let client = (client_host(py, start.client.ip()), start.client.port());
-    scope.set_item(intern!(py, "client"), client)?;
+    match start.peer.client {
+        Some(client) => {
+            let client = (client_host(py, client.ip()), client.port());
+            scope.set_item(intern!(py, "client"), client)?;
+        }
+        // A unix socket's client has no address.
+        None => scope.set_item(intern!(py, "client"), py.None())?,
+    }
     scope.set_item(intern!(py, "state"), ctx.state.bind(py).copy()?)?;
     if start.kind == Kind::WebSocket {
         let protocols = PyList::empty(py);

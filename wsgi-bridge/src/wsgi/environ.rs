@@ -14,7 +14,10 @@ use crate::http::request::RequestHead;
 /// What the server knows about itself, constant for its lifetime.
 #[derive(Clone, Debug)]
 pub struct ServerInfo {
-    /// `SERVER_NAME` and `SERVER_PORT`: the listening address.
+    /// `SERVER_NAME` and `SERVER_PORT`: the listening address. A unix
+    /// socket has no port: its path and an empty port say so, and then, as
+    /// in gunicorn, a request's `Host` header gives both instead (the WSGI
+    /// spec has no word for a unix socket).
     pub server_name: String,
     pub server_port: String,
     /// `SCRIPT_NAME`: where the app is mounted (`--script-name`), "" for the root.
@@ -26,11 +29,21 @@ pub struct ServerInfo {
     pub multiprocess: bool,
 }
 
-/// The client's address, for `REMOTE_ADDR` and `REMOTE_PORT`.
+/// The client's address, for `REMOTE_ADDR` and `REMOTE_PORT`. The
+/// default, both empty, is a client on a unix socket.
 #[derive(Clone, Debug, Default)]
 pub struct Peer {
     pub addr: String,
     pub port: String,
+}
+
+impl From<std::net::SocketAddr> for Peer {
+    fn from(addr: std::net::SocketAddr) -> Peer {
+        Peer {
+            addr: addr.ip().to_string(),
+            port: addr.port().to_string(),
+        }
+    }
 }
 
 // ANCHOR: template

@@ -103,6 +103,10 @@ impl Request for HttpRequest<'_> {
     }
 
     fn client(&self) -> String {
+        if self.peer.port.is_empty() {
+            // A unix socket's client: no address to show.
+            return "unix socket".to_string();
+        }
         format!("{}:{}", self.peer.addr, self.peer.port)
     }
 
@@ -140,6 +144,14 @@ impl Request for HttpRequest<'_> {
             script_name,
             input,
         )?;
+        if self.peer.port.is_empty() {
+            // A client on a unix socket has no port (gunicorn sets no
+            // REMOTE_PORT then).
+            env.del_item(pyo3::intern!(py, "REMOTE_PORT"))?;
+        }
+        if app.info.server_port.is_empty() {
+            unix_socket_server(py, &env, self.head, &self.forwarded)?;
+        }
         if let Some(said) = self.forwarded {
             if said.https {
                 env.set_item(
@@ -152,5 +164,65 @@ impl Request for HttpRequest<'_> {
             }
         }
         Ok(env)
+    }
+}
+
+/// `SERVER_NAME` and `SERVER_PORT` of a request that came through a unix
+/// socket, which has no host or port of its own: gunicorn takes them from
+/// the `Host` header (`example.com:8080`; the scheme's port when it names
+/// none), and without one leaves the socket's path and an empty port,
+/// which the template already holds.
+fn unix_socket_server(
+    py: Python<'_>,
+    env: &Bound<'_, PyDict>,
+    head: &RequestHead,
+    forwarded: &Option<&Said>,
+) -> PyResult<()> {
+    let Some((_, host)) = head
+        .headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("host"))
+    else {
+        return Ok(());
+    };
+    let https = forwarded.is_some_and(|said| said.https);
+    let host = String::from_utf8_lossy(host);
+    let (name, port) = host_and_port(&host, https);
+    env.set_item(pyo3::intern!(py, "SERVER_NAME"), name)?;
+    env.set_item(pyo3::intern!(py, "SERVER_PORT"), port)?;
+    Ok(())
+}
+
+/// A `Host` header's name and port; the scheme's port when it names none.
+fn host_and_port(host: &str, https: bool) -> (&str, &str) {
+    // The port follows the last ':', unless that ':' is inside an IPv6
+    // literal (`[::1]`).
+    match host
+        .rsplit_once(':')
+        .filter(|(name, _)| !name.starts_with('[') || name.ends_with(']'))
+    {
+        Some((name, port)) => (name, port),
+        None => (host, if https { "443" } else { "80" }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_and_port;
+
+    #[test]
+    fn host_header_forms() {
+        assert_eq!(
+            host_and_port("example.com:8080", false),
+            ("example.com", "8080")
+        );
+        assert_eq!(host_and_port("example.com", false), ("example.com", "80"));
+        assert_eq!(host_and_port("example.com", true), ("example.com", "443"));
+        assert_eq!(host_and_port("[::1]:8000", false), ("[::1]", "8000"));
+        assert_eq!(host_and_port("[::1]", false), ("[::1]", "80"));
+        assert_eq!(
+            host_and_port("[2001:db8::1:5]", false),
+            ("[2001:db8::1:5]", "80")
+        );
     }
 }
