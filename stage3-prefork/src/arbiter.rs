@@ -796,7 +796,10 @@ impl Arbiter {
 /// Why a worker died, in a few words, for `--trace`'s pictures.
 fn exit_reason(worker: &WorkerProcess, status: WaitStatus, max_requests: u64) -> String {
     match (worker.state, status) {
-        (WorkerState::Killed, _) if worker.timed_out => "killed by the master: --timeout".into(),
+        // ABRT, then KILL if it did not exit: both are the master's --timeout.
+        (WorkerState::Aborted(_) | WorkerState::Killed, _) if worker.timed_out => {
+            "killed by the master: --timeout".into()
+        }
         (WorkerState::Killed, _) => "killed by the master: --graceful-timeout".into(),
         (WorkerState::Stopping(_), WaitStatus::Exited(_, 0)) => "stopped (TERM)".into(),
         (WorkerState::Running, WaitStatus::Exited(_, 0)) if max_requests > 0 => {
