@@ -639,6 +639,7 @@ fn package_of(bin: &str) -> &str {
     match bin {
         "uwsgi-dump" => "stage4-uwsgi-socket",
         "cluster" => "stage5-nginx",
+        "null-server" => "course-bench",
         other => other,
     }
 }
