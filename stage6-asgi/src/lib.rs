@@ -276,6 +276,7 @@ pub fn serve_forever(
         })
     };
     let inbox = Arc::new(shared::Inbox::new()?);
+    let outbox = Arc::new(shared::Outbox::new()?);
     let stop_fd = stop.try_clone_to_owned()?;
     let stop_io = Arc::new(tokio::sync::Notify::new());
     let local = listener.local_addr()?;
@@ -380,7 +381,7 @@ pub fn serve_forever(
         let io_thread = std::thread::Builder::new()
             .name("stage6-io".into())
             .spawn_scoped(scope, move || {
-                io::run(listener, stop_fd, inbox_io, io_config, stop_for_io)
+                io::run(listener, stop_fd, inbox_io, outbox, io_config, stop_for_io)
             })?;
         // The loop thread's one attach: the loop runs inside it and gives the
         // GIL up only in `select`.

@@ -64,7 +64,11 @@ pub(super) async fn http_exchange(
     ctx: &Ctx,
     stopping: bool,
 ) -> bool {
-    let x = Arc::new(Exchange::new(head.version, head.method == "HEAD"));
+    let x = Arc::new(Exchange::new(
+        head.version,
+        head.method == "HEAD",
+        ctx.outbox.clone(),
+    ));
     let mut body = match head.body {
         BodyKind::Empty => Body::Done,
         BodyKind::Length(n) => Body::Length(n),

@@ -27,7 +27,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
-use crate::shared::{Event, Inbox};
+use crate::shared::{Event, Inbox, Outbox};
 
 use conn::connection;
 
@@ -48,6 +48,7 @@ pub struct IoConfig {
 pub(super) struct Ctx {
     cfg: IoConfig,
     inbox: Arc<Inbox>,
+    outbox: Arc<Outbox>,
     live: AtomicUsize,
     all_closed: Notify,
 }
@@ -60,13 +61,14 @@ pub fn run(
     listener: std::net::TcpListener,
     stop_fd: OwnedFd,
     inbox: Arc<Inbox>,
+    outbox: Arc<Outbox>,
     cfg: IoConfig,
     stop: Arc<Notify>,
 ) -> io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let result = runtime.block_on(serve(listener, stop_fd, inbox.clone(), cfg, stop));
+    let result = runtime.block_on(serve(listener, stop_fd, inbox.clone(), outbox, cfg, stop));
     // Whatever happened, the Python loop must not wait for ever.
     inbox.push(Event::Drained);
     // Connection tasks left after the graceful timeout are dropped here.
@@ -78,10 +80,12 @@ async fn serve(
     listener: std::net::TcpListener,
     stop_fd: OwnedFd,
     inbox: Arc<Inbox>,
+    outbox: Arc<Outbox>,
     cfg: IoConfig,
     stop: Arc<Notify>,
 ) -> io::Result<()> {
     listener.set_nonblocking(true)?;
+    tokio::spawn(deliver(outbox.clone()));
     let listener = TcpListener::from_std(listener)?;
     #[allow(deprecated)]
     let stop_fd = AsyncFd::with_interest(stop_fd, tokio::io::Interest::READABLE)?;
@@ -89,6 +93,7 @@ async fn serve(
     let ctx = Arc::new(Ctx {
         cfg,
         inbox,
+        outbox,
         live: AtomicUsize::new(0),
         all_closed: Notify::new(),
     });
@@ -143,3 +148,24 @@ async fn serve(
     }
     Ok(())
 }
+
+// ANCHOR: deliver
+/// Wakes the connection tasks the Python thread put in the outbox, a batch
+/// per wake-up of the I/O thread. `notify_one` here, on the runtime's own
+/// thread, only queues the task: no system call.
+async fn deliver(outbox: Arc<Outbox>) -> io::Result<()> {
+    // The raw descriptor stays open while this task runs: the task owns an
+    // Arc of the outbox, dropped after `fd`.
+    #[allow(deprecated)]
+    let fd = AsyncFd::with_interest(outbox.fd(), tokio::io::Interest::READABLE)?;
+    let mut batch = Vec::with_capacity(64);
+    loop {
+        let mut ready = fd.readable().await?;
+        ready.clear_ready();
+        outbox.take(&mut batch);
+        for x in batch.drain(..) {
+            x.to_io.notify_one();
+        }
+    }
+}
+// ANCHOR_END: deliver

@@ -240,7 +240,7 @@ impl AsgiCall {
         let wait = more && s.unsent >= SEND_HIGH_WATER;
         drop(s);
         if added > 0 || !more {
-            x.to_io.notify_one();
+            x.wake_io();
         }
         wait
     }

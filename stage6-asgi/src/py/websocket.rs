@@ -108,7 +108,7 @@ impl AsgiCall {
         s.unsent += size;
         let wait = s.unsent >= SEND_HIGH_WATER;
         drop(s);
-        x.to_io.notify_one();
+        x.wake_io();
         Ok(wait)
     }
 }
