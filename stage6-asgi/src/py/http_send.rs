@@ -168,6 +168,9 @@ impl AsgiCall {
             s.close_after |= !keep;
             s.status = status;
             let out = &mut s.out;
+            // One allocation at most (none when the connection's buffer
+            // from its last response is big enough), not one per doubling.
+            out.reserve(128 + server.len() + self.resp.header_lines.len() + body.len());
             out.extend_from_slice(b"HTTP/1.1 ");
             push_decimal(out, u64::from(status));
             out.push(b' ');
