@@ -145,10 +145,10 @@ pub(super) fn spawn_task(
         None => false,
     };
     let task = match context {
-        None => ctx
-            .task_type
-            .bind(py)
-            .call((call,), Some(ctx.task_kwargs.bind(py))),
+        // No keywords: the Task finds the loop as the running one (this
+        // runs inside the loop), and a call without a keyword dict skips
+        // the keyword parsing.
+        None => ctx.task_type.bind(py).call1((call,)),
         Some(c) => ctx.task_kwargs.bind(py).copy().and_then(|kwargs| {
             kwargs.set_item(intern!(py, "context"), c)?;
             ctx.task_type.bind(py).call((call,), Some(&kwargs))
