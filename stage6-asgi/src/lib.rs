@@ -15,7 +15,7 @@
 //!  Event::Start ──── inbox + eventfd ────────▶ scope dict, app(scope, receive, send)
 //!                                              first step: coro.send(None) from Rust
 //!                                              send(): frame bytes into the exchange
-//!  write the bytes ◀──── Notify ─────────────  (no GIL on the other side)
+//!  write the bytes ◀─── outbox + eventfd ────  (no GIL on the other side)
 //!  body chunks, disconnects ── Event::Wake ──▶ resolve the waiting receive()/send()
 //! ```
 //!
@@ -27,7 +27,12 @@
 //!   one per request with a single client, and 0.06-0.09 per request (or
 //!   WebSocket message) under load, where one wake-up carries a batch.
 //!   `--stats` (or `STAGE6_STATS=1`) prints these counts at exit
-//!   ([`shared::Stats`]).
+//!   ([`shared::Stats`]). The other way, the loop thread puts exchanges with
+//!   work for the I/O thread in an outbox ([`shared::Outbox`]) and writes its
+//!   eventfd once per batch; a task of the I/O thread wakes the connections.
+//!   (Calling tokio's `Notify::notify_one` from the loop thread wrote tokio's
+//!   own eventfd once per response: 1.05 `write` calls per request, 0.29 with
+//!   the outbox.)
 //! - **Eager first step.** `receive` and `send` are Rust objects whose
 //!   awaitables complete at once when they can (`send` always can, unless the
 //!   client is slow: back-pressure at 256 KiB queued). The first step of the
@@ -76,19 +81,24 @@
 //!   read buffers are 8 KiB (tungstenite's default 128 KiB is zeroed on
 //!   every read).
 //!
-//! # Measured (one process each, loopback, wrk on the same 2-core machine)
+//! # Measured (2 workers each, loopback, the course's load generator on the same 2-core machine)
 //!
-//! Shared with other builds while measured, so single runs varied by ±30%;
-//! these are the ranges of the last rounds, each round run side by side.
+//! `BENCH_QUICK=1 cargo bench --bench stages -- '^(hello|io256)/(null|stage3-asgi|uvicorn|granian-asgi)$'`,
+//! three undisturbed runs on a machine shared with other builds (single runs
+//! vary by ±20%; ratios from one run are what holds). `null` is
+//! course-bench's null server: the same shape and I/O thread, no Python, the
+//! bound of this machine and load generator.
 //!
-//! | workload | stage 6 | uvicorn (uvloop, httptools) | granian asgi |
-//! |---|---|---|---|
-//! | hello, 32 connections | 57-65k req/s | 22-29k | 38-48k |
-//! | hello, server CPU per request | 15-20 µs (7.5 Python + 7 I/O thread) | 24 µs | 21-26 µs |
-//! | `/io?ms=10`, 256 connections (bound 25.6k) | 17-20k | 13-21k | 12-20k |
-//! | `/io?ms=10`, server CPU per request | 26 µs (uvloop 24) | 32-34 µs | 27-28 µs |
-//! | WebSocket echo, 64 clients | 54k msg/s | 16-19k | 31-40k |
-//! | RSS per idle keep-alive connection | 2.3-3.2 KB | 6.2 KB | 7.2 KB |
+//! | workload | stage 3 `-k asgi` | uvicorn (uvloop, httptools) | granian asgi | null server |
+//! |---|---|---|---|---|
+//! | hello, 32 connections | 40.7-56.8k req/s | 38.4-41.7k | 33.5-42.9k | 85-110k |
+//! | hello, server CPU per request | 22-31 µs | 31-34 µs | 33-44 µs | 8-10 µs |
+//! | `/io?ms=10`, 256 connections (25.6k if sleeping were free) | 16.4-18.3k | 15.4-17.3k | 15.9-17.0k | 17.7-18.1k |
+//! | `/io?ms=10`, server CPU per request | 39-54 µs | 51-68 µs | 50-59 µs | 16-18 µs |
+//!
+//! Earlier, one process each, with wrk: WebSocket echo with 64 clients, 54k
+//! messages/s (uvicorn 16-19k, granian 31-40k); RSS per idle keep-alive
+//! connection 2.3-3.2 KB (uvicorn 6.2 KB, granian 7.2 KB).
 //!
 //! The loop thread takes the GIL back once per request with a single
 //! client, and 0.06-0.09 times per request or message under load (`--stats`).
