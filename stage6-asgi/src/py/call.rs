@@ -456,10 +456,23 @@ impl crate::shared::XState {
     }
 }
 
+/// `message[key]`, `Err(())` when it is missing. A dict (what apps send)
+/// is read with a plain dict lookup: `message.get_item` goes through the
+/// mapping protocol and raises a KeyError (an exception object made and
+/// dropped) for every absent key, like the `more_body` hello leaves out.
+pub(super) fn field<'py>(
+    message: &Bound<'py, PyAny>,
+    key: &Bound<'py, PyString>,
+) -> Result<Bound<'py, PyAny>, ()> {
+    match message.cast::<pyo3::types::PyDict>() {
+        Ok(dict) => dict.get_item(key).ok().flatten().ok_or(()),
+        Err(_) => message.get_item(key).map_err(|_| ()),
+    }
+}
+
 pub(super) fn get_type<'py>(message: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyString>> {
     let py = message.py();
-    message
-        .get_item(intern!(py, "type"))
+    field(message, intern!(py, "type"))
         .map_err(|_| PyValueError::new_err("an ASGI message must be a dict with a 'type'"))?
         .cast_into::<PyString>()
         .map_err(|_| PyTypeError::new_err("an ASGI message's 'type' must be a str"))
