@@ -138,12 +138,9 @@ pub(super) fn spawn_task(
 ) -> PyResult<()> {
     let lp = ctx.event_loop.bind(py);
     CAPTURE.with(|c| *c.borrow_mut() = Some(None));
-    // Shadow the loop's call_soon only while the Task is created (an
-    // instance attribute wins over the method): nothing else pays for it.
-    let shadowed = match &ctx.call_soon {
-        Some(c) => lp.setattr(intern!(py, "call_soon"), c.bind(py)).is_ok(),
-        None => false,
-    };
+    // The drain shadows the loop's call_soon for its whole batch (an
+    // instance attribute wins over the method); while CAPTURE is set, our
+    // CallSoon keeps the step the new Task schedules.
     let task = match context {
         // No keywords: the Task finds the loop as the running one (this
         // runs inside the loop), and a call without a keyword dict skips
@@ -154,9 +151,6 @@ pub(super) fn spawn_task(
             ctx.task_type.bind(py).call((call,), Some(&kwargs))
         }),
     };
-    if shadowed {
-        lp.delattr(intern!(py, "call_soon"))?;
-    }
     let captured = CAPTURE.with(|c| c.borrow_mut().take()).flatten();
     let task = task?;
     let (callback, step_context) = match captured {
