@@ -85,16 +85,21 @@
 //!
 //! `BENCH_QUICK=1 cargo bench --bench stages -- '^(hello|io256)/(null|stage3-asgi|uvicorn|granian-asgi)$'`,
 //! three undisturbed runs on a machine shared with other builds (single runs
-//! vary by ±20%; ratios from one run are what holds). `null` is
+//! vary by ±20%; compare within one run). `null` is
 //! course-bench's null server: the same shape and I/O thread, no Python, the
 //! bound of this machine and load generator.
 //!
 //! | workload | stage 3 `-k asgi` | uvicorn (uvloop, httptools) | granian asgi | null server |
 //! |---|---|---|---|---|
-//! | hello, 32 connections | 40.7-56.8k req/s | 38.4-41.7k | 33.5-42.9k | 85-110k |
-//! | hello, server CPU per request | 22-31 µs | 31-34 µs | 33-44 µs | 8-10 µs |
-//! | `/io?ms=10`, 256 connections (25.6k if sleeping were free) | 16.4-18.3k | 15.4-17.3k | 15.9-17.0k | 17.7-18.1k |
-//! | `/io?ms=10`, server CPU per request | 39-54 µs | 51-68 µs | 50-59 µs | 16-18 µs |
+//! | hello, 32 connections | 46.2-59.6k req/s | 33.4-38.1k | 36.0-40.6k | 90-100k |
+//! | hello, server CPU per request | 22-27 µs | 32-40 µs | 34-40 µs | 9-10 µs |
+//! | `/io?ms=10`, 256 connections (25.6k if sleeping were free) | 17.3-17.9k | 15.6-16.6k | 16.0-16.9k | 17.8-18.6k |
+//! | `/io?ms=10`, server CPU per request | 44-47 µs | 62-66 µs | 50-60 µs | 15-19 µs |
+//!
+//! Same-run ratios, hello: 1.14-1.65x granian, 1.35-1.62x uvicorn; `/io`:
+//! 96-97% of the null server (uvicorn 86-93%, granian 86-95%). User-space
+//! instructions per hello request (callgrind, one process): 50.4k (41.2k
+//! with `--eager bare`), granian 69.6k, uvicorn 120.2k.
 //!
 //! Earlier, one process each, with wrk: WebSocket echo with 64 clients, 54k
 //! messages/s (uvicorn 16-19k, granian 31-40k); RSS per idle keep-alive
