@@ -640,6 +640,7 @@ fn package_of(bin: &str) -> &str {
         "uwsgi-dump" => "stage4-uwsgi-socket",
         "trace-view" | "conformance-report" => "wsgi-course",
         "cluster" => "stage5-nginx",
+        "null-server" => "course-bench",
         other => other,
     }
 }

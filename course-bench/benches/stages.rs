@@ -70,7 +70,7 @@ fn stages(c: &mut Criterion) {
         // cost (connecting), which a linear fit would not need to see.
         group.sampling_mode(SamplingMode::Flat);
         for (i, spec) in available.iter().enumerate() {
-            if workload.asgi_only && !spec.asgi {
+            if !spec.runs_workload(workload) {
                 continue;
             }
             let samples: RefCell<Vec<(u64, Measurement)>> = RefCell::new(Vec::new());

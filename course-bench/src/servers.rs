@@ -82,6 +82,9 @@ pub struct ServerSpec {
     pub needs_nginx: bool,
     /// It serves ASGI apps: `{app}` is [`ASGI_APP`].
     pub asgi: bool,
+    /// The workloads it is measured on, if not all of its kind's (the null
+    /// server answers only `/` and `/io`).
+    pub only: &'static [&'static str],
 }
 
 /// A course stage: a workspace binary with a banner, its workers the
@@ -106,6 +109,7 @@ const fn stage(
         runs: None,
         needs_nginx: false,
         asgi: false,
+        only: &[],
     }
 }
 
@@ -136,6 +140,7 @@ const fn peer(
         runs: None,
         needs_nginx: false,
         asgi: false,
+        only: &[],
     }
 }
 
@@ -168,6 +173,18 @@ impl ServerSpec {
     const fn asgi(mut self) -> ServerSpec {
         self.asgi = true;
         self
+    }
+
+    /// It is measured only on these workloads.
+    const fn only(mut self, workloads: &'static [&'static str]) -> ServerSpec {
+        self.only = workloads;
+        self
+    }
+
+    /// Whether it is measured on `workload`.
+    pub fn runs_workload(&self, workload: &crate::Workload) -> bool {
+        (self.asgi || !workload.asgi_only)
+            && (self.only.is_empty() || self.only.contains(&workload.id))
     }
 
     /// The app it serves.
@@ -207,6 +224,10 @@ pub fn servers() -> Vec<ServerSpec> {
         stage("stage3-asgi", "stage 3: prefork, asgi workers (stage 6's loop)", "stage3-prefork", "-w {workers} -k asgi -b {addr} {app}", "{workers} workers x 1 loop").asgi(),
         peer("uvicorn", "uvicorn (uvloop + httptools)", "uvicorn", "uvicorn", "pip install 'uvicorn[standard]'", "--workers {workers} --loop uvloop --http httptools --no-access-log --log-level warning --host {host} --port {port} {app}", "{workers} workers x 1 loop").no_banner().asgi(),
         peer("granian-asgi", "granian --interface asgi", "granian", "granian", "pip install granian", "--interface asgi --workers {workers} --host {host} --port {port} {app}", "{workers} workers (tokio + 1 loop)").no_banner().asgi(),
+        // The bound: stage 3 -k asgi's shape with stage 6's I/O thread and no
+        // Python at all (course-bench/src/bin/null-server.rs). No server that
+        // runs the app can beat it; how close each gets is what they cost.
+        stage("null", "null server: no Python (the bound)", "null-server", "-w {workers} -b {addr}", "{workers} workers x 1 tokio thread").asgi().only(&["hello", "io", "io256"]),
         peer("hypercorn", "hypercorn (asyncio)", "hypercorn", "hypercorn", "pip install hypercorn", "--workers {workers} --bind {addr} {app}", "{workers} workers x 1 loop").no_banner().asgi(),
     ]
 }

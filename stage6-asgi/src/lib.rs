@@ -15,7 +15,7 @@
 //!  Event::Start ──── inbox + eventfd ────────▶ scope dict, app(scope, receive, send)
 //!                                              first step: coro.send(None) from Rust
 //!                                              send(): frame bytes into the exchange
-//!  write the bytes ◀──── Notify ─────────────  (no GIL on the other side)
+//!  write the bytes ◀─── outbox + eventfd ────  (no GIL on the other side)
 //!  body chunks, disconnects ── Event::Wake ──▶ resolve the waiting receive()/send()
 //! ```
 //!
@@ -27,7 +27,12 @@
 //!   one per request with a single client, and 0.06-0.09 per request (or
 //!   WebSocket message) under load, where one wake-up carries a batch.
 //!   `--stats` (or `STAGE6_STATS=1`) prints these counts at exit
-//!   ([`shared::Stats`]).
+//!   ([`shared::Stats`]). The other way, the loop thread puts exchanges with
+//!   work for the I/O thread in an outbox ([`shared::Outbox`]) and writes its
+//!   eventfd once per batch; a task of the I/O thread wakes the connections.
+//!   (Calling tokio's `Notify::notify_one` from the loop thread wrote tokio's
+//!   own eventfd once per response: 1.05 `write` calls per request, 0.29 with
+//!   the outbox.)
 //! - **Eager first step.** `receive` and `send` are Rust objects whose
 //!   awaitables complete at once when they can (`send` always can, unless the
 //!   client is slow: back-pressure at 256 KiB queued). The first step of the
@@ -76,19 +81,29 @@
 //!   read buffers are 8 KiB (tungstenite's default 128 KiB is zeroed on
 //!   every read).
 //!
-//! # Measured (one process each, loopback, wrk on the same 2-core machine)
+//! # Measured (2 workers each, loopback, the course's load generator on the same 2-core machine)
 //!
-//! Shared with other builds while measured, so single runs varied by ±30%;
-//! these are the ranges of the last rounds, each round run side by side.
+//! `BENCH_QUICK=1 cargo bench --bench stages -- '^(hello|io256)/(null|stage3-asgi|uvicorn|granian-asgi)$'`,
+//! three undisturbed runs on a machine shared with other builds (single runs
+//! vary by ±20%; compare within one run). `null` is
+//! course-bench's null server: the same shape and I/O thread, no Python, the
+//! bound of this machine and load generator.
 //!
-//! | workload | stage 6 | uvicorn (uvloop, httptools) | granian asgi |
-//! |---|---|---|---|
-//! | hello, 32 connections | 57-65k req/s | 22-29k | 38-48k |
-//! | hello, server CPU per request | 15-20 µs (7.5 Python + 7 I/O thread) | 24 µs | 21-26 µs |
-//! | `/io?ms=10`, 256 connections (bound 25.6k) | 17-20k | 13-21k | 12-20k |
-//! | `/io?ms=10`, server CPU per request | 26 µs (uvloop 24) | 32-34 µs | 27-28 µs |
-//! | WebSocket echo, 64 clients | 54k msg/s | 16-19k | 31-40k |
-//! | RSS per idle keep-alive connection | 2.3-3.2 KB | 6.2 KB | 7.2 KB |
+//! | workload | stage 3 `-k asgi` | uvicorn (uvloop, httptools) | granian asgi | null server |
+//! |---|---|---|---|---|
+//! | hello, 32 connections | 46.2-59.6k req/s | 33.4-38.1k | 36.0-40.6k | 90-100k |
+//! | hello, server CPU per request | 22-27 µs | 32-40 µs | 34-40 µs | 9-10 µs |
+//! | `/io?ms=10`, 256 connections (25.6k if sleeping were free) | 17.3-17.9k | 15.6-16.6k | 16.0-16.9k | 17.8-18.6k |
+//! | `/io?ms=10`, server CPU per request | 44-47 µs | 62-66 µs | 50-60 µs | 15-19 µs |
+//!
+//! Same-run ratios, hello: 1.14-1.65x granian, 1.35-1.62x uvicorn; `/io`:
+//! 96-97% of the null server (uvicorn 86-93%, granian 86-95%). User-space
+//! instructions per hello request (callgrind, one process): 50.4k (41.2k
+//! with `--eager bare`), granian 69.6k, uvicorn 120.2k.
+//!
+//! Earlier, one process each, with wrk: WebSocket echo with 64 clients, 54k
+//! messages/s (uvicorn 16-19k, granian 31-40k); RSS per idle keep-alive
+//! connection 2.3-3.2 KB (uvicorn 6.2 KB, granian 7.2 KB).
 //!
 //! The loop thread takes the GIL back once per request with a single
 //! client, and 0.06-0.09 times per request or message under load (`--stats`).
@@ -291,6 +306,7 @@ pub fn serve_all(
         })
     };
     let inbox = Arc::new(shared::Inbox::new()?);
+    let outbox = Arc::new(shared::Outbox::new()?);
     let stop_fd = stop.try_clone_to_owned()?;
     let stop_io = Arc::new(tokio::sync::Notify::new());
     let servers: Vec<Option<(String, u16)>> = listeners
@@ -404,7 +420,7 @@ pub fn serve_all(
         let io_thread = std::thread::Builder::new()
             .name("stage6-io".into())
             .spawn_scoped(scope, move || {
-                io::run(listeners, stop_fd, inbox_io, io_config, stop_for_io)
+                io::run(listeners, stop_fd, inbox_io, outbox, io_config, stop_for_io)
             })?;
         // The loop thread's one attach: the loop runs inside it and gives the
         // GIL up only in `select`.

@@ -9,8 +9,12 @@
 //!   The loop wakes up once for a whole batch of events. The I/O thread never
 //!   takes the GIL.
 //! - Python → I/O: the app's `send()` appends bytes to an [`Exchange`]'s
-//!   output and calls `Notify::notify_one`, which wakes the connection's
-//!   tokio task.
+//!   output and puts the exchange in the [`Outbox`] ([`Exchange::wake_io`]),
+//!   which writes the I/O thread's eventfd if the outbox was empty. One task
+//!   of the I/O thread takes the whole batch and wakes each connection's task
+//!   (`Notify::notify_one`, on its own thread: no system call). Waking the
+//!   task straight from the Python thread would cost one eventfd write
+//!   (tokio's waker) per response, on the thread that holds the GIL.
 
 use std::collections::VecDeque;
 use std::io;
@@ -104,18 +108,12 @@ struct InboxState {
 
 impl Inbox {
     pub fn new() -> io::Result<Inbox> {
-        // SAFETY: eventfd returns a new descriptor or -1.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
         Ok(Inbox {
             queue: Mutex::new(InboxState {
                 events: Vec::with_capacity(64),
                 signalled: false,
             }),
-            // SAFETY: fd is a valid descriptor we own.
-            efd: unsafe { OwnedFd::from_raw_fd(fd) },
+            efd: eventfd()?,
         })
     }
 
@@ -132,23 +130,95 @@ impl Inbox {
             !std::mem::replace(&mut q.signalled, true)
         };
         if wake {
-            let one: u64 = 1;
-            // SAFETY: writing 8 bytes from a valid u64 to our eventfd.
-            unsafe { libc::write(self.efd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+            signal(&self.efd);
         }
     }
 
     /// Takes every event queued so far (called by the Python thread when the
     /// eventfd is readable).
     pub fn take(&self, into: &mut Vec<Event>) {
-        let mut counter: u64 = 0;
-        // SAFETY: reading 8 bytes into a valid u64 from our non-blocking eventfd.
-        unsafe { libc::read(self.efd.as_raw_fd(), (&mut counter as *mut u64).cast(), 8) };
+        drain_eventfd(&self.efd);
         let mut q = lock(&self.queue);
         q.signalled = false;
         std::mem::swap(&mut q.events, into);
     }
     // ANCHOR_END: inbox
+}
+
+/// The I/O thread's inbox: exchanges whose connection task has something to
+/// do (bytes to write, a body to read, the end of the response).
+pub struct Outbox {
+    queue: Mutex<OutboxState>,
+    efd: OwnedFd,
+}
+
+struct OutboxState {
+    ready: Vec<std::sync::Arc<Exchange>>,
+    /// The eventfd was written and the I/O thread has not taken the batch.
+    signalled: bool,
+}
+
+impl Outbox {
+    pub fn new() -> io::Result<Outbox> {
+        Ok(Outbox {
+            queue: Mutex::new(OutboxState {
+                ready: Vec::with_capacity(64),
+                signalled: false,
+            }),
+            efd: eventfd()?,
+        })
+    }
+
+    /// The descriptor the I/O thread watches.
+    pub fn fd(&self) -> i32 {
+        self.efd.as_raw_fd()
+    }
+
+    // ANCHOR: outbox
+    /// Called by the Python thread: the exchange's task has work. Writes
+    /// the eventfd only for the first exchange of a batch.
+    pub fn push(&self, x: std::sync::Arc<Exchange>) {
+        let wake = {
+            let mut q = lock(&self.queue);
+            q.ready.push(x);
+            !std::mem::replace(&mut q.signalled, true)
+        };
+        if wake {
+            signal(&self.efd);
+        }
+    }
+
+    /// Called by the I/O thread when the eventfd is readable: every exchange
+    /// queued so far.
+    pub fn take(&self, into: &mut Vec<std::sync::Arc<Exchange>>) {
+        drain_eventfd(&self.efd);
+        let mut q = lock(&self.queue);
+        q.signalled = false;
+        std::mem::swap(&mut q.ready, into);
+    }
+    // ANCHOR_END: outbox
+}
+
+fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd returns a new descriptor or -1.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a valid descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn signal(efd: &OwnedFd) {
+    let one: u64 = 1;
+    // SAFETY: writing 8 bytes from a valid u64 to our eventfd.
+    unsafe { libc::write(efd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+}
+
+fn drain_eventfd(efd: &OwnedFd) {
+    let mut counter: u64 = 0;
+    // SAFETY: reading 8 bytes into a valid u64 from our non-blocking eventfd.
+    unsafe { libc::read(efd.as_raw_fd(), (&mut counter as *mut u64).cast(), 8) };
 }
 
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -160,8 +230,10 @@ pub struct Exchange {
     pub id: u64,
     pub state: Mutex<XState>,
     /// Wakes the connection's tokio task: Python queued output or asked for
-    /// more body.
+    /// more body. Notified on the I/O thread only (see [`Exchange::wake_io`]).
     pub to_io: Notify,
+    /// Where the Python thread puts the exchange to have `to_io` notified.
+    pub outbox: std::sync::Arc<Outbox>,
     pub version: Version,
     pub head_request: bool,
 }
@@ -272,12 +344,13 @@ impl XState {
 }
 
 impl Exchange {
-    pub fn new(version: Version, head_request: bool) -> Exchange {
+    pub fn new(version: Version, head_request: bool, outbox: std::sync::Arc<Outbox>) -> Exchange {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         Exchange {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             state: Mutex::new(XState::default()),
             to_io: Notify::new(),
+            outbox,
             version,
             head_request,
         }
@@ -285,6 +358,13 @@ impl Exchange {
 
     pub fn lock(&self) -> MutexGuard<'_, XState> {
         lock(&self.state)
+    }
+
+    /// Wakes the connection's task from the Python thread, through the
+    /// [`Outbox`]: many responses of one turn of the loop cost one write
+    /// to the I/O thread's eventfd.
+    pub fn wake_io(self: &std::sync::Arc<Self>) {
+        self.outbox.push(self.clone());
     }
 }
 

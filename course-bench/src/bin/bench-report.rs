@@ -360,6 +360,28 @@ impl<'a> Report<'a> {
                 );
             }
         }
+        // The null server (no Python: course-bench/src/bin/null-server.rs)
+        // is what this machine and load generator allow at all.
+        for w in ["hello", "io256"] {
+            if let (Some(v), Some(null)) = (rps(w, "stage3-asgi"), rps(w, "null")) {
+                let peers: Vec<String> = ["uvicorn", "granian-asgi"]
+                    .iter()
+                    .filter_map(|p| rps(w, p).map(|r| format!("{p} {:.0}%", r / null * 100.0)))
+                    .collect();
+                let _ = writeln!(
+                    md,
+                    "| stage3-asgi, {w}: closer to the null server's (no Python, {} req/s: the bound here) than the peers | {:.0}% ({}) | {} |",
+                    thousands(null),
+                    v / null * 100.0,
+                    peers.join(", "),
+                    mark(
+                        ["uvicorn", "granian-asgi"]
+                            .iter()
+                            .all(|p| rps(w, p).is_none_or(|r| v >= r))
+                    )
+                );
+            }
+        }
         if let Some(v) = rps("io256", "stage3-asgi") {
             // 256 connections each waiting 10 ms: at most 25,600 a second.
             let share = v / 25_600.0;

@@ -65,6 +65,9 @@ pub(super) async fn connection(
 ) {
     stream.set_nodelay();
     let mut buf = RBuf::new();
+    // The response buffer, handed to each exchange of the connection in
+    // turn: the app's send() writes into memory already there.
+    let mut out = Vec::new();
     let mut first = true;
     loop {
         // Read one request head.
@@ -109,6 +112,7 @@ pub(super) async fn connection(
                 if !early {
                     buf.data = Vec::new();
                     buf.start = 0;
+                    out = Vec::new();
                     let ready = tokio::select! {
                         r = tokio::time::timeout(wait - soon, stream.readable()) => matches!(r, Ok(Ok(()))),
                         _ = shutdown.changed() => false,
@@ -132,7 +136,7 @@ pub(super) async fn connection(
             return;
         }
         let stopping = *shutdown.borrow();
-        if !http_exchange(&mut stream, &mut buf, head, peer, ctx, stopping).await {
+        if !http_exchange(&mut stream, &mut buf, &mut out, head, peer, ctx, stopping).await {
             return;
         }
     }

@@ -54,16 +54,28 @@ impl Body {
     }
 }
 
+/// Response buffers up to this size stay with the connection for its next
+/// request; a larger one (a big body) is freed.
+const KEEP_OUT_BUFFER: usize = 8 * 1024;
+
 /// Serves one HTTP request. Returns whether the connection may carry another.
+/// `out` is the connection's response buffer: lent to the exchange, given
+/// back (empty) when the response is done.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn http_exchange(
     stream: &mut Socket,
     buf: &mut RBuf,
+    out: &mut Vec<u8>,
     head: RequestHead,
     peer: Peer,
     ctx: &Ctx,
     stopping: bool,
 ) -> bool {
-    let x = Arc::new(Exchange::new(head.version, head.method == "HEAD"));
+    let x = Arc::new(Exchange::new(
+        head.version,
+        head.method == "HEAD",
+        ctx.outbox.clone(),
+    ));
     let mut body = match head.body {
         BodyKind::Empty => Body::Done,
         BodyKind::Length(n) => Body::Length(n),
@@ -73,7 +85,11 @@ pub(super) async fn http_exchange(
     };
     let expect_continue = head.expect_continue && head.version == Version::Http11;
     let keep_alive = ctx.cfg.keep_alive.is_some() && head.keep_alive && !stopping;
-    x.lock().body_done = matches!(body, Body::Done);
+    {
+        let mut s = x.lock();
+        s.body_done = matches!(body, Body::Done);
+        s.out = std::mem::take(out);
+    }
     let log_line = access_log().map(|_| {
         (
             format!("{} {} {}", head.method, head.target, head.version.as_str()),
@@ -224,6 +240,16 @@ pub(super) async fn http_exchange(
     let (status, body_bytes) = {
         let mut s = x.lock();
         s.io_done = true;
+        // Everything was written: both buffers are empty; keep the one
+        // with room for the next response.
+        let mut kept = std::mem::take(&mut s.out);
+        if spare.capacity() > kept.capacity() {
+            kept = std::mem::take(&mut spare);
+        }
+        if kept.capacity() <= KEEP_OUT_BUFFER {
+            kept.clear();
+            *out = kept;
+        }
         let r = (s.status, s.body_bytes);
         wake_if_due(&x, ctx, s);
         r

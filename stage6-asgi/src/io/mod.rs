@@ -28,7 +28,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{Notify, watch};
 use wsgi_bridge::conn::Listener;
 
-use crate::shared::{Event, Inbox, Peer};
+use crate::shared::{Event, Inbox, Outbox, Peer};
 use socket::Acceptor;
 
 use conn::connection;
@@ -50,6 +50,7 @@ pub struct IoConfig {
 pub(super) struct Ctx {
     cfg: IoConfig,
     inbox: Arc<Inbox>,
+    outbox: Arc<Outbox>,
     live: AtomicUsize,
     all_closed: Notify,
 }
@@ -63,13 +64,14 @@ pub fn run(
     listeners: Vec<Listener>,
     stop_fd: OwnedFd,
     inbox: Arc<Inbox>,
+    outbox: Arc<Outbox>,
     cfg: IoConfig,
     stop: Arc<Notify>,
 ) -> io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let result = runtime.block_on(serve(listeners, stop_fd, inbox.clone(), cfg, stop));
+    let result = runtime.block_on(serve(listeners, stop_fd, inbox.clone(), outbox, cfg, stop));
     // Whatever happened, the Python loop must not wait for ever.
     inbox.push(Event::Drained);
     // Connection tasks left after the graceful timeout are dropped here.
@@ -81,6 +83,7 @@ async fn serve(
     listeners: Vec<Listener>,
     stop_fd: OwnedFd,
     inbox: Arc<Inbox>,
+    outbox: Arc<Outbox>,
     cfg: IoConfig,
     stop: Arc<Notify>,
 ) -> io::Result<()> {
@@ -88,12 +91,14 @@ async fn serve(
         .into_iter()
         .map(Acceptor::from_std)
         .collect::<io::Result<Vec<_>>>()?;
+    tokio::spawn(deliver(outbox.clone()));
     #[allow(deprecated)]
     let stop_fd = AsyncFd::with_interest(stop_fd, tokio::io::Interest::READABLE)?;
     let graceful = cfg.graceful_timeout;
     let ctx = Arc::new(Ctx {
         cfg,
         inbox,
+        outbox,
         live: AtomicUsize::new(0),
         all_closed: Notify::new(),
     });
@@ -176,3 +181,24 @@ async fn accept_loop(
         }
     }
 }
+
+// ANCHOR: deliver
+/// Wakes the connection tasks the Python thread put in the outbox, a batch
+/// per wake-up of the I/O thread. `notify_one` here, on the runtime's own
+/// thread, only queues the task: no system call.
+async fn deliver(outbox: Arc<Outbox>) -> io::Result<()> {
+    // The raw descriptor stays open while this task runs: the task owns an
+    // Arc of the outbox, dropped after `fd`.
+    #[allow(deprecated)]
+    let fd = AsyncFd::with_interest(outbox.fd(), tokio::io::Interest::READABLE)?;
+    let mut batch = Vec::with_capacity(64);
+    loop {
+        let mut ready = fd.readable().await?;
+        ready.clear_ready();
+        outbox.take(&mut batch);
+        for x in batch.drain(..) {
+            x.to_io.notify_one();
+        }
+    }
+}
+// ANCHOR_END: deliver

@@ -96,7 +96,7 @@ pub(super) async fn websocket(
         .map(|k| k.trim_ascii().to_vec())
         .unwrap_or_default();
     let target = head.target.clone();
-    let x = Arc::new(Exchange::new(head.version, false));
+    let x = Arc::new(Exchange::new(head.version, false, ctx.outbox.clone()));
     ctx.inbox.push(Event::Start(Box::new(Start {
         kind: Kind::WebSocket,
         head,

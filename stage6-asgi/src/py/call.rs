@@ -79,13 +79,14 @@ pub struct AsgiCall {
 }
 
 impl AsgiCall {
-    pub(super) fn new(start: &Start) -> AsgiCall {
+    /// The call of `start`'s request; takes the head's method and target.
+    pub(super) fn new(start: &mut Start) -> AsgiCall {
         AsgiCall {
             coro: None,
             x: start.exchange.clone(),
             kind: start.kind,
-            method: start.head.method.clone(),
-            target: start.head.target.clone(),
+            method: std::mem::take(&mut start.head.method),
+            target: std::mem::take(&mut start.head.target),
             keep_alive: start.keep_alive,
             resp: Resp {
                 started: false,
@@ -233,7 +234,7 @@ impl AsgiCall {
                     s.abort = true;
                     s.out_done = true;
                     drop(s);
-                    call.x.to_io.notify_one();
+                    call.x.wake_io();
                 }
             }
             Kind::WebSocket => {
@@ -259,10 +260,10 @@ impl AsgiCall {
                     }
                     s.out_done = true;
                     drop(s);
-                    call.x.to_io.notify_one();
+                    call.x.wake_io();
                 } else {
                     call.x.lock().out_done = true;
-                    call.x.to_io.notify_one();
+                    call.x.wake_io();
                 }
             }
         }
@@ -290,7 +291,7 @@ impl AsgiCall {
         s.close_after = true;
         s.status = status;
         drop(s);
-        self.x.to_io.notify_one();
+        self.x.wake_io();
     }
 
     /// The I/O thread announced a change: resolve what can be resolved.
@@ -362,24 +363,10 @@ impl AsgiCall {
 
 #[pymethods]
 impl AsgiCall {
-    /// asyncio's Task calls this for every step after the first.
+    /// `coro.send(value)`; asyncio's Task uses `__next__` instead when the
+    /// value is None (its every step).
     fn send<'py>(slf: &Bound<'py, Self>, value: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-        let py = slf.py();
-        let pending = slf.borrow_mut().pending.take();
-        if let Some(fut) = pending {
-            let fut = fut.into_bound(py);
-            if !fut_done(&fut) {
-                // Hand the future the bare first step was waiting for to the
-                // Task, as the coroutine would have.
-                fut.setattr(intern!(py, "_asyncio_future_blocking"), true)?;
-                return Ok(fut);
-            }
-        }
-        let ctx = ctx();
-        match Self::step(slf, &ctx, StepInput::Send(value)) {
-            Step::Yielded(v) => Ok(v),
-            Step::Done => Err(PyStopIteration::new_err(())),
-        }
+        Self::resume(slf, value)?.ok_or_else(|| PyStopIteration::new_err(()))
     }
 
     #[pyo3(signature = (typ, val=None, tb=None))]
@@ -418,12 +405,42 @@ impl AsgiCall {
         slf
     }
 
-    fn __next__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-        Self::send(slf, slf.py().None().into_bound(slf.py()))
+    /// Every step of the Task after the first (`PyIter_Send(coro, None)`
+    /// takes the `tp_iternext` slot). The end is `Ok(None)`: NULL without
+    /// an exception set, which CPython reads as "returned None", where
+    /// raising StopIteration would create, normalise and drop an exception
+    /// object for every request.
+    fn __next__<'py>(slf: &Bound<'py, Self>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        Self::resume(slf, slf.py().None().into_bound(slf.py()))
     }
 
     fn __repr__(&self) -> String {
         format!("<stage6 ASGI call {}>", self.label())
+    }
+}
+
+impl AsgiCall {
+    /// The next step: what the coroutine yields, or None once it is done.
+    fn resume<'py>(
+        slf: &Bound<'py, Self>,
+        value: Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let py = slf.py();
+        let pending = slf.borrow_mut().pending.take();
+        if let Some(fut) = pending {
+            let fut = fut.into_bound(py);
+            if !fut_done(&fut) {
+                // Hand the future the bare first step was waiting for to the
+                // Task, as the coroutine would have.
+                fut.setattr(intern!(py, "_asyncio_future_blocking"), true)?;
+                return Ok(Some(fut));
+            }
+        }
+        let ctx = ctx();
+        match Self::step(slf, &ctx, StepInput::Send(value)) {
+            Step::Yielded(v) => Ok(Some(v)),
+            Step::Done => Ok(None),
+        }
     }
 }
 
@@ -439,10 +456,23 @@ impl crate::shared::XState {
     }
 }
 
+/// `message[key]`, `Err(())` when it is missing. A dict (what apps send)
+/// is read with a plain dict lookup: `message.get_item` goes through the
+/// mapping protocol and raises a KeyError (an exception object made and
+/// dropped) for every absent key, like the `more_body` hello leaves out.
+pub(super) fn field<'py>(
+    message: &Bound<'py, PyAny>,
+    key: &Bound<'py, PyString>,
+) -> Result<Bound<'py, PyAny>, ()> {
+    match message.cast::<pyo3::types::PyDict>() {
+        Ok(dict) => dict.get_item(key).ok().flatten().ok_or(()),
+        Err(_) => message.get_item(key).map_err(|_| ()),
+    }
+}
+
 pub(super) fn get_type<'py>(message: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyString>> {
     let py = message.py();
-    message
-        .get_item(intern!(py, "type"))
+    field(message, intern!(py, "type"))
         .map_err(|_| PyValueError::new_err("an ASGI message must be a dict with a 'type'"))?
         .cast_into::<PyString>()
         .map_err(|_| PyTypeError::new_err("an ASGI message's 'type' must be a str"))

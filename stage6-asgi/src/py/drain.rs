@@ -27,22 +27,38 @@ impl Drain {
         STATS
             .events
             .fetch_add(events.len() as u64, Ordering::Relaxed);
-        for event in events {
-            match event {
-                Event::Start(start) => start_call(py, &ctx, *start),
-                Event::Wake(id) => {
-                    let call = ctx.waiting.borrow_mut().remove(&id);
-                    if let Some(call) = call {
-                        AsgiCall::wake(call.bind(py), &ctx);
-                    }
-                }
-                Event::Drained => {
-                    ctx.event_loop.bind(py).call_method0(intern!(py, "stop"))?;
-                }
-                Event::StopRequested => {}
+        // New requests become Tasks, whose first step the loop's call_soon
+        // would schedule: shadow it with our CallSoon (see `spawn_task`)
+        // once for the batch, not once per Task.
+        let lp = ctx.event_loop.bind(py);
+        let shadowed = match &ctx.call_soon {
+            Some(c) if events.iter().any(|e| matches!(e, Event::Start(_))) => {
+                lp.setattr(intern!(py, "call_soon"), c.bind(py)).is_ok()
             }
+            _ => false,
+        };
+        let handled = (|| -> PyResult<()> {
+            for event in events {
+                match event {
+                    Event::Start(start) => start_call(py, &ctx, *start),
+                    Event::Wake(id) => {
+                        let call = ctx.waiting.borrow_mut().remove(&id);
+                        if let Some(call) = call {
+                            AsgiCall::wake(call.bind(py), &ctx);
+                        }
+                    }
+                    Event::Drained => {
+                        lp.call_method0(intern!(py, "stop"))?;
+                    }
+                    Event::StopRequested => {}
+                }
+            }
+            Ok(())
+        })();
+        if shadowed {
+            lp.delattr(intern!(py, "call_soon"))?;
         }
-        Ok(())
+        handled
     }
 }
 // ANCHOR_END: drain

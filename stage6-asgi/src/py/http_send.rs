@@ -14,7 +14,7 @@ use pyo3::types::PyBytes;
 use crate::shared::SEND_HIGH_WATER;
 
 use super::AsgiCall;
-use super::call::{Framing, get_type};
+use super::call::{Framing, field, get_type};
 
 impl AsgiCall {
     /// `send(message)` for an HTTP call. Returns whether to wait for room.
@@ -29,8 +29,7 @@ impl AsgiCall {
                         "http.response.start sent twice in one response",
                     ));
                 }
-                let status: u16 = message
-                    .get_item(intern!(py, "status"))
+                let status: u16 = field(message, intern!(py, "status"))
                     .map_err(|_| PyValueError::new_err("http.response.start needs a 'status'"))?
                     .extract()
                     .map_err(|_| {
@@ -42,7 +41,7 @@ impl AsgiCall {
                     )));
                 }
                 self.resp.status = status;
-                if let Ok(headers) = message.get_item(intern!(py, "headers")) {
+                if let Ok(headers) = field(message, intern!(py, "headers")) {
                     self.set_headers(&headers)?;
                 }
                 self.resp.started = true;
@@ -59,7 +58,7 @@ impl AsgiCall {
                         "http.response.body sent after the response was complete",
                     ));
                 }
-                let body_obj = message.get_item(intern!(py, "body")).ok();
+                let body_obj = field(message, intern!(py, "body")).ok();
                 let body: &[u8] = match &body_obj {
                     Some(b) if !b.is_none() => b
                         .cast::<PyBytes>()
@@ -67,7 +66,7 @@ impl AsgiCall {
                         .as_bytes(),
                     _ => b"",
                 };
-                let more = match message.get_item(intern!(py, "more_body")) {
+                let more = match field(message, intern!(py, "more_body")) {
                     Ok(m) => m.is_truthy()?,
                     Err(_) => false,
                 };
@@ -168,6 +167,9 @@ impl AsgiCall {
             s.close_after |= !keep;
             s.status = status;
             let out = &mut s.out;
+            // One allocation at most (none when the connection's buffer
+            // from its last response is big enough), not one per doubling.
+            out.reserve(128 + server.len() + self.resp.header_lines.len() + body.len());
             out.extend_from_slice(b"HTTP/1.1 ");
             push_decimal(out, u64::from(status));
             out.push(b' ');
@@ -240,7 +242,7 @@ impl AsgiCall {
         let wait = more && s.unsent >= SEND_HIGH_WATER;
         drop(s);
         if added > 0 || !more {
-            x.to_io.notify_one();
+            x.wake_io();
         }
         wait
     }

@@ -55,7 +55,7 @@ use std::time::Duration;
 
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyString};
 
 use crate::shared::Inbox;
 use wsgi_bridge::hooks::WorkerHooks;
@@ -127,7 +127,10 @@ fn ctx() -> Rc {
 }
 
 /// Builds the constant part of every scope once, for the listener whose
-/// address is `server`; each request copies it.
+/// address is `server`; each request copies it. The per-request keys are
+/// there too (None), in the order they are set: a copy then has its final
+/// size and its key table copied whole, and each request only replaces
+/// values (no insertion, no resize).
 pub fn templates(
     py: Python<'_>,
     config: &PyConfig,
@@ -147,6 +150,14 @@ pub fn templates(
         d.set_item(intern!(py, "scheme"), scheme)?;
         d.set_item(intern!(py, "root_path"), config.root_path.as_str())?;
         d.set_item(intern!(py, "server"), &server)?;
+        for key in scope::PER_REQUEST {
+            if *key != "method" || kind == "http" {
+                d.set_item(PyString::intern(py, key), py.None())?;
+            }
+        }
+        if kind == "websocket" {
+            d.set_item(intern!(py, "subprotocols"), py.None())?;
+        }
         Ok(d.unbind())
     };
     Ok((make("http", "http")?, make("websocket", "ws")?))

@@ -10,6 +10,18 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use super::PyCtx;
 use crate::shared::{Kind, Start};
 
+/// The keys every request sets, in this order (the templates hold them).
+pub(super) const PER_REQUEST: &[&str] = &[
+    "http_version",
+    "method",
+    "path",
+    "raw_path",
+    "query_string",
+    "headers",
+    "client",
+    "state",
+];
+
 pub(super) fn build_scope<'py>(
     py: Python<'py>,
     ctx: &PyCtx,

@@ -16,11 +16,13 @@ use super::call::{Step, StepInput};
 use super::scope::build_scope;
 use super::{AsgiCall, Eager, PyCtx, Receive, Send};
 
-pub(super) fn start_call(py: Python<'_>, ctx: &PyCtx, start: Start) {
+pub(super) fn start_call(py: Python<'_>, ctx: &PyCtx, mut start: Start) {
     STATS.requests.fetch_add(1, Ordering::Relaxed);
     ctx.hooks.request_started();
-    let exchange = start.exchange.clone();
-    let call = AsgiCall::new(&start);
+    // The scope first: then the call can take the head's method and target
+    // (for its log lines) instead of copying them.
+    let scope = build_scope(py, ctx, &start);
+    let call = AsgiCall::new(&mut start);
     let call = match Bound::new(py, call) {
         Ok(c) => c,
         Err(e) => {
@@ -29,7 +31,7 @@ pub(super) fn start_call(py: Python<'_>, ctx: &PyCtx, start: Start) {
         }
     };
     let coro = (|| -> PyResult<Bound<'_, PyAny>> {
-        let scope = build_scope(py, ctx, &start)?;
+        let scope = scope?;
         let receive = Bound::new(
             py,
             Receive {
@@ -51,7 +53,9 @@ pub(super) fn start_call(py: Python<'_>, ctx: &PyCtx, start: Start) {
             return;
         }
     };
-    if !coro.hasattr(intern!(py, "send")).unwrap_or(false) {
+    // SAFETY: a type check of a live object.
+    let is_coroutine = unsafe { ffi::PyCoro_CheckExact(coro.as_ptr()) } != 0;
+    if !is_coroutine && !coro.hasattr(intern!(py, "send")).unwrap_or(false) {
         let e = PyTypeError::new_err(format!(
             "the app returned {} instead of a coroutine: is it an ASGI 3 app (async def app(scope, receive, send))?",
             coro.get_type()
@@ -63,7 +67,6 @@ pub(super) fn start_call(py: Python<'_>, ctx: &PyCtx, start: Start) {
         return;
     }
     call.borrow_mut().coro = Some(coro.unbind());
-    let _ = exchange;
     match ctx.config.eager {
         Eager::Bare => start_bare(py, ctx, &call),
         Eager::Task => start_task(py, ctx, &call),
@@ -135,25 +138,19 @@ pub(super) fn spawn_task(
 ) -> PyResult<()> {
     let lp = ctx.event_loop.bind(py);
     CAPTURE.with(|c| *c.borrow_mut() = Some(None));
-    // Shadow the loop's call_soon only while the Task is created (an
-    // instance attribute wins over the method): nothing else pays for it.
-    let shadowed = match &ctx.call_soon {
-        Some(c) => lp.setattr(intern!(py, "call_soon"), c.bind(py)).is_ok(),
-        None => false,
-    };
+    // The drain shadows the loop's call_soon for its whole batch (an
+    // instance attribute wins over the method); while CAPTURE is set, our
+    // CallSoon keeps the step the new Task schedules.
     let task = match context {
-        None => ctx
-            .task_type
-            .bind(py)
-            .call((call,), Some(ctx.task_kwargs.bind(py))),
+        // No keywords: the Task finds the loop as the running one (this
+        // runs inside the loop), and a call without a keyword dict skips
+        // the keyword parsing.
+        None => ctx.task_type.bind(py).call1((call,)),
         Some(c) => ctx.task_kwargs.bind(py).copy().and_then(|kwargs| {
             kwargs.set_item(intern!(py, "context"), c)?;
             ctx.task_type.bind(py).call((call,), Some(&kwargs))
         }),
     };
-    if shadowed {
-        lp.delattr(intern!(py, "call_soon"))?;
-    }
     let captured = CAPTURE.with(|c| c.borrow_mut().take()).flatten();
     let task = task?;
     let (callback, step_context) = match captured {

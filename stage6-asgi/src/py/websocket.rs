@@ -7,7 +7,7 @@ use pyo3::prelude::*;
 
 use crate::shared::{SEND_HIGH_WATER, WsOut};
 
-use super::call::get_type;
+use super::call::{field, get_type};
 use super::http_send::as_bytes;
 use super::{AsgiCall, ctx};
 
@@ -24,12 +24,12 @@ impl AsgiCall {
                         "websocket.accept sent twice, or after close",
                     ));
                 }
-                let subprotocol = match message.get_item(intern!(py, "subprotocol")) {
+                let subprotocol = match field(message, intern!(py, "subprotocol")) {
                     Ok(p) if !p.is_none() => Some(p.extract::<String>()?),
                     _ => None,
                 };
                 let mut headers = Vec::new();
-                if let Ok(h) = message.get_item(intern!(py, "headers")) {
+                if let Ok(h) = field(message, intern!(py, "headers")) {
                     for item in h.try_iter()? {
                         let (n, v): (Bound<'_, PyAny>, Bound<'_, PyAny>) = item?.extract()?;
                         let (n, v) = (as_bytes(&n)?.to_vec(), as_bytes(&v)?.to_vec());
@@ -61,9 +61,9 @@ impl AsgiCall {
                         "websocket.send after websocket.close",
                     ));
                 }
-                match message.get_item(intern!(py, "bytes")) {
+                match field(message, intern!(py, "bytes")) {
                     Ok(b) if !b.is_none() => WsOut::Binary(as_bytes(&b)?.to_vec()),
-                    _ => match message.get_item(intern!(py, "text")) {
+                    _ => match field(message, intern!(py, "text")) {
                         Ok(t) if !t.is_none() => WsOut::Text(t.extract::<String>()?),
                         _ => {
                             return Err(PyValueError::new_err(
@@ -77,11 +77,11 @@ impl AsgiCall {
                 if self.ws_closed {
                     return Ok(false);
                 }
-                let code = match message.get_item(intern!(py, "code")) {
+                let code = match field(message, intern!(py, "code")) {
                     Ok(c) if !c.is_none() => c.extract::<u16>()?,
                     _ => 1000,
                 };
-                let reason = match message.get_item(intern!(py, "reason")) {
+                let reason = match field(message, intern!(py, "reason")) {
                     Ok(r) if !r.is_none() => r.extract::<String>()?,
                     _ => String::new(),
                 };
@@ -108,7 +108,7 @@ impl AsgiCall {
         s.unsent += size;
         let wait = s.unsent >= SEND_HIGH_WATER;
         drop(s);
-        x.to_io.notify_one();
+        x.wake_io();
         Ok(wait)
     }
 }
