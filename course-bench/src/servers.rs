@@ -481,6 +481,24 @@ fn which(program: &str) -> Option<PathBuf> {
 fn peer_version(program: &str, module: &str) -> Option<String> {
     let mut cmd = find_peer(program, module)?;
     let out = cmd.arg("--version").output().ok()?;
+    if !out.status.success() {
+        // No --version (hypercorn answers with its usage): ask the
+        // package's metadata instead.
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))",
+                module,
+            ])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        return out
+            .status
+            .success()
+            .then_some(text)
+            .filter(|v| !v.is_empty());
+    }
     let text = String::from_utf8_lossy(if out.stdout.is_empty() {
         &out.stderr
     } else {
