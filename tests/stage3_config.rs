@@ -588,3 +588,57 @@ fn a_worker_abort_hook_that_never_returns_is_cut_short_by_kill() {
     });
     let _ = slow.join();
 }
+
+#[test]
+fn hup_reads_the_file_again_as_gunicorn_does() {
+    let root = repo_root().display().to_string();
+    let config = |workers: usize, extra: &str| {
+        format!(
+            "bind = '127.0.0.1:0'\nworkers = {workers}\nwsgi_app = 'apps.lab:app'\nchdir = {root:?}\n\
+             def on_reload(server):\n    server.log.info('on_reload sees %d workers', server.num_workers)\n{extra}"
+        )
+    };
+    let dir = dir_with_config("hup", &config(1, ""));
+    let server = ServerProcess::start_with(BIN, &[], &[], Some(&dir)).unwrap();
+    wait_until("1 worker runs", Duration::from_secs(10), || {
+        children(server.pid()).len() == 1
+    });
+
+    // More workers in the file, then HUP: the new generation has them.
+    std::fs::write(dir.join("gunicorn.conf.py"), config(3, "timeout = 7\n")).unwrap();
+    server.signal(libc::SIGHUP);
+    let line = server
+        .wait_for_stderr("configuration read again", Duration::from_secs(10))
+        .expect("the master says it read the file again");
+    assert!(line.contains("workers 1 -> 3"), "{line}");
+    assert!(line.contains("timeout 30 s -> 7 s"), "{line}");
+    assert!(
+        server
+            .wait_for_stderr("on_reload sees 3 workers", Duration::from_secs(10))
+            .is_some(),
+        "on_reload runs with the new settings"
+    );
+    wait_until("3 workers run", Duration::from_secs(15), || {
+        children(server.pid()).len() == 3
+    });
+    assert_eq!(client::get(server.addr(), "/pid").unwrap().status, 200);
+
+    // A file that no longer reads: the error is said, the server goes on
+    // with the settings it had.
+    std::fs::write(dir.join("gunicorn.conf.py"), "workers = (\n").unwrap();
+    server.signal(libc::SIGHUP);
+    assert!(
+        server
+            .wait_for_stderr(
+                "the configuration was not read again",
+                Duration::from_secs(10)
+            )
+            .is_some(),
+        "{}",
+        server.stderr_text()
+    );
+    wait_until("3 workers again", Duration::from_secs(15), || {
+        children(server.pid()).len() == 3
+    });
+    assert_eq!(client::get(server.addr(), "/pid").unwrap().status, 200);
+}

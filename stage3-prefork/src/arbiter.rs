@@ -581,6 +581,17 @@ impl Arbiter {
             // After WINCH: HUP brings the configured workers back.
             self.target = self.config.workers;
         }
+        // gunicorn reads its configuration file again on HUP: the new
+        // generation runs with the new settings.
+        if let Some(reread) = self.config.reread.take() {
+            match reread() {
+                Ok(new) => self.take_settings(new),
+                Err(e) => log::error!(
+                    "Handling signal: hup: the configuration was not read again ({e}); the workers restart with the settings they had"
+                ),
+            }
+            self.config.reread = Some(reread);
+        }
         log::info!("Handling signal: hup: reloading {} workers", self.target);
         if let Some(hooks) = &self.config.hooks
             && hooks.on_reload(self.target).is_err()
@@ -610,6 +621,76 @@ impl Arbiter {
         }
     }
     // ANCHOR_END: reload
+
+    // ANCHOR: take_settings
+    /// A HUP's new settings: what a new generation of workers can take
+    /// (how many, their timeouts and recycling, the worker class's own
+    /// settings, the hooks). The listening sockets and the app loaded by
+    /// --preload stay as they are; the log says so when the file changed them.
+    fn take_settings(&mut self, new: crate::config::Reread) {
+        let crate::config::Reread {
+            config: new,
+            worker_class,
+            not_applied,
+        } = new;
+        let old = &self.config;
+        let mut changes = Vec::new();
+        if new.workers != old.workers {
+            changes.push(format!("workers {} -> {}", old.workers, new.workers));
+        }
+        if new.timeout != old.timeout {
+            let secs =
+                |t: Option<Duration>| t.map_or("off".to_string(), |t| format!("{} s", t.as_secs()));
+            changes.push(format!(
+                "timeout {} -> {}",
+                secs(old.timeout),
+                secs(new.timeout)
+            ));
+        }
+        if new.graceful_timeout != old.graceful_timeout {
+            changes.push(format!(
+                "graceful_timeout {} s -> {} s",
+                old.graceful_timeout.as_secs(),
+                new.graceful_timeout.as_secs()
+            ));
+        }
+        if (new.max_requests, new.max_requests_jitter)
+            != (old.max_requests, old.max_requests_jitter)
+        {
+            changes.push(format!(
+                "max_requests {} (jitter {}) -> {} (jitter {})",
+                old.max_requests,
+                old.max_requests_jitter,
+                new.max_requests,
+                new.max_requests_jitter
+            ));
+        }
+        log::info!(
+            "Handling signal: hup: configuration read again{}",
+            if changes.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", changes.join(", "))
+            }
+        );
+        for what in not_applied {
+            log::warn!("Handling signal: hup: {what}");
+        }
+        if new.workers != old.workers {
+            self.target = new.workers;
+        }
+        self.config.workers = new.workers;
+        self.config.timeout = new.timeout;
+        self.config.graceful_timeout = new.graceful_timeout;
+        self.config.max_requests = new.max_requests;
+        self.config.max_requests_jitter = new.max_requests_jitter;
+        self.config.forwarded = new.forwarded;
+        self.config.hooks = new.hooks;
+        if worker_class.name() == self.worker_class.name() {
+            self.worker_class = worker_class;
+        }
+    }
+    // ANCHOR_END: take_settings
 
     // ANCHOR: stop
     fn stop(mut self, exit: Exit) -> i32 {

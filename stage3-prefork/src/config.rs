@@ -177,6 +177,21 @@ pub struct Config {
     pub usr1: Usr1,
     /// The server hooks of a configuration file (`-c`), if it has any.
     pub hooks: Option<crate::server_hooks::ServerHooks>,
+    /// How to read the settings again on HUP, as gunicorn re-reads its
+    /// configuration file then (`None`: there is no file to read).
+    pub reread: Option<Rereader>,
+}
+
+/// Reads the settings again (the configuration file, GUNICORN_CMD_ARGS and
+/// the same command line) for a HUP.
+pub type Rereader = Box<dyn Fn() -> Result<Reread, StartError>>;
+
+/// What a HUP read: the new settings and worker class, and what changed
+/// in them that a reload cannot apply (said in the log, left as it was).
+pub struct Reread {
+    pub config: Config,
+    pub worker_class: Box<dyn crate::WorkerClass>,
+    pub not_applied: Vec<String>,
 }
 
 /// The meaning of SIGUSR1, which gunicorn and uWSGI disagree on.
@@ -348,6 +363,7 @@ impl Args {
             source,
             usr1: Usr1::ReopenLogs,
             hooks: None,
+            reread: None,
         };
         Ok(Setup {
             config,

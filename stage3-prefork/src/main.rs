@@ -45,7 +45,9 @@ fn run(command_line: CommandLine) -> Result<i32, StartError> {
         print!("{}", command_line.print_config());
     }
     let check = command_line.args.check_config || command_line.args.print_config;
-    let CommandLine { args, hooks, .. } = command_line;
+    let CommandLine {
+        args, hooks, file, ..
+    } = command_line;
     let mut setup = args.setup()?;
     if check {
         // gunicorn's --check-config: the settings were read, now import the
@@ -56,6 +58,9 @@ fn run(command_line: CommandLine) -> Result<i32, StartError> {
         return Ok(0);
     }
     setup.config.hooks = hooks;
+    if file.is_some() {
+        setup.config.reread = Some(rereader(&setup));
+    }
     let master = Master {
         config: setup.config,
         worker_class: setup.worker_class,
@@ -63,3 +68,54 @@ fn run(command_line: CommandLine) -> Result<i32, StartError> {
     };
     master.run(|| Listeners::open(setup.bind, setup.reuse_port))
 }
+
+// ANCHOR: rereader
+/// How a HUP reads the settings again: the same command line, read as at
+/// the start (the file, GUNICORN_CMD_ARGS, the flags), from the directory
+/// the server was started in (the master has moved to --chdir since). What
+/// a reload cannot change is named, to be said in the log.
+fn rereader(first: &stage3_prefork::config::Setup) -> stage3_prefork::config::Rereader {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let start_dir = std::env::current_dir().ok();
+    let (bind, class, preload) = (
+        first.bind.clone(),
+        first.worker_class.name(),
+        first.config.preload,
+    );
+    Box::new(move || {
+        let here = std::env::current_dir().ok();
+        if let Some(dir) = &start_dir {
+            let _ = std::env::set_current_dir(dir);
+        }
+        let read = CommandLine::read(argv.clone()).and_then(|command_line| {
+            let hooks = command_line.hooks;
+            command_line.args.setup().map(|setup| (setup, hooks))
+        });
+        if let Some(dir) = &here {
+            let _ = std::env::set_current_dir(dir);
+        }
+        let (setup, hooks) = read?;
+        let mut not_applied = Vec::new();
+        if setup.bind != bind {
+            not_applied.push(
+                "bind changed: the listening sockets stay as they are (restart, or USR2, to listen elsewhere)".to_string(),
+            );
+        }
+        if setup.worker_class.name() != class {
+            not_applied.push(format!(
+                "worker_class changed: the workers stay {class} (restart to change it)"
+            ));
+        }
+        if setup.config.preload != preload {
+            not_applied.push("preload_app changed: it takes a restart".to_string());
+        }
+        let mut config = setup.config;
+        config.hooks = hooks;
+        Ok(stage3_prefork::config::Reread {
+            config,
+            worker_class: setup.worker_class,
+            not_applied,
+        })
+    })
+}
+// ANCHOR_END: rereader

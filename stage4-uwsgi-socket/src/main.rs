@@ -364,6 +364,7 @@ fn master_config(args: &Args) -> Result<Config, StartError> {
         forwarded: None,
         // uWSGI has no Python configuration file, nor gunicorn's hooks.
         hooks: None,
+        reread: None,
     })
 }
 // ANCHOR_END: uwsgi_config
