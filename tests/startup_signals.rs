@@ -7,7 +7,7 @@
 //! Ctrl-C (or `kill -INT`) is then silently dropped. The servers install
 //! their handlers first thing, and act on the signal once they are ready.
 //! The app takes a second to import (`apps/slow_start.py`), and the signal
-//! is sent during that second.
+//! is sent during that second. (It has an ASGI callable too, for stage 6.)
 
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -131,5 +131,29 @@ fn stage5_stops_on_a_sigint_during_start_up() {
     assert_stops(
         "stage5-nginx",
         &["--listen", "127.0.0.1:0", "apps.slow_start:app"],
+    );
+}
+
+#[test]
+fn stage6_stops_on_a_sigint_during_start_up() {
+    assert_stops(
+        "stage6-asgi",
+        &["apps.slow_start:asgi_app", "-b", "127.0.0.1:0"],
+    );
+}
+
+#[test]
+fn stage3_asgi_workers_stop_on_a_sigint_while_they_boot() {
+    assert_stops(
+        "stage3-prefork",
+        &[
+            "apps.slow_start:asgi_app",
+            "-k",
+            "asgi",
+            "-b",
+            "127.0.0.1:0",
+            "-w",
+            "2",
+        ],
     );
 }

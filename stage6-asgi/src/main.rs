@@ -98,6 +98,9 @@ fn main() {
 
 fn run(args: Args) -> Result<(), StartError> {
     args.log.install()?;
+    // First of all, as in every stage: a Ctrl-C while the app is still
+    // importing must stop the server once it is ready, not be lost.
+    let stop = boot::stop_on_signals()?;
     let addr = boot::resolve_bind(&args.bind)?;
     let source = args.app.source()?;
     let app = stage6_asgi::load_app(&args.app)?;
@@ -112,7 +115,6 @@ fn run(args: Args) -> Result<(), StartError> {
     let local = listener
         .local_addr()
         .map_err(|e| StartError::new(format!("cannot read the listening address: {e}")))?;
-    let stop = boot::stop_on_signals()?;
 
     let pid = std::process::id();
     log::info!(
