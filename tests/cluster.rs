@@ -11,9 +11,10 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use wsgi_course::server::{ServerProcess, workspace_bin};
+use wsgi_course::wait_until;
 
 const DIR: &str = "/tmp/wcl-cluster";
 
@@ -166,14 +167,6 @@ fn leftovers() -> Vec<String> {
         left.push(format!("directory {DIR}"));
     }
     left
-}
-
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 // ---------------------------------------------------------------------------

@@ -11,16 +11,9 @@ use serde_json::Value;
 use wsgi_course::client;
 use wsgi_course::procs::{self, children};
 use wsgi_course::server::{ServerProcess, repo_root, workspace_bin};
+use wsgi_course::wait_until;
 
 const BIN: &str = "stage3-prefork";
-
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 fn stats(server: &ServerProcess) -> Value {
     let line = server

@@ -6,22 +6,15 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use assert_cmd::assert::OutputAssertExt;
 use wsgi_course::client;
 use wsgi_course::procs::children;
 use wsgi_course::server::{ServerProcess, repo_root, workspace_bin};
+use wsgi_course::wait_until;
 
 const BIN: &str = "stage3-prefork";
-
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// A fresh directory for one test, with `gunicorn.conf.py` written in it.
 fn dir_with_config(name: &str, config: &str) -> PathBuf {

@@ -6,13 +6,14 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use assert_cmd::assert::OutputAssertExt;
 use serde_json::Value;
 use wsgi_course::client::{self, Conn};
 use wsgi_course::procs::{self, children};
 use wsgi_course::server::{ServerProcess, workspace_bin};
+use wsgi_course::wait_until;
 
 const BIN: &str = "stage3-prefork";
 
@@ -23,14 +24,6 @@ const CLASSES: [(&str, &str); 3] = [
     ("gthread", "apps.lab:app"),
     ("asgi", "apps.asgi_lab:app"),
 ];
-
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 fn start(class: &str, app: &str, args: &[&str]) -> ServerProcess {
     let mut all = vec![app, "-k", class];

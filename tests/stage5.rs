@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use wsgi_course::client;
 use wsgi_course::procs::{alive, children, descendants};
 use wsgi_course::server::{ServerProcess, repo_root, workspace_bin};
+use wsgi_course::wait_until;
 
 const BIN: &str = "stage5-nginx";
 
@@ -102,14 +103,6 @@ fn nginx_master(server: &ServerProcess) -> Option<u32> {
 
 fn stage4_master(server: &ServerProcess) -> Option<u32> {
     child_running(server, "stage4-uwsgi-socket")
-}
-
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The run directory the banner names.
