@@ -22,6 +22,9 @@
     /ws             WebSocket echo (text and binary; "close:CODE" closes with CODE)
     /chat           WebSocket broadcast: every message goes to every client
     /ws/reject      a WebSocket the app refuses (403)
+    /task?ms=N      the asyncio task running the request, before and after
+                    an N ms wait, and whether a ContextVar set by an earlier
+                    request leaked into this one (as JSON)
     /pid            the worker's process id
 
 And the routes the cross-stage conformance suite asks of every stage
@@ -39,6 +42,7 @@ And the routes the cross-stage conformance suite asks of every stage
 """
 
 import asyncio
+import contextvars
 import io
 import json
 import os
@@ -50,6 +54,8 @@ counter = 0
 lifespan_log = {"startup": None, "requests": 0, "shutdown": None}
 sse_left = 0
 chat_clients = set()
+# Set by /task: each request must start with its default (its own context).
+request_mark = contextvars.ContextVar("request_mark", default=None)
 
 
 def _query(scope):
@@ -212,6 +218,23 @@ async def echo(receive, send):
         await send({"type": "http.response.body", "body": body, "more_body": more})
         if not more:
             return
+
+
+async def task_identity(params, send):
+    leftover = request_mark.get()
+    request_mark.set("set by an earlier request")
+    before = asyncio.current_task()
+    ms = _int(params, "ms", 0)
+    if ms:
+        await asyncio.sleep(ms / 1000)
+    after = asyncio.current_task()
+    report = {
+        "before": before.get_name() if before else None,
+        "after": after.get_name() if after else None,
+        "same": before is after,
+        "leftover": leftover,
+    }
+    return await respond(send, json.dumps(report).encode() + b"\n", b"application/json")
 
 
 async def sse(receive, send):
@@ -392,6 +415,8 @@ async def app(scope, receive, send):
         return  # the server answers 500
     if path == "/pid":
         return await respond(send, b"%d\n" % os.getpid())
+    if path == "/task":
+        return await task_identity(params, send)
     return await respond(send, b"not found\n", status=404)
 
 

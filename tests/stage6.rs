@@ -672,13 +672,63 @@ fn a_fastapi_app_is_served_when_fastapi_is_installed() {
     );
 }
 
+fn task_report(addr: SocketAddr, path: &str) -> Value {
+    let r = get(addr, path);
+    assert_eq!(r.status, 200, "{}", r.text());
+    serde_json::from_slice(&r.body).unwrap()
+}
+
+/// `--eager host` (the default) lends one standing Task to every request's
+/// first step: the app must still see a current task from its first line,
+/// the same one after a wait, a task of its own when requests wait at the
+/// same time, and never a ContextVar an earlier request set.
+#[test]
+fn every_request_has_its_own_task_and_context_from_its_first_line() {
+    for args in [vec![], vec!["--eager", "task"]] {
+        let server = start(&args);
+        let addr = server.addr();
+        for path in ["/task", "/task?ms=20", "/task", "/task?ms=1", "/task"] {
+            let r = task_report(addr, path);
+            assert!(r["before"].is_string(), "{args:?} {path}: {r}");
+            assert_eq!(r["same"], true, "{args:?} {path}: {r}");
+            assert_eq!(r["leftover"], Value::Null, "{args:?} {path}: {r}");
+        }
+        // Eight requests waiting at once: eight tasks.
+        let waiting: Vec<_> = (0..8)
+            .map(|_| std::thread::spawn(move || task_report(addr, "/task?ms=300")))
+            .collect();
+        let mut names: Vec<String> = waiting
+            .into_iter()
+            .map(|t| t.join().unwrap()["after"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), 8, "{args:?}: {names:?}");
+        // And a request right after them still has a task and a clean context.
+        let r = task_report(addr, "/task");
+        assert!(r["before"].is_string(), "{args:?}: {r}");
+        assert_eq!(r["leftover"], Value::Null, "{args:?}: {r}");
+        assert!(
+            !server.stderr_text().contains("Traceback")
+                && !server.stderr_text().contains("destroyed but it is pending"),
+            "{}",
+            server.stderr_text()
+        );
+    }
+    // `--eager bare`: no task until the first wait (the documented cost).
+    let server = start(&["--eager", "bare"]);
+    let r = task_report(server.addr(), "/task");
+    assert_eq!(r["before"], Value::Null, "{r}");
+    assert_eq!(r["leftover"], Value::Null, "{r}");
+}
+
 #[test]
 fn uvloop_and_the_bare_first_step_serve_the_same() {
     let has_uvloop = Command::new("python3")
         .args(["-c", "import uvloop"])
         .status()
         .is_ok_and(|s| s.success());
-    let mut variants = vec![vec!["--eager", "bare"]];
+    let mut variants = vec![vec!["--eager", "bare"], vec!["--eager", "task"]];
     if has_uvloop {
         variants.push(vec!["--loop", "uvloop"]);
         variants.push(vec!["--loop", "uvloop", "--eager", "bare"]);

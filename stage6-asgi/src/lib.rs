@@ -39,18 +39,26 @@
 //!   app's coroutine runs from Rust (`PyIter_Send`, the C form of
 //!   `coro.send(None)`) as soon as the request arrives; an app that never
 //!   really suspends (hello) finishes there, without a trip through the
-//!   asyncio loop. Two ways, `--eager`:
-//!   - `task` (the default): an asyncio Task is created and its first step
-//!     run at once, which is what Python 3.12's eager tasks do, done by hand
-//!     for 3.11: the loop's `call_soon` (shadowed by [`py::CallSoon`]) hands
-//!     back the step the new Task schedules, and it runs right there.
-//!     `asyncio.current_task()` works from the app's first line, which anyio
-//!     (Starlette, FastAPI) and `asyncio.timeout` need.
+//!   asyncio loop. Three ways, `--eager`:
+//!   - `host` (the default): a standing asyncio Task lends itself to each
+//!     request's first step (it is entered as the loop's current task with
+//!     `asyncio.tasks._enter_task`, as a Task's own step does). A request
+//!     that finishes there costs no Task; one that really waits keeps the
+//!     standing Task, which drives it from then on, and the next request
+//!     gets a new one ([`py::Host`]). `asyncio.current_task()` works from
+//!     the app's first line and stays the same across waits, which anyio
+//!     (Starlette, FastAPI) and `asyncio.timeout` need. A Task costs about
+//!     9k instructions on 3.11 (its name, asyncio's WeakSet of all tasks,
+//!     `call_soon`): callgrind counts 43.0k instructions per hello request
+//!     with `host`, 51.6k with `task`.
+//!   - `task`: an asyncio Task per request, created first and its first
+//!     step run at once, which is what Python 3.12's eager tasks do, done by
+//!     hand for 3.11: the loop's `call_soon` (shadowed by [`py::CallSoon`])
+//!     hands back the step the new Task schedules, and it runs right there.
 //!   - `bare`: no Task at all unless the coroutine really suspends; a
-//!     contextvars context of its own per request. About 10-15% more
-//!     requests/s on hello, but `asyncio.current_task()` is None until the
-//!     first suspension: FastAPI's plain `def` routes fail (anyio finds no
-//!     running task).
+//!     contextvars context of its own per request (42.0k instructions), but
+//!     `asyncio.current_task()` is None until the first suspension: FastAPI's
+//!     plain `def` routes fail (anyio finds no running task).
 //! - **Waiting without asyncio Futures.** A `receive()` that must wait
 //!   returns a [`py::Waiter`], a minimal asyncio-compatible future the Task
 //!   waits on (asyncio accepts any object with `_asyncio_future_blocking`,
@@ -98,8 +106,9 @@
 //!
 //! Same-run ratios, hello: 1.14-1.65x granian, 1.35-1.62x uvicorn; `/io`:
 //! 96-97% of the null server (uvicorn 86-93%, granian 86-95%). User-space
-//! instructions per hello request (callgrind, one process): 50.4k (41.2k
-//! with `--eager bare`), granian 69.6k, uvicorn 120.2k.
+//! instructions per hello request (callgrind, one process): 43.0k (51.6k
+//! with `--eager task`, 42.0k with `--eager bare`), granian 69.6k, uvicorn
+//! 120.2k.
 //!
 //! Earlier, one process each, with wrk: WebSocket echo with 64 clients, 54k
 //! messages/s (uvicorn 16-19k, granian 31-40k); RSS per idle keep-alive
@@ -240,7 +249,7 @@ impl Default for AsgiConfig {
             graceful_timeout: Duration::from_secs(30),
             root_path: String::new(),
             lifespan: LifespanMode::Auto,
-            eager: Eager::Task,
+            eager: Eager::Host,
             event_loop: LoopKind::Asyncio,
             slow_step: Duration::from_millis(100),
             heartbeat: Duration::from_secs(1),
@@ -389,6 +398,9 @@ pub fn serve_all(
             waiting: Default::default(),
             disconnected_exc: support.getattr("ClientDisconnected")?.unbind(),
             task_type: asyncio.getattr("Task")?.unbind(),
+            enter_task: asyncio.getattr("tasks")?.getattr("_enter_task")?.unbind(),
+            leave_task: asyncio.getattr("tasks")?.getattr("_leave_task")?.unbind(),
+            standing: Default::default(),
             task_kwargs: {
                 let k = PyDict::new(py);
                 k.set_item("loop", &event_loop)?;

@@ -59,10 +59,11 @@ struct Args {
     #[arg(long, value_enum, default_value = "auto")]
     lifespan: LifespanMode,
 
-    /// How the first step of each app coroutine runs: bare (coro.send from
-    /// Rust, a Task only if it suspends) or task (a Task from the start, its
-    /// first step run at once).
-    #[arg(long, value_enum, default_value = "task")]
+    /// How the first step of each app coroutine runs: host (coro.send from
+    /// Rust inside a standing Task's identity, a Task of its own only if it
+    /// suspends), bare (the same with no current task) or task (a Task from
+    /// the start, its first step run at once).
+    #[arg(long, value_enum, default_value = "host")]
     eager: Eager,
 
     /// The event loop: asyncio (the standard library's) or uvloop (if installed).

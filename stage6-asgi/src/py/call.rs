@@ -389,7 +389,7 @@ impl AsgiCall {
         }
     }
 
-    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+    pub(super) fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
         let coro = slf.borrow_mut().coro.take();
         if let Some(c) = coro {
             c.bind(slf.py()).call_method0(intern!(slf.py(), "close"))?;
@@ -414,6 +414,12 @@ impl AsgiCall {
         Self::resume(slf, slf.py().None().into_bound(slf.py()))
     }
 
+    /// What asyncio shows as the Task's coroutine (`coro=<...>`).
+    #[getter]
+    fn __qualname__(&self) -> String {
+        format!("stage6.call[{}]", self.label())
+    }
+
     fn __repr__(&self) -> String {
         format!("<stage6 ASGI call {}>", self.label())
     }
@@ -421,7 +427,7 @@ impl AsgiCall {
 
 impl AsgiCall {
     /// The next step: what the coroutine yields, or None once it is done.
-    fn resume<'py>(
+    pub(super) fn resume<'py>(
         slf: &Bound<'py, Self>,
         value: Bound<'py, PyAny>,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
@@ -429,6 +435,11 @@ impl AsgiCall {
         let pending = slf.borrow_mut().pending.take();
         if let Some(fut) = pending {
             let fut = fut.into_bound(py);
+            if fut.is_none() {
+                // A bare `yield` (`await asyncio.sleep(0)`): the Task
+                // reschedules the step on the loop's next turn.
+                return Ok(Some(fut));
+            }
             if !fut_done(&fut) {
                 // Hand the future the bare first step was waiting for to the
                 // Task, as the coroutine would have.

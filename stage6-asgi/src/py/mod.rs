@@ -10,11 +10,12 @@
 //! with `PyIter_Send` (the C form of `coro.send(None)`). The first step runs
 //! at once, inside the drain callback: a coroutine that never really
 //! suspends (hello: `await send(...)` completes immediately) runs to its end
-//! there, without a Task and without a trip through the loop. Only when it
-//! yields an asyncio future that is not done does it become an asyncio
-//! `Task`, which drives the same `AsgiCall` (it looks like a coroutine to
-//! asyncio: `send`, `throw`, `close`, `__await__`) from then on. This is
-//! Python 3.12's eager task start, done by hand so that it works on 3.11.
+//! there, without a trip through the loop, inside a standing Task's
+//! identity (`host`). Only when it yields an asyncio future that is not
+//! done does an asyncio Task drive the same `AsgiCall` (it looks like a
+//! coroutine to asyncio: `send`, `throw`, `close`, `__await__`) from then
+//! on. This is Python 3.12's eager task start, done by hand so that it
+//! works on 3.11.
 //!
 //! The modules, in the order a request meets them:
 //!
@@ -23,6 +24,8 @@
 //! - `scope`: the scope dict of a request, from its parsed head.
 //! - `start`: the eager first step (bare, or in a Task whose first step
 //!   [`CallSoon`] catches).
+//! - `host`: the default first step, in the identity of a standing Task
+//!   ([`Host`]) that a request keeps if it really waits.
 //! - `call`: [`AsgiCall`], one app call: stepping its coroutine, finishing
 //!   it, waking it when the I/O thread reports.
 //! - `receive_send`: the [`Receive`] and [`Send`] callables the app gets
@@ -33,6 +36,7 @@
 
 mod call;
 mod drain;
+mod host;
 mod http_send;
 mod receive_send;
 mod scope;
@@ -42,6 +46,7 @@ mod websocket;
 
 pub use call::AsgiCall;
 pub use drain::{Beat, Drain, count_turn, rust_log};
+pub use host::{Host, Standing};
 pub use http_send::reason;
 pub use receive_send::{Done, Ready, Receive, Send};
 pub use scope::raw_path;
@@ -63,6 +68,11 @@ use wsgi_bridge::hooks::WorkerHooks;
 /// How the first step of an app's coroutine is run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Eager {
+    /// `coro.send(None)` from Rust with a standing asyncio Task entered as
+    /// the current task; a request that really waits keeps that Task, and
+    /// the next request gets a new one (see `host`). `current_task()` works
+    /// from the first line, and a request that never waits costs no Task.
+    Host,
     /// `coro.send(None)` from Rust, in a fresh contextvars context, no Task
     /// unless the coroutine really suspends (fastest; `asyncio.current_task()`
     /// is None until the first suspension).
@@ -100,6 +110,12 @@ pub struct PyCtx {
     pub waiting: RefCell<HashMap<u64, Py<AsgiCall>>>,
     pub disconnected_exc: Py<PyAny>,
     pub task_type: Py<PyAny>,
+    /// asyncio's `_enter_task` and `_leave_task`: what a Task's step does
+    /// to be `current_task()` while it runs.
+    pub enter_task: Py<PyAny>,
+    pub leave_task: Py<PyAny>,
+    /// The standing Task of `--eager host`, parked between requests.
+    pub standing: RefCell<Option<host::Standing>>,
     /// `{"loop": event_loop}`, the keyword arguments of every Task.
     pub task_kwargs: Py<PyDict>,
     /// A [`CallSoon`], if the loop lets us shadow its `call_soon`.
@@ -168,5 +184,7 @@ pub fn register(py: Python<'_>) -> PyResult<()> {
     let abc = py.import("collections.abc")?;
     abc.getattr("Coroutine")?
         .call_method1("register", (py.get_type::<AsgiCall>(),))?;
+    abc.getattr("Coroutine")?
+        .call_method1("register", (py.get_type::<Host>(),))?;
     Ok(())
 }

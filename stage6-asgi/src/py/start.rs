@@ -13,6 +13,7 @@ use pyo3::types::{PyDict, PyTuple};
 use crate::shared::{STATS, Start};
 
 use super::call::{Step, StepInput};
+use super::host::start_hosted;
 use super::scope::build_scope;
 use super::{AsgiCall, Eager, PyCtx, Receive, Send};
 
@@ -68,6 +69,7 @@ pub(super) fn start_call(py: Python<'_>, ctx: &PyCtx, mut start: Start) {
     }
     call.borrow_mut().coro = Some(coro.unbind());
     match ctx.config.eager {
+        Eager::Host => start_hosted(py, ctx, &call),
         Eager::Bare => start_bare(py, ctx, &call),
         Eager::Task => start_task(py, ctx, &call),
     }
@@ -103,7 +105,7 @@ pub(super) fn start_bare(py: Python<'_>, ctx: &PyCtx, call: &Bound<'_, AsgiCall>
             // From here an asyncio Task drives the call, in the same
             // context; its first step (handing it the future the coroutine
             // waits for) runs now, not on the loop's next turn.
-            if let Err(e) = spawn_task(py, ctx, call, Some(&context)) {
+            if let Err(e) = spawn_task(py, ctx, call.as_any(), Some(&context)) {
                 AsgiCall::finish(call, ctx, Some(e));
             }
         }
@@ -114,8 +116,8 @@ pub(super) fn start_bare(py: Python<'_>, ctx: &PyCtx, call: &Bound<'_, AsgiCall>
 /// Creates the Task first and runs the step it scheduled at once: what
 /// `asyncio.Task(..., eager_start=True)` does on Python 3.12.
 pub(super) fn start_task(py: Python<'_>, ctx: &PyCtx, call: &Bound<'_, AsgiCall>) {
-    match spawn_task(py, ctx, call, None) {
-        Ok(()) => {
+    match spawn_task(py, ctx, call.as_any(), None) {
+        Ok(_) => {
             if call.borrow().finished {
                 STATS.eager_done.fetch_add(1, Ordering::Relaxed);
             } else {
@@ -126,16 +128,17 @@ pub(super) fn start_task(py: Python<'_>, ctx: &PyCtx, call: &Bound<'_, AsgiCall>
     }
 }
 
-/// Wraps the call in an asyncio Task and runs the Task's first step now,
-/// instead of on the loop's next iteration: `Task.__init__` put that step
-/// at the end of the loop's ready queue; it is taken back and run here, in
-/// the Task's context, as `Handle._run` would.
-pub(super) fn spawn_task(
-    py: Python<'_>,
+/// Wraps `coro` (an [`AsgiCall`] or a [`super::host::Host`]) in an asyncio
+/// Task and runs the Task's first step now, instead of on the loop's next
+/// iteration: `Task.__init__` put that step at the end of the loop's ready
+/// queue; it is taken back and run here, in the Task's context, as
+/// `Handle._run` would.
+pub(super) fn spawn_task<'py>(
+    py: Python<'py>,
     ctx: &PyCtx,
-    call: &Bound<'_, AsgiCall>,
-    context: Option<&Bound<'_, PyAny>>,
-) -> PyResult<()> {
+    coro: &Bound<'py, PyAny>,
+    context: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
     let lp = ctx.event_loop.bind(py);
     CAPTURE.with(|c| *c.borrow_mut() = Some(None));
     // The drain shadows the loop's call_soon for its whole batch (an
@@ -145,10 +148,10 @@ pub(super) fn spawn_task(
         // No keywords: the Task finds the loop as the running one (this
         // runs inside the loop), and a call without a keyword dict skips
         // the keyword parsing.
-        None => ctx.task_type.bind(py).call1((call,)),
+        None => ctx.task_type.bind(py).call1((coro,)),
         Some(c) => ctx.task_kwargs.bind(py).copy().and_then(|kwargs| {
             kwargs.set_item(intern!(py, "context"), c)?;
-            ctx.task_type.bind(py).call((call,), Some(&kwargs))
+            ctx.task_type.bind(py).call((coro,), Some(&kwargs))
         }),
     };
     let captured = CAPTURE.with(|c| c.borrow_mut().take()).flatten();
@@ -166,7 +169,7 @@ pub(super) fn spawn_task(
             let Ok(ready) = lp.getattr(intern!(py, "_ready")) else {
                 // A loop whose ready queue is out of reach: the step runs
                 // on the loop's next turn, as with any Task.
-                return Ok(());
+                return Ok(task);
             };
             let handle = ready.call_method0(intern!(py, "pop"))?;
             let callback = handle.getattr(intern!(py, "_callback"))?;
@@ -176,7 +179,7 @@ pub(super) fn spawn_task(
             if !ours {
                 // Not the step we expected: put it back, the loop runs it.
                 ready.call_method1(intern!(py, "append"), (handle,))?;
-                return Ok(());
+                return Ok(task);
             }
             (callback, handle.getattr(intern!(py, "_context"))?)
         }
@@ -195,7 +198,7 @@ pub(super) fn spawn_task(
     }
     // SAFETY: a new reference returned by the call above.
     drop(unsafe { Bound::from_owned_ptr(py, result) });
-    Ok(())
+    Ok(task)
 }
 
 pub(super) type Captured = Option<(Py<PyAny>, Option<Py<PyAny>>)>;
