@@ -19,7 +19,7 @@
 //! - `check`: the GIL's rules, checked on those lanes ([`check_gil`]);
 //! - `summary`: the same lanes in a few lines of text ([`gil_summary`]);
 //! - `steps`: the steps of a request and their times ([`step_times`]);
-//! - `workers`: stage 3's worker processes, birth to death ([`workers`]);
+//! - `workers`: stage 3's worker processes, birth to death ([`workers()`]);
 //! - `svg`: the three pictures.
 
 mod check;
