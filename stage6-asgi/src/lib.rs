@@ -49,7 +49,7 @@
 //!     the app's first line and stays the same across waits, which anyio
 //!     (Starlette, FastAPI) and `asyncio.timeout` need. A Task costs about
 //!     9k instructions on 3.11 (its name, asyncio's WeakSet of all tasks,
-//!     `call_soon`): callgrind counts 43.0k instructions per hello request
+//!     `call_soon`): callgrind counts 42.9k instructions per hello request
 //!     with `host`, 51.6k with `task`.
 //!   - `task`: an asyncio Task per request, created first and its first
 //!     step run at once, which is what Python 3.12's eager tasks do, done by
@@ -106,7 +106,7 @@
 //!
 //! Same-run ratios, hello: 1.14-1.65x granian, 1.35-1.62x uvicorn; `/io`:
 //! 96-97% of the null server (uvicorn 86-93%, granian 86-95%). User-space
-//! instructions per hello request (callgrind, one process): 43.0k (51.6k
+//! instructions per hello request (callgrind, one process): 42.9k (51.6k
 //! with `--eager task`, 42.0k with `--eager bare`), granian 69.6k, uvicorn
 //! 120.2k.
 //!
@@ -454,6 +454,7 @@ pub fn serve_all(
             lp.call_method0("run_forever")?;
             // ANCHOR_END: loop_thread
             lp.call_method1("remove_reader", (inbox.fd(),))?;
+            py::release_standing(py)?;
             lp.call_method1(
                 "run_until_complete",
                 (lifespan

@@ -434,18 +434,13 @@ impl AsgiCall {
         let py = slf.py();
         let pending = slf.borrow_mut().pending.take();
         if let Some(fut) = pending {
-            let fut = fut.into_bound(py);
-            if fut.is_none() {
-                // A bare `yield` (`await asyncio.sleep(0)`): the Task
-                // reschedules the step on the loop's next turn.
-                return Ok(Some(fut));
-            }
-            if !fut_done(&fut) {
-                // Hand the future the bare first step was waiting for to the
-                // Task, as the coroutine would have.
-                fut.setattr(intern!(py, "_asyncio_future_blocking"), true)?;
-                return Ok(Some(fut));
-            }
+            // Hand the Task what the first step (run outside it) yielded, as
+            // the coroutine would have: the future it waits for, still marked
+            // `_asyncio_future_blocking` by its `__await__`, or None (a bare
+            // `yield`, `asyncio.sleep(0)`: the Task steps again next turn).
+            // A future already done is fine too: the Task's wake-up runs on
+            // the next turn.
+            return Ok(Some(fut.into_bound(py)));
         }
         let ctx = ctx();
         match Self::step(slf, &ctx, StepInput::Send(value)) {
@@ -453,12 +448,6 @@ impl AsgiCall {
             Step::Done => Ok(None),
         }
     }
-}
-
-pub(super) fn fut_done(fut: &Bound<'_, PyAny>) -> bool {
-    fut.call_method0(intern!(fut.py(), "done"))
-        .and_then(|d| d.is_truthy())
-        .unwrap_or(true)
 }
 
 impl crate::shared::XState {

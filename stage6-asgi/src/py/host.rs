@@ -9,54 +9,58 @@
 //! again when it dies. Most requests never wait (hello's `await send(...)`
 //! completes at once), so most of them would pay it for nothing. Here:
 //!
-//! 1. A [`Host`] Task is created once and parked: its coroutine (a
-//!    [`Host`]) yields a [`Waiter`] nobody resolves.
+//! 1. A standing Task is created, its coroutine a [`Host`], and not started:
+//!    the first step it asks the loop to schedule is kept here instead.
 //! 2. Each request's first step runs from Rust with that Task entered as
 //!    the loop's current task (`asyncio._enter_task`, what a Task's own
 //!    step does), in a contextvars context of its own.
-//! 3. A request that finishes there leaves the Task parked for the next one.
-//! 4. A request that really waits keeps the Task: the parked `Waiter` is
-//!    resolved, the Task's wake-up runs at once and its coroutine, the
-//!    `Host`, now hands on the future the app waits for. From then on the
-//!    Task drives that request, exactly as if it had been made for it (the
-//!    same task for `current_task()` before and after the wait, which anyio's
-//!    cancel scopes check). The next request gets a new `Host` Task.
+//! 3. A request that finishes there leaves the Task as it was, for the next
+//!    one.
+//! 4. A request that really waits keeps the Task: the kept first step runs
+//!    now, and the `Host` hands the Task the future the app waits for. From
+//!    then on the Task drives that request, exactly as if it had been made
+//!    for it (the same task for `current_task()` before and after the wait,
+//!    which anyio's cancel scopes check). The next request gets a new
+//!    standing Task.
 
 use pyo3::exceptions::PyStopIteration;
 use pyo3::ffi;
 use pyo3::prelude::*;
 
 use super::call::{Step, StepInput};
-use super::start::spawn_task;
+use super::start::{FirstStep, new_task};
 use super::{AsgiCall, PyCtx, Waiter, ctx};
 use crate::shared::STATS;
 use std::sync::atomic::Ordering;
 
-/// The coroutine of the standing Task. Parked, it waits on a [`Waiter`];
-/// once it has adopted a request, it steps that request's [`AsgiCall`] in
-/// the request's own contextvars context.
+/// The coroutine of the standing Task. Once it has adopted a request, it
+/// steps that request's [`AsgiCall`] in the request's own contextvars
+/// context.
 #[pyclass(module = "stage6_asgi")]
 pub struct Host {
     /// The request it drives, once one has really waited.
     call: Option<Py<AsgiCall>>,
     /// That request's contextvars context (its first step ran in it).
     context: Option<Py<PyAny>>,
-    /// What the Task waits on while parked.
+    /// What the Task waits on while parked (only when its first step could
+    /// not be kept: it then ran on the loop's next turn).
     parked: Option<Py<Waiter>>,
-    /// Cancelled (or closed) while parked: the Task is over.
+    /// Cancelled, closed or released before it adopted a request: the Task
+    /// is over.
     dead: bool,
 }
 
-/// The standing Task and its coroutine.
+/// The standing Task, its coroutine, and its first step, not run yet.
 pub struct Standing {
     task: Py<PyAny>,
     host: Py<Host>,
+    first_step: Option<FirstStep>,
 }
 
 // ANCHOR: start_hosted
 /// Runs a request's first step inside the standing Task's identity.
 pub(super) fn start_hosted(py: Python<'_>, ctx: &PyCtx, call: &Bound<'_, AsgiCall>) {
-    let standing = match standing(py, ctx) {
+    let (task, host) = match standing(py, ctx) {
         Ok(s) => s,
         Err(e) => {
             AsgiCall::finish(call, ctx, Some(e));
@@ -64,7 +68,7 @@ pub(super) fn start_hosted(py: Python<'_>, ctx: &PyCtx, call: &Bound<'_, AsgiCal
         }
     };
     let lp = ctx.event_loop.bind(py);
-    let task = standing.task.bind(py);
+    let task = task.bind(py);
     // SAFETY: plain CPython context API calls with the GIL held; the new
     // context is entered and exited around the step, and owned by `context`.
     let context = unsafe {
@@ -97,33 +101,42 @@ pub(super) fn start_hosted(py: Python<'_>, ctx: &PyCtx, call: &Bound<'_, AsgiCal
             STATS.suspended.fetch_add(1, Ordering::Relaxed);
             call.borrow_mut().pending = Some(value.unbind());
             // The Task is this request's now; the next one gets a new Task.
-            ctx.standing.borrow_mut().take();
+            let first_step = ctx.standing.borrow_mut().take().and_then(|s| s.first_step);
             let parked = {
-                let mut host = standing.host.bind(py).borrow_mut();
-                host.call = Some(call.clone().unbind());
-                host.context = Some(context.unbind());
-                host.parked.take()
+                let mut h = host.bind(py).borrow_mut();
+                h.call = Some(call.clone().unbind());
+                h.context = Some(context.unbind());
+                h.parked.take()
             };
-            // Wakes the Task now (a Waiter runs its callbacks at once): its
-            // step asks the Host for the next value, the future the app
-            // waits for, and waits on that instead.
-            if let Some(parked) = parked {
-                Waiter::resolve(parked.bind(py), Ok(py.None().into_bound(py)));
+            // The Task's first step runs now: it asks the Host for the next
+            // value, the future the app waits for, and waits on that.
+            let started = match (first_step, parked) {
+                (Some(step), _) => step.run(py),
+                // Its first step ran on the loop's turn and parked it on a
+                // Waiter (a loop whose `call_soon` we could not take): wake
+                // it (a Waiter runs its callbacks at once).
+                (None, Some(parked)) => {
+                    Waiter::resolve(parked.bind(py), Ok(py.None().into_bound(py)));
+                    Ok(())
+                }
+                // Its first step is still in the loop's queue: it will ask
+                // the Host then.
+                (None, None) => Ok(()),
+            };
+            if let Err(e) = started {
+                AsgiCall::finish(call, ctx, Some(e));
             }
         }
     }
 }
 // ANCHOR_END: start_hosted
 
-/// The standing Task, made (and parked) if there is none.
-fn standing<'py>(py: Python<'py>, ctx: &PyCtx) -> PyResult<Standing> {
+/// The standing Task and its Host, made if there is none.
+fn standing(py: Python<'_>, ctx: &PyCtx) -> PyResult<(Py<PyAny>, Py<Host>)> {
     if let Some(s) = ctx.standing.borrow().as_ref()
         && !s.host.bind(py).borrow().dead
     {
-        return Ok(Standing {
-            task: s.task.clone_ref(py),
-            host: s.host.clone_ref(py),
-        });
+        return Ok((s.task.clone_ref(py), s.host.clone_ref(py)));
     }
     let host = Bound::new(
         py,
@@ -134,16 +147,34 @@ fn standing<'py>(py: Python<'py>, ctx: &PyCtx) -> PyResult<Standing> {
             dead: false,
         },
     )?;
-    let task = spawn_task(py, ctx, host.as_any(), None)?;
-    let standing = Standing {
-        task: task.unbind(),
-        host: host.unbind(),
-    };
+    let (task, first_step) = new_task(py, ctx, host.as_any(), None)?;
+    let (task, host) = (task.unbind(), host.unbind());
     *ctx.standing.borrow_mut() = Some(Standing {
-        task: standing.task.clone_ref(py),
-        host: standing.host.clone_ref(py),
+        task: task.clone_ref(py),
+        host: host.clone_ref(py),
+        first_step,
     });
-    Ok(standing)
+    Ok((task, host))
+}
+
+/// At shutdown: the standing Task, if it never adopted a request, ends (its
+/// kept first step runs and finds the Host released), so that asyncio does
+/// not report a pending Task destroyed.
+pub fn release_standing(py: Python<'_>, ctx: &PyCtx) -> PyResult<()> {
+    let Some(standing) = ctx.standing.borrow_mut().take() else {
+        return Ok(());
+    };
+    standing.host.bind(py).borrow_mut().dead = true;
+    match standing.first_step {
+        Some(step) => step.run(py),
+        None => {
+            let parked = standing.host.bind(py).borrow_mut().parked.take();
+            if let Some(parked) = parked {
+                Waiter::resolve(parked.bind(py), Ok(py.None().into_bound(py)));
+            }
+            Ok(())
+        }
+    }
 }
 
 impl Host {
@@ -185,9 +216,9 @@ impl Host {
         r
     }
 
-    /// No request adopted yet: the first step of the Task (or a wake-up
-    /// nobody asked for) parks it on a fresh Waiter; an exception thrown in
-    /// (the Task cancelled, at shutdown) ends it.
+    /// No request adopted yet: a first step run by the loop (when it could
+    /// not be kept) parks the Task on a fresh Waiter; an exception thrown in
+    /// (the Task cancelled, at shutdown) or a release ends it.
     fn park<'py>(
         slf: &Bound<'py, Self>,
         input: StepInput<'py>,
@@ -196,6 +227,10 @@ impl Host {
         if let StepInput::Throw(exc) = input {
             slf.borrow_mut().dead = true;
             return Err(PyErr::from_value(exc));
+        }
+        if slf.borrow().dead {
+            // Released at shutdown: the Task ends.
+            return Ok(None);
         }
         let ctx = ctx();
         let waiter = Waiter::new(py, &ctx)?;

@@ -133,6 +133,12 @@ pub fn install(ctx: PyCtx) {
     CTX.with(|c| *c.borrow_mut() = Some(std::rc::Rc::new(ctx)));
 }
 
+/// At shutdown, after the last request: ends the standing Task of
+/// `--eager host` if it never adopted a request.
+pub fn release_standing(py: Python<'_>) -> PyResult<()> {
+    host::release_standing(py, &ctx())
+}
+
 pub fn uninstall() -> Option<Rc> {
     CTX.with(|c| c.borrow_mut().take())
 }

@@ -128,17 +128,60 @@ pub(super) fn start_task(py: Python<'_>, ctx: &PyCtx, call: &Bound<'_, AsgiCall>
     }
 }
 
-/// Wraps `coro` (an [`AsgiCall`] or a [`super::host::Host`]) in an asyncio
-/// Task and runs the Task's first step now, instead of on the loop's next
-/// iteration: `Task.__init__` put that step at the end of the loop's ready
-/// queue; it is taken back and run here, in the Task's context, as
-/// `Handle._run` would.
+/// Wraps `coro` (an [`AsgiCall`]) in an asyncio Task and runs the Task's
+/// first step now, instead of on the loop's next iteration.
 pub(super) fn spawn_task<'py>(
     py: Python<'py>,
     ctx: &PyCtx,
     coro: &Bound<'py, PyAny>,
     context: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    let (task, first_step) = new_task(py, ctx, coro, context)?;
+    if let Some(step) = first_step {
+        step.run(py)?;
+    }
+    Ok(task)
+}
+
+/// A Task's first step, taken back from the loop: `Task.__init__` asks the
+/// loop to run it soon; whoever holds it runs it instead.
+pub(super) struct FirstStep {
+    callback: Py<PyAny>,
+    context: Py<PyAny>,
+}
+
+impl FirstStep {
+    /// Runs the step in the Task's context, as the loop's `Handle._run`
+    /// would.
+    pub(super) fn run(self, py: Python<'_>) -> PyResult<()> {
+        // SAFETY: CPython context and call API with the GIL held; the context
+        // is entered and exited around the call; the result is a new
+        // reference (or NULL with an exception set).
+        let result = unsafe {
+            ffi::PyContext_Enter(self.context.as_ptr());
+            let r = ffi::PyObject_CallNoArgs(self.callback.as_ptr());
+            ffi::PyContext_Exit(self.context.as_ptr());
+            r
+        };
+        if result.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        // SAFETY: a new reference returned by the call above.
+        drop(unsafe { Bound::from_owned_ptr(py, result) });
+        Ok(())
+    }
+}
+
+/// Wraps `coro` in an asyncio Task and takes back the first step the Task
+/// scheduled: our [`CallSoon`] keeps it, or else it is popped from the end
+/// of the loop's ready queue. `None` when neither worked: the step then
+/// runs on the loop's next turn, as with any Task.
+pub(super) fn new_task<'py>(
+    py: Python<'py>,
+    ctx: &PyCtx,
+    coro: &Bound<'py, PyAny>,
+    context: Option<&Bound<'py, PyAny>>,
+) -> PyResult<(Bound<'py, PyAny>, Option<FirstStep>)> {
     let lp = ctx.event_loop.bind(py);
     CAPTURE.with(|c| *c.borrow_mut() = Some(None));
     // The drain shadows the loop's call_soon for its whole batch (an
@@ -156,10 +199,10 @@ pub(super) fn spawn_task<'py>(
     };
     let captured = CAPTURE.with(|c| c.borrow_mut().take()).flatten();
     let task = task?;
-    let (callback, step_context) = match captured {
+    match captured {
         // The Task asked the loop (our `CallSoon`) to schedule its first
-        // step: run it now instead.
-        Some((callback, Some(context))) => (callback.into_bound(py), context.into_bound(py)),
+        // step: it is ours to run.
+        Some((callback, Some(context))) => Ok((task, Some(FirstStep { callback, context }))),
         other => {
             // Not captured (a loop without our call_soon): the step is at
             // the end of the ready queue.
@@ -167,9 +210,8 @@ pub(super) fn spawn_task<'py>(
                 lp.call_method1(intern!(py, "call_soon"), (callback,))?;
             }
             let Ok(ready) = lp.getattr(intern!(py, "_ready")) else {
-                // A loop whose ready queue is out of reach: the step runs
-                // on the loop's next turn, as with any Task.
-                return Ok(task);
+                // A loop whose ready queue is out of reach.
+                return Ok((task, None));
             };
             let handle = ready.call_method0(intern!(py, "pop"))?;
             let callback = handle.getattr(intern!(py, "_callback"))?;
@@ -179,26 +221,18 @@ pub(super) fn spawn_task<'py>(
             if !ours {
                 // Not the step we expected: put it back, the loop runs it.
                 ready.call_method1(intern!(py, "append"), (handle,))?;
-                return Ok(task);
+                return Ok((task, None));
             }
-            (callback, handle.getattr(intern!(py, "_context"))?)
+            let context = handle.getattr(intern!(py, "_context"))?.unbind();
+            Ok((
+                task,
+                Some(FirstStep {
+                    callback: callback.unbind(),
+                    context,
+                }),
+            ))
         }
-    };
-    // SAFETY: CPython context and call API with the GIL held; the context
-    // is entered and exited around the call; the result is a new reference
-    // (or NULL with an exception set).
-    let result = unsafe {
-        ffi::PyContext_Enter(step_context.as_ptr());
-        let r = ffi::PyObject_CallNoArgs(callback.as_ptr());
-        ffi::PyContext_Exit(step_context.as_ptr());
-        r
-    };
-    if result.is_null() {
-        return Err(PyErr::fetch(py));
     }
-    // SAFETY: a new reference returned by the call above.
-    drop(unsafe { Bound::from_owned_ptr(py, result) });
-    Ok(task)
 }
 
 pub(super) type Captured = Option<(Py<PyAny>, Option<Py<PyAny>>)>;
