@@ -831,6 +831,67 @@ fn asgi_workers_serve_and_a_blocked_loop_is_killed_by_the_timeout() {
     assert_eq!(client::get(addr, "/").unwrap().status, 200);
 }
 
+/// Keep-alive clients connecting at once are shared out between `-k asgi`
+/// workers. Without the scoreboard's balance, the worker awake first took
+/// nearly all of them (1 to 31 and 32 to 0 were common): one loop then
+/// served every client while the other idled.
+#[test]
+fn asgi_workers_share_out_a_burst_of_keep_alive_connections() {
+    let server = ServerProcess::start(
+        BIN,
+        &[
+            "apps.asgi_lab:app",
+            "-k",
+            "asgi",
+            "-w",
+            "2",
+            "-b",
+            "127.0.0.1:0",
+        ],
+    )
+    .unwrap();
+    let addr = server.addr();
+    wait_until("two workers", Duration::from_secs(10), || {
+        children(server.pid()).len() == 2
+    });
+    // Both workers ready (each has answered), then three bursts.
+    wait_until("both workers answer", Duration::from_secs(10), || {
+        (0..8)
+            .map(|_| pid_of_response(addr))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            == 2
+    });
+    for round in 0..3 {
+        let mut conns: Vec<client::Conn> = (0..32)
+            .map(|_| client::Conn::connect(addr).unwrap())
+            .collect();
+        let mut per_worker = std::collections::BTreeMap::<u32, usize>::new();
+        for c in &mut conns {
+            c.send(b"GET /pid HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        }
+        for c in &mut conns {
+            let pid: u32 = c
+                .read_response(false)
+                .unwrap()
+                .text()
+                .trim()
+                .parse()
+                .unwrap();
+            *per_worker.entry(pid).or_default() += 1;
+        }
+        let fewest = if per_worker.len() < 2 {
+            0
+        } else {
+            *per_worker.values().min().unwrap()
+        };
+        assert!(
+            fewest >= 4,
+            "round {round}: 32 connections split {per_worker:?} between the workers"
+        );
+    }
+}
+
 #[test]
 fn forwarded_headers_are_believed_from_trusted_proxies_only() {
     let environ = |server: &ServerProcess, headers: &str| -> (u16, Value) {

@@ -31,6 +31,9 @@ pub struct Slot {
     pub busy: AtomicU32,
     /// Wake-ups that found no connection to accept (the thundering herd).
     pub accept_missed: AtomicU64,
+    /// Connections open now (`-k asgi`, which holds many): its siblings
+    /// read it to share new connections out evenly.
+    pub connections: AtomicU32,
 }
 // ANCHOR_END: slot
 
@@ -75,6 +78,13 @@ impl Slot {
         self.requests.store(0, Ordering::Relaxed);
         self.busy.store(0, Ordering::Relaxed);
         self.accept_missed.store(0, Ordering::Relaxed);
+        self.connections.store(0, Ordering::Relaxed);
+    }
+
+    /// Whether a worker owns the slot (the master clears it when it reaps
+    /// the worker).
+    pub fn is_live(&self) -> bool {
+        self.pid.load(Ordering::Relaxed) != 0
     }
 
     /// Milliseconds since the worker's last heartbeat.

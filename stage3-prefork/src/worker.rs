@@ -17,7 +17,7 @@ use wsgi_bridge::wsgi::environ::ServerInfo;
 
 use crate::config::Config;
 use crate::listen::{Listeners, WorkerListener};
-use crate::scoreboard::{Slot, now_ms};
+use crate::scoreboard::{MAX_WORKERS, Scoreboard, Slot, now_ms};
 
 /// The exit status of a worker that could not start (its listening socket
 /// failed): the master stops instead of forking it again and again. gunicorn
@@ -128,6 +128,8 @@ pub(crate) struct WorkerSpec<'a> {
     pub worker_class: &'a dyn WorkerClass,
     pub listeners: &'a Listeners,
     pub slot: &'a Slot,
+    /// Every worker's slot (the siblings' connection counts).
+    pub board: &'a Scoreboard,
     /// The app imported by the master (`--preload`), or `None`: import it here.
     pub preloaded: Option<&'a Py<PyAny>>,
     /// This worker's object for the configuration file's hooks (`-c`).
@@ -139,10 +141,15 @@ pub(crate) struct WorkerSpec<'a> {
     pub signal_mask: nix::sys::signal::SigSet,
 }
 
+/// How many more connections than its least loaded sibling a worker may
+/// hold before it leaves the next one to that sibling (`-k asgi`).
+const BALANCE_MARGIN: u32 = 4;
+
 // ANCHOR: hooks
 /// How a worker reports to the master: through its scoreboard slot.
 struct ScoreboardHooks<'a> {
     slot: &'a Slot,
+    board: &'a Scoreboard,
     max_requests: u64,
 }
 
@@ -171,6 +178,29 @@ impl WorkerHooks for ScoreboardHooks<'_> {
 
     fn accept_missed(&self) {
         self.slot.accept_missed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn connection(&self, opened: bool) {
+        if opened {
+            self.slot.connections.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.slot.connections.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn should_accept(&self) -> bool {
+        let mine = self.slot.connections.load(Ordering::Relaxed);
+        let me: *const Slot = self.slot;
+        // The least loaded live sibling; none: accept.
+        let least = (0..MAX_WORKERS)
+            .map(|i| self.board.slot(i))
+            .filter(|s| !std::ptr::eq(*s, me) && s.is_live())
+            .map(|s| s.connections.load(Ordering::Relaxed))
+            .min();
+        // Well ahead only: under steady churn (a new connection per
+        // request) the counts differ by a few all the time, and waiting
+        // then would only slow the accepts down.
+        least.is_none_or(|least| mine <= least + BALANCE_MARGIN)
     }
 }
 // ANCHOR_END: hooks
@@ -236,6 +266,7 @@ pub(crate) fn run(spec: WorkerSpec<'_>) -> i32 {
     }
     let hooks = ScoreboardHooks {
         slot: spec.slot,
+        board: spec.board,
         max_requests: spec.max_requests,
     };
     hooks.heartbeat();

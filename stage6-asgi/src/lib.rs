@@ -425,6 +425,7 @@ pub fn serve_all(
         timeout: config.timeout,
         graceful_timeout: config.graceful_timeout,
         server_header: config.server_header.as_str().into(),
+        hooks,
     };
     let result = std::thread::scope(|scope| {
         let inbox_io = inbox.clone();

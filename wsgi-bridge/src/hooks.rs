@@ -29,6 +29,19 @@ pub trait WorkerHooks: Sync {
     fn should_stop(&self) -> bool {
         false
     }
+
+    /// A connection was accepted (`true`) or closed (`false`), for a loop
+    /// that holds many at once (stage 6): the master's count of each
+    /// worker's connections.
+    fn connection(&self, _opened: bool) {}
+
+    /// Asked by such a loop after each accept: `false` when a sibling
+    /// should take the next connection (stage 3: this worker holds more than
+    /// four connections more than its least loaded sibling). Workers sharing a listening socket otherwise split keep-alive
+    /// connections as they happen to wake up, as unevenly as 32 to 0.
+    fn should_accept(&self) -> bool {
+        true
+    }
 }
 // ANCHOR_END: worker_hooks
 

@@ -60,6 +60,7 @@ impl Arbiter {
                         .as_ref()
                         .expect("listening while workers run"),
                     slot: self.scoreboard.slot(slot),
+                    board: &self.scoreboard,
                     preloaded: self.preloaded.as_ref(),
                     hook_worker,
                     multiprocess: self.target > 1,

@@ -21,7 +21,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http_codec::request::Limits;
 use tokio::io::unix::AsyncFd;
@@ -45,6 +45,9 @@ pub struct IoConfig {
     /// How long running requests get to finish after the stop.
     pub graceful_timeout: Duration,
     pub server_header: Arc<str>,
+    /// The master's hooks (stage 3 `-k asgi`): the worker's connection
+    /// count, and whether to let a sibling take the next connection.
+    pub hooks: &'static dyn wsgi_bridge::hooks::WorkerHooks,
 }
 
 pub(super) struct Ctx {
@@ -155,15 +158,19 @@ async fn accept_loop(
             accepted = acceptor.accept() => match accepted {
                 Ok((stream, client)) => {
                     ctx.live.fetch_add(1, Ordering::Relaxed);
-                    let ctx = ctx.clone();
+                    ctx.cfg.hooks.connection(true);
+                    let conn_ctx = ctx.clone();
                     let shutdown = shutdown.clone();
                     let peer = Peer { client, listener };
                     tokio::spawn(async move {
+                        let ctx = conn_ctx;
                         connection(stream, peer, &ctx, shutdown).await;
+                        ctx.cfg.hooks.connection(false);
                         if ctx.live.fetch_sub(1, Ordering::Relaxed) == 1 {
                             ctx.all_closed.notify_one();
                         }
                     });
+                    let_a_sibling_accept(&ctx);
                 }
                 // The listening socket was shut down: stage 3's master does
                 // that when it stops (`-k asgi`), so that new clients are
@@ -181,6 +188,29 @@ async fn accept_loop(
         }
     }
 }
+
+// ANCHOR: balance
+/// How long a worker ahead of its siblings leaves new connections to them,
+/// at most, and in what steps.
+const BALANCE_WAIT: Duration = Duration::from_millis(1);
+const BALANCE_STEP: Duration = Duration::from_micros(50);
+
+/// Workers share the listening socket, and the one awake first would take
+/// a whole burst of new connections (32 to 0 was seen: one worker then
+/// serves every keep-alive client while the other idles). A worker that
+/// should leave the next connection to a sibling (stage 3's scoreboard
+/// says: one that holds far fewer) stops for a moment, long enough for the
+/// sibling to wake up and accept. It sleeps, the whole I/O thread: on a
+/// busy machine a sibling needs the core to wake up on, and a thread that
+/// spins keeps it. A hung sibling costs each accept this moment, no more;
+/// standalone (no siblings), a worker never waits.
+fn let_a_sibling_accept(ctx: &Ctx) {
+    let until = Instant::now() + BALANCE_WAIT;
+    while !ctx.cfg.hooks.should_accept() && Instant::now() < until {
+        std::thread::sleep(BALANCE_STEP);
+    }
+}
+// ANCHOR_END: balance
 
 // ANCHOR: deliver
 /// Wakes the connection tasks the Python thread put in the outbox, a batch
