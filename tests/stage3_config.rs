@@ -708,3 +708,61 @@ fn post_request_sees_the_response_headers_as_gunicorn_gives_them() {
         assert_eq!(lines(&log), expected, "-k {class}");
     }
 }
+
+#[test]
+fn a_worker_whose_boot_hook_raises_still_runs_worker_exit() {
+    for failing in ["post_fork(server, worker)", "post_worker_init(worker)"] {
+        let name = failing.split('(').next().unwrap();
+        let dir = dir_with_config(
+            &format!("boot-{name}"),
+            &format!(
+                "import os\nbind = '127.0.0.1:0'\nworkers = 1\n\
+                 def note(line):\n    with open(os.environ['HOOKS_LOG'], 'a') as f:\n        f.write(line + '\\n')\n\
+                 def {failing}:\n    note(f'{name} pid={{worker.pid}}')\n    raise ValueError('{name} says no')\n\
+                 def worker_exit(server, worker):\n    note(f'worker_exit pid={{worker.pid}}')\n"
+            ),
+        );
+        let (log, log_env) = hooks_log(&dir);
+        let output = Command::new(workspace_bin(BIN))
+            .current_dir(&dir)
+            .env("HOOKS_LOG", &log_env)
+            .args([
+                "apps.lab:app",
+                "--chdir",
+                &repo_root().display().to_string(),
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        // gunicorn's spawn_worker: the exception, then (its `finally`)
+        // "Worker exiting", then worker_exit; then the master stops.
+        let seen = lines(&log);
+        let pid = seen[0]
+            .strip_prefix(&format!("{name} pid="))
+            .unwrap_or_else(|| panic!("{seen:#?}"))
+            .to_string();
+        assert_eq!(
+            seen,
+            [
+                format!("{name} pid={pid}"),
+                format!("worker_exit pid={pid}")
+            ]
+        );
+        let at = |needle: &str| {
+            stderr
+                .find(needle)
+                .unwrap_or_else(|| panic!("no {needle:?} in {stderr}"))
+        };
+        assert!(
+            at(&format!("Exception in {name} hook")) < at(&format!("Worker exiting (pid: {pid})"))
+                && at(&format!("Worker exiting (pid: {pid})"))
+                    < at(&format!("Worker (pid:{pid}) failed to boot.")),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("Reason: Worker failed to boot."),
+            "{stderr}"
+        );
+    }
+}

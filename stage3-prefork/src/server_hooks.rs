@@ -12,7 +12,7 @@
 //! | `post_request`     | worker  | once the response is sent                     | worker, req, environ, resp   |
 //! | `worker_int`       | worker  | on INT or QUIT (the master's fast stop)       | worker                       |
 //! | `worker_abort`     | worker  | on ABRT (the master's `--timeout`)            | worker                       |
-//! | `worker_exit`      | worker  | as the worker exits                           | server, worker               |
+//! | `worker_exit`      | worker  | as the worker exits, booted or not            | server, worker               |
 //! | `child_exit`       | master  | a worker was reaped                           | server, worker               |
 //! | `nworkers_changed` | master  | TTIN or TTOU changed the number of workers    | server, new, old             |
 //! | `on_reload`        | master  | HUP                                           | server                       |
@@ -40,7 +40,9 @@
 //! A hook that raises does what it does in gunicorn: in the master (but
 //! `on_exit`) the exception ends the server (gunicorn's arbiter does not
 //! catch it either); `post_fork` and `post_worker_init` make the worker fail
-//! to boot, so the master stops; `pre_request` is answered as an app error
+//! to boot, so the master stops (the worker still logs `Worker exiting` and
+//! calls `worker_exit` first, as gunicorn's `spawn_worker` does in its
+//! `finally`); `pre_request` is answered as an app error
 //! (a 500); `post_request`, `worker_exit`, `worker_int`, `worker_abort` and
 //! `on_exit` are logged, and the server goes on (or exits) as it would have.
 //! The traceback is always in the log.
