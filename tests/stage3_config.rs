@@ -635,3 +635,134 @@ fn hup_reads_the_file_again_as_gunicorn_does() {
     });
     assert_eq!(client::get(server.addr(), "/pid").unwrap().status, 200);
 }
+
+/// An app whose headers need the server's processing: a padded value,
+/// hop-by-hop headers, a repeated name; a list body without
+/// Content-Length (the server adds one), a streamed one (chunked), an app
+/// that raises (the server answers 500).
+const HEADERS_APP: &str = r#"
+def app(environ, start_response):
+    path = environ["PATH_INFO"]
+    if path == "/error":
+        raise RuntimeError("no response from the app")
+    if path == "/list":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"a", b"b"]
+    if path == "/stream":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return (chunk for chunk in [b"a", b"b"])
+    body = b"headers\n"
+    start_response("200 OK", [
+        ("Content-Type", "text/plain"),
+        ("X-Padded", "  spaced value \t"),
+        ("Connection", "keep-alive"),
+        ("Keep-Alive", "timeout=5"),
+        ("Set-Cookie", "a=1"),
+        ("Set-Cookie", "b=2"),
+        ("Content-Length", str(len(body))),
+    ])
+    return [body]
+"#;
+
+#[test]
+fn post_request_sees_the_response_headers_as_gunicorn_gives_them() {
+    let dir = dir_with_config(
+        "resp-headers",
+        "import os\nbind = '127.0.0.1:0'\nworkers = 1\n\
+         def post_request(worker, req, environ, resp):\n    \
+             typed = type(resp.headers) is list and all(\n        \
+                 type(h) is tuple and len(h) == 2 and all(type(x) is str for x in h)\n        \
+                 for h in resp.headers)\n    \
+             with open(os.environ['HOOKS_LOG'], 'a') as f:\n        \
+                 f.write(f'{req.path} {resp.status_code} typed={typed} {resp.headers!r}\\n')\n",
+    );
+    std::fs::write(dir.join("headers_app.py"), HEADERS_APP).unwrap();
+    let (log, log_env) = hooks_log(&dir);
+    // What gunicorn 27's post_request sees for the same app (sync and
+    // gthread alike): the app's headers in its order, hop-by-hop ones
+    // dropped, values stripped; none of the server's own (Server, Date,
+    // Connection, Content-Length or Transfer-Encoding added for framing).
+    let expected = [
+        "/ 200 typed=True [('Content-Type', 'text/plain'), ('X-Padded', 'spaced value'), \
+         ('Set-Cookie', 'a=1'), ('Set-Cookie', 'b=2'), ('Content-Length', '8')]",
+        "/list 200 typed=True [('Content-Type', 'text/plain')]",
+        "/stream 200 typed=True [('Content-Type', 'text/plain')]",
+        // The server's own error response: no header of the app's.
+        "/error 500 typed=True []",
+    ];
+    for class in ["sync", "gthread"] {
+        let _ = std::fs::remove_file(&log);
+        let server = ServerProcess::start_with(
+            BIN,
+            &["-k", class, "headers_app:app"],
+            &[("HOOKS_LOG", &log_env)],
+            Some(&dir),
+        )
+        .unwrap();
+        for path in ["/", "/list", "/stream", "/error"] {
+            let response = client::get(server.addr(), path).unwrap();
+            let status = if path == "/error" { 500 } else { 200 };
+            assert_eq!(response.status, status, "-k {class} {path}");
+            wait_for_line(&log, &format!("{path} "));
+        }
+        assert_eq!(lines(&log), expected, "-k {class}");
+    }
+}
+
+#[test]
+fn a_worker_whose_boot_hook_raises_still_runs_worker_exit() {
+    for failing in ["post_fork(server, worker)", "post_worker_init(worker)"] {
+        let name = failing.split('(').next().unwrap();
+        let dir = dir_with_config(
+            &format!("boot-{name}"),
+            &format!(
+                "import os\nbind = '127.0.0.1:0'\nworkers = 1\n\
+                 def note(line):\n    with open(os.environ['HOOKS_LOG'], 'a') as f:\n        f.write(line + '\\n')\n\
+                 def {failing}:\n    note(f'{name} pid={{worker.pid}}')\n    raise ValueError('{name} says no')\n\
+                 def worker_exit(server, worker):\n    note(f'worker_exit pid={{worker.pid}}')\n"
+            ),
+        );
+        let (log, log_env) = hooks_log(&dir);
+        let output = Command::new(workspace_bin(BIN))
+            .current_dir(&dir)
+            .env("HOOKS_LOG", &log_env)
+            .args([
+                "apps.lab:app",
+                "--chdir",
+                &repo_root().display().to_string(),
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        // gunicorn's spawn_worker: the exception, then (its `finally`)
+        // "Worker exiting", then worker_exit; then the master stops.
+        let seen = lines(&log);
+        let pid = seen[0]
+            .strip_prefix(&format!("{name} pid="))
+            .unwrap_or_else(|| panic!("{seen:#?}"))
+            .to_string();
+        assert_eq!(
+            seen,
+            [
+                format!("{name} pid={pid}"),
+                format!("worker_exit pid={pid}")
+            ]
+        );
+        let at = |needle: &str| {
+            stderr
+                .find(needle)
+                .unwrap_or_else(|| panic!("no {needle:?} in {stderr}"))
+        };
+        assert!(
+            at(&format!("Exception in {name} hook")) < at(&format!("Worker exiting (pid: {pid})"))
+                && at(&format!("Worker exiting (pid: {pid})"))
+                    < at(&format!("Worker (pid:{pid}) failed to boot.")),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("Reason: Worker failed to boot."),
+            "{stderr}"
+        );
+    }
+}

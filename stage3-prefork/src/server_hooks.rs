@@ -12,7 +12,7 @@
 //! | `post_request`     | worker  | once the response is sent                     | worker, req, environ, resp   |
 //! | `worker_int`       | worker  | on INT or QUIT (the master's fast stop)       | worker                       |
 //! | `worker_abort`     | worker  | on ABRT (the master's `--timeout`)            | worker                       |
-//! | `worker_exit`      | worker  | as the worker exits                           | server, worker               |
+//! | `worker_exit`      | worker  | as the worker exits, booted or not            | server, worker               |
 //! | `child_exit`       | master  | a worker was reaped                           | server, worker               |
 //! | `nworkers_changed` | master  | TTIN or TTOU changed the number of workers    | server, new, old             |
 //! | `on_reload`        | master  | HUP                                           | server                       |
@@ -24,13 +24,25 @@
 //! `worker.age` (1 for the first worker forked, then 2, …), `worker.log`;
 //! `req.method`, `req.path`, `req.query`, `req.uri`, `req.version`,
 //! `req.headers`, `req.remote_addr`; `resp.status`, `resp.status_code`,
-//! `resp.sent`. `log` has `debug`, `info`, `warning`, `error`, `critical`
-//! and `exception`, which write to the server's log.
+//! `resp.sent`, `resp.headers`. `log` has `debug`, `info`, `warning`,
+//! `error`, `critical` and `exception`, which write to the server's log.
+//!
+//! `resp.headers` is what gunicorn's `post_request` sees: the app's
+//! headers as sent, a list of `(str, str)` tuples in the app's order,
+//! hop-by-hop ones (`Connection`, `Keep-Alive`, …) left out, values
+//! stripped of spaces and tabs; none of the server's own (`Server`, `Date`,
+//! `Connection`, the `Content-Length` or `Transfer-Encoding` it adds to
+//! frame a body). An error response the server made itself (the app
+//! raised) has none: `[]`. The list is built only for a file that defines
+//! `post_request`: the bridge moves the response head to the hook, and
+//! nothing is copied for a server without one.
 //!
 //! A hook that raises does what it does in gunicorn: in the master (but
 //! `on_exit`) the exception ends the server (gunicorn's arbiter does not
 //! catch it either); `post_fork` and `post_worker_init` make the worker fail
-//! to boot, so the master stops; `pre_request` is answered as an app error
+//! to boot, so the master stops (the worker still logs `Worker exiting` and
+//! calls `worker_exit` first, as gunicorn's `spawn_worker` does in its
+//! `finally`); `pre_request` is answered as an app error
 //! (a 500); `post_request`, `worker_exit`, `worker_int`, `worker_abort` and
 //! `on_exit` are logged, and the server goes on (or exits) as it would have.
 //! The traceback is always in the log.
@@ -44,9 +56,10 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyString, PyTuple};
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use wsgi_bridge::embed::{StartError, format_exception};
 use wsgi_bridge::hooks::RequestHooks;
+use wsgi_bridge::wsgi::response_head::ResponseHead;
 
 // ANCHOR: hook_names
 /// The hooks stage 3 calls, with the number of arguments each is called
@@ -490,11 +503,12 @@ impl RequestHooks for AroundRequest {
         environ: Py<PyDict>,
         status: u16,
         body_bytes: u64,
+        head: Option<&ResponseHead>,
     ) {
         let Some(hook) = &self.post_request else {
             return;
         };
-        let called = response_object(py, status, body_bytes).and_then(|resp| {
+        let called = response_object(py, status, body_bytes, head).and_then(|resp| {
             hook.bind(py)
                 .call1((self.worker.bind(py), req, environ, resp))
         });
@@ -562,7 +576,17 @@ fn request_object<'py>(
 }
 
 /// gunicorn's `resp`, as far as the worker knows it once it is sent.
-fn response_object(py: Python<'_>, status: u16, body_bytes: u64) -> PyResult<Bound<'_, PyAny>> {
+/// `resp.headers` is gunicorn's too: the app's headers as sent, a list of
+/// `(str, str)` in the app's order, without the hop-by-hop ones, each value
+/// stripped of spaces and tabs, and none of the server's own (`Server`,
+/// `Date`, `Connection`, the framing); `[]` for an error response the
+/// server made itself.
+fn response_object<'py>(
+    py: Python<'py>,
+    status: u16,
+    body_bytes: u64,
+    head: Option<&ResponseHead>,
+) -> PyResult<Bound<'py, PyAny>> {
     static HTTP_STATUS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let http_status = HTTP_STATUS.get_or_try_init(py, || {
         py.import("http")?.getattr("HTTPStatus").map(Bound::unbind)
@@ -585,8 +609,31 @@ fn response_object(py: Python<'_>, status: u16, body_bytes: u64) -> PyResult<Bou
             ),
             ("status_code", status.into_pyobject(py)?.into_any()),
             ("sent", body_bytes.into_pyobject(py)?.into_any()),
+            ("headers", response_headers(py, head)?.into_any()),
         ],
     )
+}
+
+/// The head's headers as Python's `[(name, value), ...]`.
+fn response_headers<'py>(
+    py: Python<'py>,
+    head: Option<&ResponseHead>,
+) -> PyResult<Bound<'py, PyList>> {
+    // The bytes are latin-1: one character each.
+    let text = |bytes: &[u8]| bytes.iter().map(|&b| char::from(b)).collect::<String>();
+    let headers = PyList::empty(py);
+    for (name, value) in head.into_iter().flat_map(ResponseHead::headers) {
+        // gunicorn strips the value (RFC 9110 5.5: the spaces around a
+        // field value are not part of it).
+        let blank = |b: &u8| *b == b' ' || *b == b'\t';
+        let start = value.iter().position(|b| !blank(b)).unwrap_or(value.len());
+        let end = value
+            .iter()
+            .rposition(|b| !blank(b))
+            .map_or(start, |i| i + 1);
+        headers.append((text(name), text(&value[start..end])))?;
+    }
+    Ok(headers)
 }
 
 // ANCHOR: hook_log

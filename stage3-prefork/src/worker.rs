@@ -214,6 +214,26 @@ pub(crate) fn run(spec: WorkerSpec<'_>) -> i32 {
     // an orphaned worker would go on serving with nobody watching it.
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
 
+    let hooks = spec.config.hooks.as_ref();
+    let status = boot_and_serve(spec);
+    // However the worker ends, booted or not: gunicorn's spawn_worker says
+    // this and calls worker_exit in a `finally`, so a worker whose
+    // post_fork raised gets its worker_exit too.
+    log::info!("Worker exiting (pid: {pid})");
+    if let Some(hooks) = hooks {
+        hooks.worker_exit();
+    }
+    flush_python_output();
+    wsgi_bridge::trace::flush();
+    status
+}
+// ANCHOR_END: worker_boot
+
+/// Everything a worker does between its fork and its exit; returns its
+/// exit status.
+fn boot_and_serve(spec: WorkerSpec<'_>) -> i32 {
+    // ANCHOR: worker_setup
+    let pid = std::process::id();
     let config = spec.config;
     // The configuration file's post_fork(server, worker) (-c).
     if let (Some(hooks), Some(me)) = (&config.hooks, spec.hook_worker)
@@ -237,7 +257,7 @@ pub(crate) fn run(spec: WorkerSpec<'_>) -> i32 {
     }
     // Signals that arrived since the fork are delivered now, to these handlers.
     supervise::signals::restore(&spec.signal_mask);
-    // ANCHOR_END: worker_boot
+    // ANCHOR_END: worker_setup
 
     let app = match spec.preloaded {
         Some(app) => Python::attach(|py| app.clone_ref(py)),
@@ -290,23 +310,16 @@ pub(crate) fn run(spec: WorkerSpec<'_>) -> i32 {
         forwarded: config.forwarded.clone(),
         request_hooks: config.hooks.as_ref().and_then(|h| h.request_hooks()),
     });
+    // A worker_int or worker_abort hook running on its thread ends the
+    // process itself, after its own worker_exit: wait for it.
     crate::server_hooks::wait_for_signal_hooks();
-    let status = match result {
-        Ok(()) => {
-            log::info!("Worker exiting (pid: {pid})");
-            0
-        }
+    match result {
+        Ok(()) => 0,
         Err(e) => {
             log::error!("worker {pid} stopped: {e}");
             1
         }
-    };
-    if let Some(hooks) = &config.hooks {
-        hooks.worker_exit();
     }
-    flush_python_output();
-    wsgi_bridge::trace::flush();
-    status
 }
 
 // ANCHOR: worker_signals

@@ -68,7 +68,10 @@ pub trait RequestHooks: Send + Sync {
     ) -> pyo3::PyResult<pyo3::Py<pyo3::PyAny>>;
 
     /// Called once the response is written (or has failed): what `before`
-    /// returned, the request's environ, the status and the body bytes sent.
+    /// returned, the request's environ, the status and the body bytes sent,
+    /// and the head the app gave `start_response` as the server kept it
+    /// (its headers without the hop-by-hop ones; `None` if the request
+    /// never reached the app). The head is moved here, not copied.
     /// Errors are the hook's to report: the response is gone already.
     fn after(
         &self,
@@ -77,6 +80,7 @@ pub trait RequestHooks: Send + Sync {
         environ: pyo3::Py<pyo3::types::PyDict>,
         status: u16,
         body_bytes: u64,
+        head: Option<&crate::wsgi::response_head::ResponseHead>,
     );
 }
 // ANCHOR_END: request_hooks

@@ -27,6 +27,7 @@ use super::environ::{self, ServerInfo};
 use super::file_wrapper::FileWrapper;
 use super::input::{BodyReader, WsgiInput};
 use super::request::Request;
+use super::response_head::ResponseHead;
 use super::start_response::{ResponseRest, ResponseWriter, StartResponse, body_bytes};
 use crate::conn::{ReadBuf, Stream};
 use crate::embed::format_exception;
@@ -228,8 +229,12 @@ pub fn call_app<R: Request>(app: &WsgiApp, ex: Exchange<'_, R>) -> Outcome {
     let outcome = rest.finish();
     // gunicorn's post_request runs once the response is out: with the GIL
     // again, but only for a server that has the hook.
-    if let (Some(hooks), Some((req, environ))) = (&app.request_hooks, hooked) {
-        Python::attach(|py| hooks.after(py, req, environ, outcome.status, outcome.body_bytes));
+    if let (Some(hooks), Some(hooked)) = (&app.request_hooks, hooked) {
+        let Hooked { req, environ, head } = hooked;
+        Python::attach(|py| {
+            let (status, sent) = (outcome.status, outcome.body_bytes);
+            hooks.after(py, req, environ, status, sent, head.as_ref());
+        });
     }
     outcome
 }
@@ -267,7 +272,12 @@ fn call_app_with_gil<'a, R: Request>(
         let t = trace::start();
         complete_response(py, request, result, &reader, writer);
         trace::end(t, "head");
-        writer.take_rest()
+        let rest = writer.take_rest();
+        // Only a request with hooks keeps the head, for their `after`.
+        if let Some(hooked) = &mut hooked {
+            hooked.head = writer.take_head();
+        }
+        rest
     };
     app.recycle(input, start_response);
     AfterApp {
@@ -381,8 +391,13 @@ struct AfterApp<'a, R> {
     hooked: Option<Hooked>,
 }
 
-/// What [`RequestHooks::before`] returned, and the request's environ.
-type Hooked = (Py<PyAny>, Py<PyDict>);
+/// What [`RequestHooks::before`] returned, the request's environ, and the
+/// response's head once it is complete: what their `after` gets.
+struct Hooked {
+    req: Py<PyAny>,
+    environ: Py<PyDict>,
+    head: Option<ResponseHead>,
+}
 
 impl<R: Request> AfterApp<'_, R> {
     /// Writes what is left of the response, then reads and drops what is
@@ -474,7 +489,11 @@ fn run_app(
     trace::end(t, "environ");
     if let Some(hooks) = &app.request_hooks {
         let req = hooks.before(py, &environ)?;
-        *hooked = Some((req, environ.clone().unbind()));
+        *hooked = Some(Hooked {
+            req,
+            environ: environ.clone().unbind(),
+            head: None,
+        });
     }
     let t = trace::start();
     let iterable = app.app.bind(py).call1((environ, start_response))?;

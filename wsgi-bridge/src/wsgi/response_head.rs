@@ -70,6 +70,21 @@ impl ResponseHead {
         &self.wire[self.status_len..]
     }
 
+    /// The app's headers as sent, `(name, value)` in the app's order,
+    /// hop-by-hop ones left out; each value as written, spaces included
+    /// (latin-1 bytes). An error response the server made has none.
+    pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        // A name is a token (no ':') and a value has no CR or LF: each line
+        // is `name: value`, as `push_header` wrote it.
+        self.header_lines()
+            .split(|&b| b == b'\n')
+            .filter_map(|line| line.strip_suffix(b"\r"))
+            .filter_map(|line| {
+                let colon = line.iter().position(|&b| b == b':')?;
+                Some((&line[..colon], &line[colon + 2..]))
+            })
+    }
+
     /// Adds one `(name, value)` header: checked, then kept as a line of
     /// `wire`, unless it is hop-by-hop (the server's business).
     fn push_header(&mut self, item: &Bound<'_, PyAny>) -> PyResult<()> {

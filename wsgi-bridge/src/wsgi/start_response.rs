@@ -289,6 +289,14 @@ impl ResponseWriter {
         }
     }
 
+    /// Takes the head `start_response` was given (or the server's error
+    /// head), moved out, not copied: for a server's `post_request` hook.
+    /// Call it after [`take_rest`](Self::take_rest), which reads its status.
+    #[inline]
+    pub fn take_head(&mut self) -> Option<ResponseHead> {
+        self.head.take()
+    }
+
     /// Lets go of the connection: the request is over, and the object that
     /// holds this writer waits to be reused. The socket must close when its
     /// connection is done with it, not when the object is next used.
