@@ -413,6 +413,10 @@ async def app(scope, receive, send):
         raise RuntimeError("the lab app failed after sending its first chunk")
     if path == "/no-response":
         return  # the server answers 500
+    if path == "/no-content":
+        # A content-length on a 204 is the app's mistake: the server drops it.
+        await send({"type": "http.response.start", "status": 204, "headers": [(b"content-length", b"0")]})
+        return await send({"type": "http.response.body", "body": b""})
     if path == "/pid":
         return await respond(send, b"%d\n" % os.getpid())
     if path == "/task":

@@ -163,6 +163,10 @@ def app(environ, start_response):
         return error_late(start_response)
     if path == "/pid":
         return _respond(start_response, b"%d\n" % os.getpid())
+    if path == "/no-content":
+        # A Content-Length on a 204 is the app's mistake: the server drops it.
+        start_response("204 No Content", [("Content-Length", "0")])
+        return [b""]
     return _respond(start_response, b"not found\n", status="404 Not Found")
 
 

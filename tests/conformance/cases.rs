@@ -49,6 +49,10 @@ pub const CASES: &[(&str, Case)] = &[
         input_readline_readlines_iteration,
     ),
     ("head_has_no_body", head_has_no_body),
+    (
+        "no_content_has_no_content_length",
+        no_content_has_no_content_length,
+    ),
     ("expect_100_continue", expect_100_continue),
     ("stream_is_chunked_on_http11", stream_is_chunked_on_http11),
     (
@@ -293,6 +297,22 @@ fn head_has_no_body(addr: SocketAddr) {
         text.ends_with("\r\n\r\n"),
         "a HEAD response must end with its head: {text}"
     );
+}
+
+/// RFC 9110 8.6: a 204 never carries a Content-Length, even when the app
+/// gives one.
+fn no_content_has_no_content_length(addr: SocketAddr) {
+    let mut c = Conn::connect(addr).unwrap();
+    c.send(b"GET /no-content HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let raw = c.read_to_close().unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 204"), "{text}");
+    assert!(
+        !text.to_ascii_lowercase().contains("content-length"),
+        "a 204 must not carry a Content-Length: {text}"
+    );
+    assert!(text.ends_with("\r\n\r\n"), "{text}");
 }
 
 fn expect_100_continue(addr: SocketAddr) {

@@ -105,6 +105,11 @@ impl AsgiCall {
                     .ok()
                     .and_then(|v| v.trim().parse::<u64>().ok())
                     .ok_or_else(|| PyValueError::new_err("invalid Content-Length"))?;
+                let status = self.resp.status;
+                if status == 204 || status < 200 {
+                    // RFC 9110 8.6: never on a 1xx or a 204 (which has no body).
+                    continue;
+                }
                 self.resp.content_length = Some(n);
             }
             if is_hop_by_hop(name) {

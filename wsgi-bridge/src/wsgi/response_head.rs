@@ -125,6 +125,11 @@ impl ResponseHead {
                     String::from_utf8_lossy(value)
                 ))
             })?;
+            if self.code == 204 || self.code < 200 {
+                // RFC 9110 8.6: never on a 1xx or a 204 (which has no body).
+                wire.truncate(line_start);
+                return Ok(());
+            }
             self.content_length = Some(n);
         }
         wire.extend_from_slice(b"\r\n");
