@@ -684,7 +684,12 @@ fn task_report(addr: SocketAddr, path: &str) -> Value {
 /// same time, and never a ContextVar an earlier request set.
 #[test]
 fn every_request_has_its_own_task_and_context_from_its_first_line() {
-    for args in [vec![], vec!["--eager", "task"]] {
+    for args in [
+        vec![],
+        vec!["--eager", "task"],
+        vec!["--loop", "asyncio"],
+        vec!["--loop", "asyncio", "--eager", "task"],
+    ] {
         let server = start(&args);
         let addr = server.addr();
         for path in ["/task", "/task?ms=20", "/task", "/task?ms=1", "/task"] {
@@ -723,15 +728,21 @@ fn every_request_has_its_own_task_and_context_from_its_first_line() {
 }
 
 #[test]
-fn uvloop_and_the_bare_first_step_serve_the_same() {
+fn both_loops_and_every_first_step_serve_the_same() {
     let has_uvloop = Command::new("python3")
         .args(["-c", "import uvloop"])
         .status()
         .is_ok_and(|s| s.success());
-    let mut variants = vec![vec!["--eager", "bare"], vec!["--eager", "task"]];
+    // The default loop is uvloop where it is installed: asyncio's is named.
+    let mut variants = vec![
+        vec!["--loop", "asyncio"],
+        vec!["--loop", "asyncio", "--eager", "bare"],
+        vec!["--loop", "asyncio", "--eager", "task"],
+    ];
     if has_uvloop {
         variants.push(vec!["--loop", "uvloop"]);
         variants.push(vec!["--loop", "uvloop", "--eager", "bare"]);
+        variants.push(vec!["--loop", "uvloop", "--eager", "task"]);
     } else {
         eprintln!("SKIPPED (uvloop variants): uvloop is not installed (pip install uvloop)");
     }

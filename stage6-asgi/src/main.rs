@@ -66,8 +66,9 @@ struct Args {
     #[arg(long, value_enum, default_value = "host")]
     eager: Eager,
 
-    /// The event loop: asyncio (the standard library's) or uvloop (if installed).
-    #[arg(long = "loop", value_enum, default_value = "asyncio")]
+    /// The event loop: auto (uvloop if it is installed, else asyncio's, as
+    /// uvicorn does), asyncio (the standard library's) or uvloop.
+    #[arg(long = "loop", value_enum, default_value = "auto")]
     event_loop: LoopKind,
 
     /// Warn when one step of an app coroutine holds the event loop this many
