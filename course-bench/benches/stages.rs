@@ -16,6 +16,11 @@
 //! workers, every threaded one `BENCH_THREADS` (4) threads per process;
 //! stages 1 and 2 are one process by design.
 //!
+//! The ASGI servers are also measured on a WebSocket echo (`wsecho`: 32
+//! clients, messages per second; `src/websocket.rs`) and, once each after
+//! the timed workloads, on the memory an idle keep-alive connection costs
+//! (`idle/SERVER`, not a criterion benchmark; `src/idle.rs`).
+//!
 //! Besides criterion's own report (`target/criterion/report/index.html`),
 //! the run leaves `target/bench-results.json`: latency percentiles, the CPU
 //! time of the server and of the load generator, and the memory of each
@@ -24,16 +29,20 @@
 use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
 
+use course_bench::idle::measure_idle;
 use course_bench::measurement::{
     Budget, Measurement, NOISY_CORES, Summary, measure, wait_for_quiet,
 };
 use course_bench::results::ResultsFile;
 use course_bench::servers::{Running, ServerSpec, servers};
-use course_bench::{Settings, WORKLOADS, Workload, since};
+use course_bench::{Filter, Settings, WORKLOADS, Workload, since};
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 
 fn stages(c: &mut Criterion) {
     let settings = Settings::from_env();
+    // The idle measurement holds thousands of sockets here, and the
+    // servers, which inherit the limit, as many.
+    raise_open_files_limit();
     let specs = servers();
     let mut results = ResultsFile::new(&settings);
     println!(
@@ -116,6 +125,36 @@ fn stages(c: &mut Criterion) {
             }
         }
         group.finish();
+    }
+    // Memory per idle keep-alive connection: once per server of the
+    // WebSocket workload (the ASGI servers but the null one), outside
+    // criterion (a measurement, not a throughput), after the timed work.
+    let filter = Filter::from_args();
+    let ws = course_bench::workload("wsecho").expect("the WebSocket workload");
+    for (i, spec) in available.iter().enumerate() {
+        let id = format!("idle/{}", spec.id);
+        if !spec.runs_workload(ws) || !filter.matches(&id) {
+            continue;
+        }
+        let server = running[i].get_or_insert_with(|| start(spec, &settings, &mut results));
+        let m = measure_idle(server, settings.idle_connections);
+        println!(
+            "{id}: {:.0} bytes per connection ({} of {} open; RSS {:.1} -> {:.1} MiB over {} workers; opened in {:.1}s)",
+            m.bytes_per_connection(),
+            m.open,
+            m.connections,
+            m.rss_before_kib as f64 / 1024.0,
+            m.rss_after_kib as f64 / 1024.0,
+            m.workers,
+            m.opening.as_secs_f64(),
+        );
+        if m.open < m.connections {
+            println!(
+                "{id}: WARNING: {} connections were refused or closed",
+                m.connections - m.open
+            );
+        }
+        results.add_idle(spec, &m);
     }
     drop(running);
     println!(
@@ -270,6 +309,20 @@ fn print_summary(workload: &str, server: &str, s: &Summary, started: &Instant) {
         },
         since(*started),
     );
+}
+
+/// Raises this process' soft limit of open files to its hard limit (the
+/// servers started afterwards inherit it).
+fn raise_open_files_limit() {
+    // SAFETY: getrlimit/setrlimit read and write the struct passed, nothing else.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 fn config() -> Criterion {

@@ -15,9 +15,11 @@
 //! install them, when absent.
 
 pub mod chart;
+pub mod idle;
 pub mod measurement;
 pub mod results;
 pub mod servers;
+pub mod websocket;
 
 use std::time::{Duration, Instant};
 
@@ -47,6 +49,9 @@ pub struct Settings {
     /// wait for other programs to leave the cores alone before running
     /// again a run they disturbed. 0: never wait.
     pub patience: Duration,
+    /// `BENCH_IDLE_CONNECTIONS` [10000]: idle keep-alive connections opened
+    /// to each ASGI server to weigh one ([`idle`]).
+    pub idle_connections: usize,
 }
 // ANCHOR_END: settings
 
@@ -73,6 +78,7 @@ impl Settings {
             threads: number("BENCH_THREADS", 4),
             quick,
             patience: Duration::from_secs(patience),
+            idle_connections: number("BENCH_IDLE_CONNECTIONS", 10_000),
         }
     }
 
@@ -83,6 +89,7 @@ impl Settings {
             "threads": self.threads,
             "quick": self.quick,
             "patience_s": self.patience.as_secs(),
+            "idle_connections": self.idle_connections,
         })
     }
 }
@@ -102,8 +109,30 @@ pub struct Workload {
     /// Concurrent connections, when not the settings' (0).
     pub connections: usize,
     /// Only for the ASGI servers (a load the WSGI servers would take
-    /// minutes to get through at their pace, for a figure already known).
+    /// minutes to get through at their pace, for a figure already known;
+    /// or a protocol they do not speak).
     pub asgi_only: bool,
+    pub kind: Kind,
+}
+
+/// What a workload's clients speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// HTTP requests from the load generator (`loadgen`).
+    Http,
+    /// WebSocket messages on `path`, each `body` bytes of text, echoed
+    /// ([`websocket`]): throughput in messages.
+    WebSocket,
+}
+
+impl Workload {
+    /// What its throughput counts.
+    pub fn unit(&self) -> &'static str {
+        match self.kind {
+            Kind::Http => "requests",
+            Kind::WebSocket => "messages",
+        }
+    }
 }
 
 pub const WORKLOADS: &[Workload] = &[
@@ -115,6 +144,7 @@ pub const WORKLOADS: &[Workload] = &[
         about: "`GET /`: Hello, World! (what the server itself costs)",
         connections: 0,
         asgi_only: false,
+        kind: Kind::Http,
     },
     Workload {
         id: "cpu",
@@ -124,6 +154,7 @@ pub const WORKLOADS: &[Workload] = &[
         about: "`GET /cpu?ms=1`: 1 ms of pure-Python work (holds the GIL)",
         connections: 0,
         asgi_only: false,
+        kind: Kind::Http,
     },
     Workload {
         id: "io",
@@ -133,6 +164,7 @@ pub const WORKLOADS: &[Workload] = &[
         about: "`GET /io?ms=10`: `time.sleep(0.01)`, like waiting on a database (releases the GIL)",
         connections: 0,
         asgi_only: false,
+        kind: Kind::Http,
     },
     Workload {
         id: "bytes64k",
@@ -142,6 +174,7 @@ pub const WORKLOADS: &[Workload] = &[
         about: "`GET /bytes?n=65536`: a 64 KiB response",
         connections: 0,
         asgi_only: false,
+        kind: Kind::Http,
     },
     Workload {
         id: "echo64k",
@@ -151,6 +184,7 @@ pub const WORKLOADS: &[Workload] = &[
         about: "`POST /echo` with 64 KiB: the upload read through `wsgi.input` and sent back",
         connections: 0,
         asgi_only: false,
+        kind: Kind::Http,
     },
     Workload {
         id: "io256",
@@ -160,6 +194,17 @@ pub const WORKLOADS: &[Workload] = &[
         about: "`GET /io?ms=10` from 256 connections at once, `asyncio.sleep(0.01)` (what an event loop is for; ASGI servers only; the bound is 25,600 requests/s)",
         connections: 256,
         asgi_only: true,
+        kind: Kind::Http,
+    },
+    Workload {
+        id: "wsecho",
+        method: "GET",
+        path: "/ws",
+        body: 16,
+        about: "WebSocket echo on `/ws`, 32 clients: a 16-byte text message and its echo, again and again (messages per second; ASGI servers only)",
+        connections: 32,
+        asgi_only: true,
+        kind: Kind::WebSocket,
     },
 ];
 // ANCHOR_END: workloads
@@ -168,7 +213,90 @@ pub fn workload(id: &str) -> Option<&'static Workload> {
     WORKLOADS.iter().find(|w| w.id == id)
 }
 
+/// Criterion's filter (`cargo bench --bench stages -- FILTER`), for what
+/// runs outside criterion: the first argument that is neither an option
+/// nor an option's value; a regex, or the whole id with `--exact`.
+pub enum Filter {
+    All,
+    Exact(String),
+    Regex(regex::Regex),
+}
+
+impl Filter {
+    pub fn from_args() -> Filter {
+        Filter::parse(&std::env::args().skip(1).collect::<Vec<_>>())
+    }
+
+    pub fn parse(args: &[String]) -> Filter {
+        // criterion's options that take a value (`--name VALUE`).
+        const WITH_VALUE: &[&str] = &[
+            "-c",
+            "--color",
+            "--colour",
+            "-s",
+            "--save-baseline",
+            "-b",
+            "--baseline",
+            "--baseline-lenient",
+            "--format",
+            "--profile-time",
+            "--load-baseline",
+            "--sample-size",
+            "--warm-up-time",
+            "--measurement-time",
+            "--nresamples",
+            "--noise-threshold",
+            "--confidence-level",
+            "--significance-level",
+            "--plotting-backend",
+            "--output-format",
+        ];
+        let exact = args.iter().any(|a| a == "--exact");
+        let mut pattern = None;
+        let mut args = args.iter();
+        while let Some(a) = args.next() {
+            if WITH_VALUE.contains(&a.as_str()) {
+                args.next();
+            } else if !a.starts_with('-') && pattern.is_none() {
+                pattern = Some(a.clone());
+            }
+        }
+        match pattern {
+            None => Filter::All,
+            Some(p) if exact => Filter::Exact(p),
+            Some(p) => regex::Regex::new(&p).map_or(Filter::All, Filter::Regex),
+        }
+    }
+
+    pub fn matches(&self, id: &str) -> bool {
+        match self {
+            Filter::All => true,
+            Filter::Exact(e) => e == id,
+            Filter::Regex(r) => r.is_match(id),
+        }
+    }
+}
+
 /// How long a benchmark has run, for progress lines.
 pub fn since(t: Instant) -> String {
     format!("{:.1}s", t.elapsed().as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn criterion_filters() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let f = Filter::parse(&args(&["--bench"]));
+        assert!(f.matches("idle/stage6"));
+        let f = Filter::parse(&args(&["^(wsecho|idle)/", "--bench"]));
+        assert!(f.matches("idle/uvicorn") && f.matches("wsecho/stage6"));
+        assert!(!f.matches("hello/stage6"));
+        let f = Filter::parse(&args(&["--sample-size", "20", "stage3", "--bench"]));
+        assert!(f.matches("idle/stage3-asgi") && !f.matches("idle/uvicorn"));
+        let f = Filter::parse(&args(&["--exact", "idle/stage6"]));
+        assert!(f.matches("idle/stage6") && !f.matches("idle/stage6x"));
+    }
 }

@@ -11,7 +11,7 @@ use loadgen::{LoadConfig, LoadReport, run_blocking};
 use wsgi_course::procs::{parent_map, process_tree, stat_fields};
 
 use crate::servers::{Running, drain};
-use crate::{Settings, Workload};
+use crate::{Kind, Settings, Workload};
 
 // ---- /proc --------------------------------------------------------------
 
@@ -94,7 +94,8 @@ pub enum Budget {
 }
 
 /// `workload` against a running server for `budget`, at the settings'
-/// concurrency, with the load generator on this thread. Besides the load
+/// concurrency, with the load generator on this thread (a WebSocket
+/// workload: with [`crate::websocket`]'s client threads). Besides the load
 /// generator's report, the CPU time the server and the generator used, and
 /// the memory of the server's workers afterwards.
 pub fn measure(
@@ -120,9 +121,24 @@ pub fn measure(
     let machine_before = machine_busy();
     let server_before = server.cpu();
     let front_before = server.front_cpu();
-    let loadgen_before = thread_cpu();
-    let report = run_blocking(&cfg);
-    let loadgen_cpu = thread_cpu().saturating_sub(loadgen_before);
+    let (report, loadgen_cpu) = match workload.kind {
+        Kind::Http => {
+            let loadgen_before = thread_cpu();
+            let report = run_blocking(&cfg);
+            (report, thread_cpu().saturating_sub(loadgen_before))
+        }
+        // The clients' threads count their own CPU time.
+        Kind::WebSocket => {
+            let run = crate::websocket::echo(
+                server.addr,
+                workload.path,
+                cfg.connections,
+                workload.body,
+                budget,
+            );
+            (run.report, run.clients_cpu)
+        }
+    };
     let server_cpu = server.cpu().saturating_sub(server_before);
     let front_cpu = server.front_cpu().saturating_sub(front_before);
     // Whatever else kept the cores busy meanwhile: other programs (a

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use wsgi_course::server::repo_root;
 
+use crate::idle::IdleMeasurement;
 use crate::measurement::Summary;
 use crate::servers::{Family, Running, ServerSpec, Skip};
 use crate::{Settings, WORKLOADS, Workload};
@@ -99,10 +100,12 @@ impl ResultsFile {
                 "settings": settings.to_json(),
                 "workloads": WORKLOADS.iter().map(|w| json!({
                     "id": w.id, "method": w.method, "path": w.path, "body": w.body, "about": w.about,
+                    "unit": w.unit(),
                 })).collect::<Vec<_>>(),
                 "servers": [],
                 "skipped": [],
                 "results": [],
+                "idle": [],
             }),
         }
     }
@@ -135,6 +138,14 @@ impl ResultsFile {
         row["workload"] = workload.id.into();
         row["server"] = spec.id.into();
         push(&mut self.doc["results"], row);
+        self.save();
+    }
+
+    /// One server's idle keep-alive connections ([`crate::idle`]).
+    pub fn add_idle(&mut self, spec: &ServerSpec, idle: &IdleMeasurement) {
+        let mut row = idle.to_json();
+        row["server"] = spec.id.into();
+        push(&mut self.doc["idle"], row);
         self.save();
     }
 

@@ -223,7 +223,10 @@ pub fn servers() -> Vec<ServerSpec> {
         stage("stage6", "stage 6: one event loop (ASGI)", "stage6-asgi", "-b {addr} {app}", "1 process, 1 asyncio loop + 1 I/O thread").single_process().asgi(),
         stage("stage3-asgi", "stage 3: prefork, asgi workers (stage 6's loop)", "stage3-prefork", "-w {workers} -k asgi -b {addr} {app}", "{workers} workers x 1 loop").asgi(),
         peer("uvicorn", "uvicorn (uvloop + httptools)", "uvicorn", "uvicorn", "pip install 'uvicorn[standard]'", "--workers {workers} --loop uvloop --http httptools --no-access-log --log-level warning --host {host} --port {port} {app}", "{workers} workers x 1 loop").no_banner().asgi(),
-        peer("granian-asgi", "granian --interface asgi", "granian", "granian", "pip install granian", "--interface asgi --workers {workers} --host {host} --port {port} {app}", "{workers} workers (tokio + 1 loop)").no_banner().asgi(),
+        // --backpressure: granian holds at most backlog / workers (512)
+        // connections per worker by default, and the idle-connection
+        // measurement opens 10,000.
+        peer("granian-asgi", "granian --interface asgi", "granian", "granian", "pip install granian", "--interface asgi --workers {workers} --backpressure 16384 --host {host} --port {port} {app}", "{workers} workers (tokio + 1 loop)").no_banner().asgi(),
         // The bound: stage 3 -k asgi's shape with stage 6's I/O thread and no
         // Python at all (course-bench/src/bin/null-server.rs). No server that
         // runs the app can beat it; how close each gets is what they cost.
@@ -653,7 +656,16 @@ mod tests {
         }
         assert!(WORKLOADS.iter().all(|w| w.path.starts_with('/')));
         let lab = std::fs::read_to_string(repo_root().join("apps/lab.py")).unwrap();
-        for w in WORKLOADS.iter().filter(|w| w.path != "/") {
+        // The WebSocket workload's route is the ASGI app's echo (`/ws`).
+        let asgi_lab = std::fs::read_to_string(repo_root().join("apps/asgi_lab.py")).unwrap();
+        for w in WORKLOADS
+            .iter()
+            .filter(|w| w.kind == crate::Kind::WebSocket)
+        {
+            assert!(asgi_lab.contains(&format!("    {}  ", w.path)));
+        }
+        let http = WORKLOADS.iter().filter(|w| w.kind == crate::Kind::Http);
+        for w in http.filter(|w| w.path != "/") {
             let route = w.path.split('?').next().unwrap();
             assert!(
                 lab.contains(&format!("\"{route}\"")),

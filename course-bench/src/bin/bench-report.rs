@@ -284,15 +284,30 @@ impl<'a> Report<'a> {
              by the requests; *load generator* is the share of the cores the client itself \
              used meanwhile: it runs on the same machine. *RSS* is the resident memory of \
              each worker process after the run; *PSS* counts the pages a worker shares with \
-             other processes (its master's, after fork) for their share only.\n"
+             other processes (its master's, after fork) for their share only. In the \
+             WebSocket table, a *message* is one 16-byte text message and its echo, \
+             its latency the round trip.\n"
         );
         let mut noisy = Vec::new();
         for (w, rows) in &self.rows {
             let _ = writeln!(md, "### {}\n", w["about"].as_str().unwrap_or(""));
-            let baseline = rows.iter().find(|r| r.server["id"] == "gunicorn-sync");
+            // WebSocket messages are compared with uvicorn's: no WSGI
+            // server speaks WebSocket.
+            let messages = w["unit"] == "messages";
+            let (base_id, base_name) = if messages {
+                ("uvicorn", "uvicorn")
+            } else {
+                ("gunicorn-sync", "gunicorn sync")
+            };
+            let baseline = rows.iter().find(|r| r.server["id"] == base_id);
+            let (rate, per) = if messages {
+                ("messages/s", "message")
+            } else {
+                ("req/s", "request")
+            };
             let _ = writeln!(
                 md,
-                "| server | req/s | vs gunicorn sync | p50 | p99 | CPU per request | load generator | RSS per worker |"
+                "| server | {rate} | vs {base_name} | p50 | p99 | CPU per {per} | load generator | RSS per worker |"
             );
             let _ = writeln!(md, "|---|--:|--:|--:|--:|--:|--:|--:|");
             for r in rows {
@@ -334,6 +349,7 @@ impl<'a> Report<'a> {
             }
             let _ = writeln!(md);
         }
+        self.idle_table(md);
         if let Some(worst) = noisy.iter().copied().reduce(f64::max) {
             let _ = writeln!(
                 md,
@@ -342,6 +358,63 @@ impl<'a> Report<'a> {
                  are disturbed. Measure again on a quiet machine.\n"
             );
         }
+    }
+
+    /// The idle keep-alive connections of each server, measured once.
+    fn idle(&self) -> Vec<(&'a Value, &'a Value)> {
+        let rows = self.doc["idle"]
+            .as_array()
+            .map_or(&[][..], |v| v.as_slice());
+        self.servers
+            .iter()
+            .filter_map(|s| Some((*s, rows.iter().find(|r| r["server"] == s["id"])?)))
+            .collect()
+    }
+
+    /// Bytes of RSS per idle connection, of one server.
+    fn idle_bytes(&self, server: &str) -> Option<f64> {
+        self.idle()
+            .into_iter()
+            .find(|(s, _)| s["id"] == server)
+            .and_then(|(_, r)| r["bytes_per_connection"].as_f64())
+    }
+
+    fn idle_table(&self, md: &mut String) {
+        let rows = self.idle();
+        let Some((_, first)) = rows.first() else {
+            return;
+        };
+        let _ = writeln!(
+            md,
+            "### Memory per idle keep-alive connection ({} connections)\n",
+            thousands(first["connections"].as_f64().unwrap_or(0.0))
+        );
+        let _ = writeln!(
+            md,
+            "Each connection sent one `GET /` with keep-alive, read the response and stayed \
+             open, idle. *Per connection* is the RSS the server's workers (summed) gained, \
+             divided by the connections still open when it was read. Measured once per \
+             server, not by criterion: expect a few hundred bytes of noise.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| server | per connection | connections open | RSS before | RSS after |"
+        );
+        let _ = writeln!(md, "|---|--:|--:|--:|--:|");
+        for (s, r) in rows {
+            let mib = |k: &str| r[k].as_f64().unwrap_or(0.0) / 1024.0;
+            let _ = writeln!(
+                md,
+                "| {} | {:.1} KiB | {} of {} | {:.1} MiB | {:.1} MiB |",
+                s["title"].as_str().unwrap_or(""),
+                r["bytes_per_connection"].as_f64().unwrap_or(0.0) / 1024.0,
+                thousands(r["open"].as_f64().unwrap_or(0.0)),
+                thousands(r["connections"].as_f64().unwrap_or(0.0)),
+                mib("rss_before_kib"),
+                mib("rss_after_kib"),
+            );
+        }
+        let _ = writeln!(md);
     }
 
     /// Stage 6's targets (issue 18): `-k asgi` (2 workers) against uvicorn
@@ -359,6 +432,25 @@ impl<'a> Report<'a> {
                     mark(x >= at_least)
                 );
             }
+        }
+        if let (Some(v), Some(p)) = (rps("wsecho", "stage3-asgi"), rps("wsecho", "uvicorn")) {
+            let x = v / p;
+            let _ = writeln!(
+                md,
+                "| stage3-asgi, WebSocket echo: at least 2x uvicorn | {x:.2}x ({} vs {} messages/s) | {} |",
+                thousands(v),
+                thousands(p),
+                mark(x >= 2.0)
+            );
+        }
+        if let (Some(v), Some(p)) = (self.idle_bytes("stage3-asgi"), self.idle_bytes("uvicorn")) {
+            let _ = writeln!(
+                md,
+                "| stage3-asgi, memory per idle connection: at most uvicorn's | {:.1} KiB vs {:.1} KiB | {} |",
+                v / 1024.0,
+                p / 1024.0,
+                mark(v <= p)
+            );
         }
         // The null server (no Python: course-bench/src/bin/null-server.rs)
         // is what this machine and load generator allow at all.
@@ -646,6 +738,23 @@ impl<'a> Report<'a> {
             } else {
                 "0.5 s"
             },
+        );
+        let _ = writeln!(
+            md,
+            "The WebSocket echo is measured the same way, with {connections} WebSocket clients \
+             (`course-bench/src/websocket.rs`, on the benchmark's thread) in place of the load \
+             generator: each sends a 16-byte text message to `/ws` of `apps/asgi_lab.py` and \
+             waits for its echo; a sample counts the echoes. The memory per idle connection \
+             (`course-bench/src/idle.rs`) is not a criterion benchmark: after the timed \
+             workloads, each ASGI server is sent `GET /` on {idle} keep-alive connections \
+             (64 being opened at a time), which then stay open, and the RSS of its workers \
+             is read before and 0.3 s after.\n",
+            connections = self.doc["settings"]["connections"],
+            idle = thousands(
+                self.doc["settings"]["idle_connections"]
+                    .as_f64()
+                    .unwrap_or(10_000.0)
+            ),
         );
     }
 
