@@ -130,6 +130,8 @@ pub(crate) struct WorkerSpec<'a> {
     pub slot: &'a Slot,
     /// Every worker's slot (the siblings' connection counts).
     pub board: &'a Scoreboard,
+    /// The master's pid, taken before the fork.
+    pub master_pid: u32,
     /// The app imported by the master (`--preload`), or `None`: import it here.
     pub preloaded: Option<&'a Py<PyAny>>,
     /// This worker's object for the configuration file's hooks (`-c`).
@@ -213,6 +215,16 @@ pub(crate) fn run(spec: WorkerSpec<'_>) -> i32 {
     // If the master dies (even by SIGKILL), take this worker down with it:
     // an orphaned worker would go on serving with nobody watching it.
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
+    // A master that died between the fork and the line above sends no
+    // signal: this worker would live on alone (one was seen, after a test
+    // killed its master). Then it is already reparented.
+    if nix::unistd::getppid().as_raw() as u32 != spec.master_pid {
+        log::info!(
+            "The master (pid: {}) is gone; worker {pid} exits",
+            spec.master_pid
+        );
+        return 0;
+    }
 
     let hooks = spec.config.hooks.as_ref();
     let status = boot_and_serve(spec);

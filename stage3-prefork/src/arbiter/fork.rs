@@ -50,6 +50,7 @@ impl Arbiter {
             }
             None => None,
         };
+        let master_pid = std::process::id();
         match self.fork_child() {
             Ok(Forked::Child { signal_mask }) => {
                 let status = worker::run(WorkerSpec {
@@ -61,6 +62,7 @@ impl Arbiter {
                         .expect("listening while workers run"),
                     slot: self.scoreboard.slot(slot),
                     board: &self.scoreboard,
+                    master_pid,
                     preloaded: self.preloaded.as_ref(),
                     hook_worker,
                     multiprocess: self.target > 1,
