@@ -790,26 +790,27 @@ fn a_relative_chdir_means_the_same_in_the_master_and_its_workers() {
     );
 }
 
+/// Two `-k asgi` workers serving the ASGI lab app.
+fn start_asgi(extra: &[&str]) -> ServerProcess {
+    let mut args = vec![
+        "apps.asgi_lab:app",
+        "-k",
+        "asgi",
+        "-w",
+        "2",
+        "-b",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    ServerProcess::start(BIN, &args).expect("stage 3 -k asgi starts")
+}
+
 #[test]
 fn asgi_workers_serve_and_a_blocked_loop_is_killed_by_the_timeout() {
     // `-k asgi`: stage 6's event loop in each worker. Its heartbeat comes
     // from the loop itself: `time.sleep` inside `async def` silences it, and
     // the master's --timeout replaces the worker.
-    let server = ServerProcess::start(
-        BIN,
-        &[
-            "apps.asgi_lab:app",
-            "-k",
-            "asgi",
-            "-w",
-            "2",
-            "-b",
-            "127.0.0.1:0",
-            "--timeout",
-            "2",
-        ],
-    )
-    .unwrap();
+    let server = start_asgi(&["--timeout", "2"]);
     let addr = server.addr();
     assert!(
         server
@@ -837,19 +838,7 @@ fn asgi_workers_serve_and_a_blocked_loop_is_killed_by_the_timeout() {
 /// served every client while the other idled.
 #[test]
 fn asgi_workers_share_out_a_burst_of_keep_alive_connections() {
-    let server = ServerProcess::start(
-        BIN,
-        &[
-            "apps.asgi_lab:app",
-            "-k",
-            "asgi",
-            "-w",
-            "2",
-            "-b",
-            "127.0.0.1:0",
-        ],
-    )
-    .unwrap();
+    let server = start_asgi(&[]);
     let addr = server.addr();
     wait_until("two workers", Duration::from_secs(10), || {
         children(server.pid()).len() == 2

@@ -28,7 +28,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 
 use super::call::{Step, StepInput};
-use super::start::{FirstStep, new_task};
+use super::start::{FirstStep, first_step, new_task};
 use super::{AsgiCall, PyCtx, Waiter, ctx};
 use crate::shared::STATS;
 use std::sync::atomic::Ordering;
@@ -69,30 +69,20 @@ pub(super) fn start_hosted(py: Python<'_>, ctx: &PyCtx, call: &Bound<'_, AsgiCal
     };
     let lp = ctx.event_loop.bind(py);
     let task = task.bind(py);
-    // SAFETY: plain CPython context API calls with the GIL held; the new
-    // context is entered and exited around the step, and owned by `context`.
-    let context = unsafe {
-        let c = ffi::PyContext_CopyCurrent();
-        if c.is_null() {
-            AsgiCall::finish(call, ctx, Some(PyErr::fetch(py)));
-            return;
-        }
-        Bound::from_owned_ptr(py, c)
-    };
     // `current_task()` is the standing Task for this step, as if its own
     // step were running.
     if let Err(e) = ctx.enter_task.bind(py).call1((lp, task)) {
         AsgiCall::finish(call, ctx, Some(e));
         return;
     }
-    // SAFETY: as above.
-    unsafe { ffi::PyContext_Enter(context.as_ptr()) };
-    let step = AsgiCall::step(call, ctx, StepInput::Send(py.None().into_bound(py)));
-    // SAFETY: as above: the context entered just before.
-    unsafe { ffi::PyContext_Exit(context.as_ptr()) };
+    let stepped = first_step(py, ctx, call);
     if let Err(e) = ctx.leave_task.bind(py).call1((lp, task)) {
         e.print(py);
     }
+    let (step, context) = match stepped {
+        Ok(s) => s,
+        Err(e) => return AsgiCall::finish(call, ctx, Some(e)),
+    };
     match step {
         Step::Done => {
             STATS.eager_done.fetch_add(1, Ordering::Relaxed);
@@ -257,13 +247,6 @@ impl Host {
         let exc = match val {
             Some(v) if !v.is_none() => v,
             _ => typ,
-        };
-        // A class (`throw(CancelledError)`) is instantiated, as a coroutine's
-        // throw does.
-        let exc = if exc.is_instance_of::<pyo3::types::PyType>() {
-            exc.call0()?
-        } else {
-            exc
         };
         Self::resume(slf, StepInput::Throw(exc))?.ok_or_else(|| PyStopIteration::new_err(()))
     }

@@ -75,18 +75,21 @@ pub(super) fn start_call(py: Python<'_>, ctx: &PyCtx, mut start: Start) {
     }
 }
 
-// ANCHOR: start_bare
-/// The first step from Rust, in a context of its own (a Task copies the
-/// context it is created in; without one, a ContextVar set by one request
-/// would be seen by the next).
-pub(super) fn start_bare(py: Python<'_>, ctx: &PyCtx, call: &Bound<'_, AsgiCall>) {
+/// The app's first step from Rust, in a contextvars context of its own (a
+/// Task copies the context it is created in; without one, a ContextVar set
+/// by one request would be seen by the next). Returns the step and that
+/// context, which the rest of the call runs in.
+pub(super) fn first_step<'py>(
+    py: Python<'py>,
+    ctx: &PyCtx,
+    call: &Bound<'py, AsgiCall>,
+) -> PyResult<(Step<'py>, Bound<'py, PyAny>)> {
     // SAFETY: plain CPython context API calls with the GIL held; the new
     // context is entered and exited around the step, and owned by `context`.
     let context = unsafe {
         let c = ffi::PyContext_CopyCurrent();
         if c.is_null() {
-            PyErr::fetch(py).print(py);
-            return;
+            return Err(PyErr::fetch(py));
         }
         Bound::from_owned_ptr(py, c)
     };
@@ -95,6 +98,16 @@ pub(super) fn start_bare(py: Python<'_>, ctx: &PyCtx, call: &Bound<'_, AsgiCall>
     let step = AsgiCall::step(call, ctx, StepInput::Send(py.None().into_bound(py)));
     // SAFETY: as above: the context entered just before.
     unsafe { ffi::PyContext_Exit(context.as_ptr()) };
+    Ok((step, context))
+}
+
+/// `--eager bare`: the first step with no Task; one is made only if the
+/// coroutine really waits.
+pub(super) fn start_bare(py: Python<'_>, ctx: &PyCtx, call: &Bound<'_, AsgiCall>) {
+    let (step, context) = match first_step(py, ctx, call) {
+        Ok(s) => s,
+        Err(e) => return AsgiCall::finish(call, ctx, Some(e)),
+    };
     match step {
         Step::Done => {
             STATS.eager_done.fetch_add(1, Ordering::Relaxed);
@@ -111,7 +124,6 @@ pub(super) fn start_bare(py: Python<'_>, ctx: &PyCtx, call: &Bound<'_, AsgiCall>
         }
     }
 }
-// ANCHOR_END: start_bare
 
 /// Creates the Task first and runs the step it scheduled at once: what
 /// `asyncio.Task(..., eager_start=True)` does on Python 3.12.
