@@ -114,8 +114,12 @@ fn sleeping_requests_overlap_with_the_gil_released() {
     for lane in &lanes {
         let released = lane.time_in(State::Released);
         let held = lane.time_in(State::Holding);
+        // A server that slept with the GIL would show the opposite (held
+        // about 100 ms, released about 0). The margin is 3x, not 10x: on a
+        // busy machine a thread is sometimes preempted while it holds the
+        // GIL (13 ms held against 100 ms released in one CI run).
         assert!(
-            released > 10 * held,
+            released > 3 * held,
             "thread {}: {released} ns in time.sleep, {held} ns with the GIL",
             lane.tid
         );
