@@ -230,7 +230,7 @@ pub fn servers() -> Vec<ServerSpec> {
         // The bound: stage 3 -k asgi's shape with stage 6's I/O thread and no
         // Python at all (course-bench/src/bin/null-server.rs). No server that
         // runs the app can beat it; how close each gets is what they cost.
-        stage("null", "null server: no Python (the bound)", "null-server", "-w {workers} -b {addr}", "{workers} workers x 1 tokio thread").asgi().only(&["hello", "io", "io256"]),
+        stage("null", "null server: no Python (the bound)", "null-server", "-w {workers} -b {addr}", "{workers} workers x 1 tokio thread").asgi().only(&["hello", "io", "io256", "wsecho"]),
         peer("hypercorn", "hypercorn (asyncio)", "hypercorn", "hypercorn", "pip install hypercorn", "--workers {workers} --bind {addr} {app}", "{workers} workers x 1 loop").no_banner().asgi(),
     ]
 }

@@ -417,6 +417,8 @@ pub fn serve_all(
             call_soon,
             stop_io: stop_io.clone(),
             stop_asked: std::cell::Cell::new(false),
+            outbox: outbox.clone(),
+            signal_io: Default::default(),
         });
         Ok((event_loop.unbind(), lifespan.unbind(), failure))
     });

@@ -4,17 +4,20 @@
 //! asyncio loop and the app. They never wait for each other: each side puts
 //! what it has into shared state under a short lock and wakes the other.
 //!
-//! - I/O → Python: [`Inbox::push`] adds an [`Event`] and, if the inbox was
-//!   empty, writes to an eventfd the asyncio loop watches (`loop.add_reader`).
-//!   The loop wakes up once for a whole batch of events. The I/O thread never
+//! - I/O → Python: a connection task queues an [`Event`] in the [`Inbox`]
+//!   ([`Inbox::push_quiet`], no system call); after the tasks this turn of
+//!   the I/O thread woke, one write to an eventfd the asyncio loop watches
+//!   (`loop.add_reader`) covers them all ([`Inbox::signal_pending`]). The
+//!   loop wakes up once for a whole batch of events. The I/O thread never
 //!   takes the GIL.
 //! - Python → I/O: the app's `send()` appends bytes to an [`Exchange`]'s
-//!   output and puts the exchange in the [`Outbox`] ([`Exchange::wake_io`]),
-//!   which writes the I/O thread's eventfd if the outbox was empty. One task
-//!   of the I/O thread takes the whole batch and wakes each connection's task
-//!   (`Notify::notify_one`, on its own thread: no system call). Waking the
-//!   task straight from the Python thread would cost one eventfd write
-//!   (tokio's waker) per response, on the thread that holds the GIL.
+//!   output and queues the exchange in the [`Outbox`] (`py::wake_io`); the
+//!   I/O thread's eventfd is written once for everything the apps queued in
+//!   one turn of the loop. One task of the I/O thread takes the whole batch
+//!   and wakes each connection's task (`Notify::notify_one`, on its own
+//!   thread: no system call). Waking the task straight from the Python
+//!   thread would cost one eventfd write (tokio's waker) per response, on
+//!   the thread that holds the GIL.
 
 use std::collections::VecDeque;
 use std::io;
@@ -134,6 +137,26 @@ impl Inbox {
         }
     }
 
+    /// The I/O thread's push: queues `event` without a system call and
+    /// returns whether the eventfd is still to be written for it, which
+    /// [`Inbox::signal_pending`] then does once for the whole batch.
+    pub fn push_quiet(&self, event: Event) -> bool {
+        let mut q = lock(&self.queue);
+        q.events.push(event);
+        !q.signalled
+    }
+
+    /// Writes the eventfd if events wait that it was not written for.
+    pub fn signal_pending(&self) {
+        let wake = {
+            let mut q = lock(&self.queue);
+            !q.events.is_empty() && !std::mem::replace(&mut q.signalled, true)
+        };
+        if wake {
+            signal(&self.efd);
+        }
+    }
+
     /// Takes every event queued so far (called by the Python thread when the
     /// eventfd is readable).
     pub fn take(&self, into: &mut Vec<Event>) {
@@ -175,13 +198,21 @@ impl Outbox {
     }
 
     // ANCHOR: outbox
-    /// Called by the Python thread: the exchange's task has work. Writes
-    /// the eventfd only for the first exchange of a batch.
-    pub fn push(&self, x: std::sync::Arc<Exchange>) {
+    /// The Python thread's push: queues `x` without a system call and
+    /// returns whether the eventfd is still to be written for it, which
+    /// [`Outbox::signal_pending`] then does once for the batch (see
+    /// `py::wake_io`).
+    pub fn push_quiet(&self, x: std::sync::Arc<Exchange>) -> bool {
+        let mut q = lock(&self.queue);
+        q.ready.push(x);
+        !q.signalled
+    }
+
+    /// Writes the eventfd if exchanges wait that it was not written for.
+    pub fn signal_pending(&self) {
         let wake = {
             let mut q = lock(&self.queue);
-            q.ready.push(x);
-            !std::mem::replace(&mut q.signalled, true)
+            !q.ready.is_empty() && !std::mem::replace(&mut q.signalled, true)
         };
         if wake {
             signal(&self.efd);
@@ -358,13 +389,6 @@ impl Exchange {
 
     pub fn lock(&self) -> MutexGuard<'_, XState> {
         lock(&self.state)
-    }
-
-    /// Wakes the connection's task from the Python thread, through the
-    /// [`Outbox`]: many responses of one turn of the loop cost one write
-    /// to the I/O thread's eventfd.
-    pub fn wake_io(self: &std::sync::Arc<Self>) {
-        self.outbox.push(self.clone());
     }
 }
 

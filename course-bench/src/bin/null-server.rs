@@ -7,8 +7,10 @@
 //! Shaped like `stage3-prefork -w 2 -k asgi`: a master binds the socket and
 //! forks the workers, each a one-thread tokio runtime accepting from the
 //! shared socket and parsing heads with the course's codec (stage 6's I/O
-//! thread). But no worker has Python: `GET /` is answered at once, and
-//! `GET /io?ms=N` after a sleep of N ms on a timerfd. What it serves is what the
+//! thread). But no worker has Python: `GET /` is answered at once,
+//! `GET /io?ms=N` after a sleep of N ms on a timerfd, and `GET /ws` becomes
+//! a WebSocket that echoes every message with stage 6's frame code
+//! (tokio-tungstenite, the same settings). What it serves is what the
 //! sockets, the parser, the timers and the load generator cost on this
 //! machine, and nothing else: no server that runs Python can beat it. The
 //! load generator shares the cores with it, so `/io?ms=10` from 256
@@ -109,6 +111,9 @@ async fn connection(mut stream: TcpStream) -> io::Result<()> {
             }
         };
         buf.drain(..used);
+        if head.path == b"/ws" {
+            return websocket_echo(stream, &head, buf).await;
+        }
         let (status, body): (&str, &[u8]) = match head.path.as_slice() {
             b"/" => ("200 OK", b"Hello, World!\n"),
             b"/io" => {
@@ -135,6 +140,55 @@ async fn connection(mut stream: TcpStream) -> io::Result<()> {
             return Ok(());
         }
     }
+}
+
+/// `GET /ws`: the handshake, then every text or binary message sent back
+/// as it came, as the lab app's `/ws` does; ping and close are answered by
+/// tungstenite. The frames are read and written as stage 6's I/O thread
+/// does (the same crate, the same read buffer), so the difference between
+/// this and stage 6 is what the app, the hand-over to the loop and back
+/// cost.
+async fn websocket_echo(
+    mut stream: TcpStream,
+    head: &http_codec::request::RequestHead,
+    leftover: Vec<u8>,
+) -> io::Result<()> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+    let Some(key) = head.header("sec-websocket-key") else {
+        stream
+            .write_all(
+                b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            )
+            .await?;
+        return Ok(());
+    };
+    let mut resp = Vec::with_capacity(160);
+    resp.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ");
+    resp.extend_from_slice(derive_accept_key(key.trim_ascii()).as_bytes());
+    resp.extend_from_slice(b"\r\n\r\n");
+    stream.write_all(&resp).await?;
+    let mut ws = WebSocketStream::from_partially_read(
+        stream,
+        leftover,
+        Role::Server,
+        Some(WebSocketConfig::default().read_buffer_size(8 * 1024)),
+    )
+    .await;
+    while let Some(msg) = ws.next().await {
+        match msg {
+            Ok(m @ (Message::Text(_) | Message::Binary(_))) => ws.send(m).await,
+            // tungstenite queued the pong or the closing answer.
+            Ok(_) => ws.flush().await,
+            Err(_) => break,
+        }
+        .map_err(io::Error::other)?;
+    }
+    Ok(())
 }
 
 /// Sleeps `d` on a timerfd of its own. tokio's timer fires on whole

@@ -99,7 +99,7 @@ pub(super) async fn http_exchange(
                 .map(|v| String::from_utf8_lossy(v).into_owned()),
         )
     });
-    ctx.inbox.push(Event::Start(Box::new(Start {
+    ctx.to_python(Event::Start(Box::new(Start {
         kind: Kind::Http,
         head,
         peer,
@@ -155,7 +155,7 @@ pub(super) async fn http_exchange(
             )
         };
         if wake {
-            ctx.inbox.push(Event::Wake(x.id));
+            ctx.to_python(Event::Wake(x.id));
         }
         if truncated {
             body_error = Some(HttpError::new(400, "the request body ended early"));
@@ -327,7 +327,7 @@ pub(super) fn wake_if_due(
 ) {
     if s.wake_due() {
         drop(s);
-        ctx.inbox.push(Event::Wake(x.id));
+        ctx.to_python(Event::Wake(x.id));
     }
 }
 

@@ -56,7 +56,34 @@ pub(super) struct Ctx {
     outbox: Arc<Outbox>,
     live: AtomicUsize,
     all_closed: Notify,
+    /// Wakes [`signal_python`]: events wait in the inbox.
+    events_queued: Notify,
 }
+
+// ANCHOR: to_python
+impl Ctx {
+    /// Hands `event` to the Python thread. The eventfd is not written here
+    /// but by [`signal_python`], which runs after the connection tasks
+    /// already woken: one write for every event of this turn of the I/O
+    /// thread, not one per connection.
+    pub(super) fn to_python(&self, event: Event) {
+        if self.inbox.push_quiet(event) {
+            self.events_queued.notify_one();
+        }
+    }
+}
+
+/// Writes the Python thread's eventfd for the events the connection tasks
+/// queued. `Notify::notify_one` from a task of this thread puts this task
+/// at the back of the run queue, behind the connection tasks the same
+/// `epoll_wait` woke: each of them queues its event first.
+async fn signal_python(ctx: Arc<Ctx>) {
+    loop {
+        ctx.events_queued.notified().await;
+        ctx.inbox.signal_pending();
+    }
+}
+// ANCHOR_END: to_python
 
 /// Runs the I/O thread until a stop: `stop_fd` readable (a signal) or
 /// `stop` notified (the Python side: the hooks asked). Then stops accepting,
@@ -104,7 +131,9 @@ async fn serve(
         outbox,
         live: AtomicUsize::new(0),
         all_closed: Notify::new(),
+        events_queued: Notify::new(),
     });
+    tokio::spawn(signal_python(ctx.clone()));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     // One accepting task per listener; they end at the stop, closing their
     // listener.

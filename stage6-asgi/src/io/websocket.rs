@@ -97,7 +97,7 @@ pub(super) async fn websocket(
         .unwrap_or_default();
     let target = head.target.clone();
     let x = Arc::new(Exchange::new(head.version, false, ctx.outbox.clone()));
-    ctx.inbox.push(Event::Start(Box::new(Start {
+    ctx.to_python(Event::Start(Box::new(Start {
         kind: Kind::WebSocket,
         head,
         peer,

@@ -216,7 +216,7 @@ impl AsgiCall {
                         );
                     }
                     let server = ctx.config.server_header.clone();
-                    call.queue_error(500, "Internal Server Error", &server);
+                    call.queue_error(py, 500, "Internal Server Error", &server);
                 } else if !call.resp.complete {
                     // An app that stops streaming because the client left
                     // (SSE, a long download) did the right thing: no error.
@@ -234,7 +234,7 @@ impl AsgiCall {
                     s.abort = true;
                     s.out_done = true;
                     drop(s);
-                    call.x.wake_io();
+                    super::wake_io(py, &call.x);
                 }
             }
             Kind::WebSocket => {
@@ -260,10 +260,10 @@ impl AsgiCall {
                     }
                     s.out_done = true;
                     drop(s);
-                    call.x.wake_io();
+                    super::wake_io(py, &call.x);
                 } else {
                     call.x.lock().out_done = true;
-                    call.x.wake_io();
+                    super::wake_io(py, &call.x);
                 }
             }
         }
@@ -279,7 +279,7 @@ impl AsgiCall {
     }
 
     /// Replaces the response with a complete error page (nothing was sent).
-    fn queue_error(&mut self, status: u16, message: &str, server: &str) {
+    fn queue_error(&mut self, py: Python<'_>, status: u16, message: &str, server: &str) {
         let bytes = http_codec::response::error_response(status, message, server);
         self.resp.head_sent = true;
         self.resp.complete = true;
@@ -291,7 +291,7 @@ impl AsgiCall {
         s.close_after = true;
         s.status = status;
         drop(s);
-        self.x.wake_io();
+        super::wake_io(py, &self.x);
     }
 
     /// The I/O thread announced a change: resolve what can be resolved.

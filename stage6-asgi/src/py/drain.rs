@@ -37,6 +37,10 @@ impl Drain {
             }
             _ => false,
         };
+        // Responses queued while the events are handed out wake the I/O
+        // thread once, below (a FlushOutbox scheduled meanwhile is left to
+        // run: it finds nothing to do).
+        let before = ctx.signal_io.replace(super::SignalIo::AtDrainEnd);
         let handled = (|| -> PyResult<()> {
             for event in events {
                 match event {
@@ -55,6 +59,8 @@ impl Drain {
             }
             Ok(())
         })();
+        ctx.signal_io.set(before);
+        ctx.outbox.signal_pending();
         if shadowed {
             lp.delattr(intern!(py, "call_soon"))?;
         }

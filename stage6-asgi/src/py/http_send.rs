@@ -70,7 +70,7 @@ impl AsgiCall {
                     Ok(m) => m.is_truthy()?,
                     Err(_) => false,
                 };
-                Ok(self.write_body(body, more, server))
+                Ok(self.write_body(py, body, more, server))
             }
             other => Err(PyRuntimeError::new_err(format!(
                 "unexpected ASGI message '{other}' in an http scope"
@@ -133,7 +133,7 @@ impl AsgiCall {
 
     /// Frames a body piece (and the head, the first time); returns whether
     /// the app should wait for the client to take what is queued.
-    fn write_body(&mut self, body: &[u8], more: bool, server: &str) -> bool {
+    fn write_body(&mut self, py: Python<'_>, body: &[u8], more: bool, server: &str) -> bool {
         let x = self.x.clone();
         let mut s = x.lock();
         if s.disconnected || s.io_done {
@@ -247,7 +247,7 @@ impl AsgiCall {
         let wait = more && s.unsent >= SEND_HIGH_WATER;
         drop(s);
         if added > 0 || !more {
-            x.wake_io();
+            super::wake_io(py, &x);
         }
         wait
     }

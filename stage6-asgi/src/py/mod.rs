@@ -62,7 +62,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
-use crate::shared::Inbox;
+use crate::shared::{Exchange, Inbox, Outbox};
 use wsgi_bridge::hooks::WorkerHooks;
 
 /// How the first step of an app's coroutine is run.
@@ -122,7 +122,72 @@ pub struct PyCtx {
     pub call_soon: Option<Py<PyAny>>,
     pub stop_io: Arc<tokio::sync::Notify>,
     pub stop_asked: std::cell::Cell<bool>,
+    /// The I/O thread's outbox, and when its eventfd is to be written for
+    /// what [`wake_io`] queued.
+    pub outbox: Arc<Outbox>,
+    pub signal_io: std::cell::Cell<SignalIo>,
 }
+
+/// When the Python thread writes the I/O thread's eventfd.
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub enum SignalIo {
+    /// Nothing queued: the next [`wake_io`] schedules a [`FlushOutbox`].
+    #[default]
+    Idle,
+    /// A [`FlushOutbox`] is scheduled with `call_soon`.
+    Scheduled,
+    /// [`Drain`] runs: it writes the eventfd when it has handed every event
+    /// out (the responses of apps that finish in their first step).
+    AtDrainEnd,
+}
+
+// ANCHOR: wake_io
+/// Has the I/O thread write what the app queued on `x` (or read more of its
+/// body). The eventfd is written once for everything the apps queue in one
+/// turn of the loop: at the end of [`Drain`], or by a [`FlushOutbox`] the
+/// loop runs after the callbacks already due (every Task this turn woke).
+/// Writing it at once cost one wake-up of the I/O thread for nearly every
+/// WebSocket message: the I/O thread, on the other core, took each
+/// exchange as soon as it was queued.
+pub(super) fn wake_io(py: Python<'_>, x: &Arc<Exchange>) {
+    if !x.outbox.push_quiet(x.clone()) {
+        return; // the eventfd is written already for this batch
+    }
+    let Some(ctx) = CTX.with(|c| c.borrow().clone()) else {
+        // The loop is gone (the last steps of a shutdown): at once.
+        x.outbox.signal_pending();
+        return;
+    };
+    if ctx.signal_io.get() != SignalIo::Idle {
+        return;
+    }
+    let scheduled = ctx
+        .event_loop
+        .bind(py)
+        .call_method1(intern!(py, "call_soon"), (FlushOutbox,))
+        .is_ok();
+    if scheduled {
+        ctx.signal_io.set(SignalIo::Scheduled);
+    } else {
+        // A closed loop: at once.
+        ctx.outbox.signal_pending();
+    }
+}
+
+/// `loop.call_soon(FlushOutbox())`: writes the I/O thread's eventfd for the
+/// exchanges queued since it was scheduled.
+#[pyclass(module = "stage6_asgi", frozen)]
+pub struct FlushOutbox;
+
+#[pymethods]
+impl FlushOutbox {
+    fn __call__(&self) {
+        let ctx = ctx();
+        ctx.signal_io.set(SignalIo::Idle);
+        ctx.outbox.signal_pending();
+    }
+}
+// ANCHOR_END: wake_io
 
 thread_local! {
     static CTX: RefCell<Option<Rc>> = const { RefCell::new(None) };

@@ -23,7 +23,7 @@ impl AsgiCall {
                     if !s.want_body {
                         s.want_body = true;
                         drop(s);
-                        x.wake_io();
+                        super::wake_io(py, &x);
                         s = x.lock();
                     }
                     if let Some(mut chunk) = s.body.pop_front() {
@@ -36,7 +36,7 @@ impl AsgiCall {
                         s.body_buffered = 0;
                         let more = !(s.body.is_empty() && s.body_done);
                         drop(s);
-                        x.wake_io();
+                        super::wake_io(py, &x);
                         if !more {
                             call.request_done = true;
                         }
@@ -81,7 +81,7 @@ impl AsgiCall {
                 let was_full = s.ws_in.len() + 1 >= crate::shared::WS_READ_AHEAD;
                 drop(s);
                 if was_full {
-                    x.wake_io();
+                    super::wake_io(py, &x);
                 }
                 let d = PyDict::new(py);
                 match msg {

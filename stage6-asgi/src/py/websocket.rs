@@ -108,7 +108,7 @@ impl AsgiCall {
         s.unsent += size;
         let wait = s.unsent >= SEND_HIGH_WATER;
         drop(s);
-        x.wake_io();
+        super::wake_io(py, &x);
         Ok(wait)
     }
 }
