@@ -734,9 +734,10 @@ fn a_worker_whose_boot_hook_raises_still_runs_worker_exit() {
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr).to_string();
-        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert_eq!(output.status.code(), Some(3), "{stderr}");
         // gunicorn's spawn_worker: the exception, then (its `finally`)
-        // "Worker exiting", then worker_exit; then the master stops.
+        // "Worker exiting", then worker_exit; then the master stops, with
+        // the worker's status (3: it did not boot).
         let seen = lines(&log);
         let pid = seen[0]
             .strip_prefix(&format!("{name} pid="))
@@ -757,7 +758,7 @@ fn a_worker_whose_boot_hook_raises_still_runs_worker_exit() {
         assert!(
             at(&format!("Exception in {name} hook")) < at(&format!("Worker exiting (pid: {pid})"))
                 && at(&format!("Worker exiting (pid: {pid})"))
-                    < at(&format!("Worker (pid:{pid}) failed to boot.")),
+                    < at(&format!("Worker (pid:{pid}) exited with code 3.")),
             "{stderr}"
         );
         assert!(

@@ -14,7 +14,7 @@ use supervise::signals;
 use crate::worker::{APP_LOAD_ERROR, WORKER_BOOT_ERROR};
 use wsgi_bridge::trace;
 
-use super::{ABORT_GRACE, Arbiter, HOOK_FAILED, WorkerProcess, WorkerState};
+use super::{ABORT_GRACE, Arbiter, HOOK_FAILED, Halt, WorkerProcess, WorkerState};
 
 impl Arbiter {
     // ANCHOR: reap_workers
@@ -46,16 +46,21 @@ impl Arbiter {
                     // The worker said goodbye itself ("Worker exiting").
                     log::debug!("Worker (pid:{pid}) exited cleanly");
                 }
-                WaitStatus::Exited(_, WORKER_BOOT_ERROR) => {
-                    log::error!("Worker (pid:{pid}) failed to boot.");
-                    self.boot_failed = Some("Worker failed to boot.");
-                }
-                WaitStatus::Exited(_, APP_LOAD_ERROR) => {
-                    log::error!("Worker (pid:{pid}) failed to load the app.");
-                    self.boot_failed = Some("App failed to load.");
-                }
                 WaitStatus::Exited(_, code) => {
                     log::error!("Worker (pid:{pid}) exited with code {code}.");
+                    // A worker that could not boot would fail the same way
+                    // again: stop, with its status, rather than fork forever.
+                    let reason = match code {
+                        WORKER_BOOT_ERROR => Some("Worker failed to boot."),
+                        APP_LOAD_ERROR => Some("App failed to load."),
+                        _ => None,
+                    };
+                    if let Some(reason) = reason {
+                        self.boot_failed = Some(Halt {
+                            reason,
+                            status: code,
+                        });
+                    }
                 }
                 WaitStatus::Signaled(_, Signal::SIGKILL, _) if !expected => {
                     log::error!("Worker (pid:{pid}) was sent SIGKILL! Perhaps out of memory?");
