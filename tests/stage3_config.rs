@@ -767,3 +767,47 @@ fn a_worker_whose_boot_hook_raises_still_runs_worker_exit() {
         );
     }
 }
+
+#[test]
+fn child_exit_is_not_called_for_a_worker_that_failed_to_boot() {
+    // gunicorn 27.0.1's reap_workers raises HaltServer for a worker's status
+    // 3 or 4 before the line that calls child_exit; halt() still calls
+    // on_exit. The worker itself said goodbye (worker_exit) before it exited.
+    for (case, hook, app, status) in [
+        (
+            "post_fork",
+            "def post_fork(server, worker):\n    raise ValueError('post_fork says no')\n",
+            "apps.lab:app",
+            3,
+        ),
+        ("import", "", "no_such_module:app", 3),
+        ("attribute", "", "apps.lab:no_such_app", 4),
+    ] {
+        let dir = dir_with_config(
+            &format!("boot-child-exit-{case}"),
+            &format!(
+                "import os\nbind = '127.0.0.1:0'\nworkers = 1\n\
+                 def note(line):\n    with open(os.environ['HOOKS_LOG'], 'a') as f:\n        f.write(line + '\\n')\n\
+                 {hook}\
+                 def worker_exit(server, worker):\n    note(f'worker_exit pid={{worker.pid}}')\n\
+                 def child_exit(server, worker):\n    note(f'child_exit pid={{worker.pid}}')\n\
+                 def on_exit(server):\n    note('on_exit')\n"
+            ),
+        );
+        let (log, log_env) = hooks_log(&dir);
+        let output = Command::new(workspace_bin(BIN))
+            .current_dir(&dir)
+            .env("HOOKS_LOG", &log_env)
+            .args([app, "--chdir", &repo_root().display().to_string()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+        assert_eq!(output.status.code(), Some(status), "{case}: {stderr}");
+        let seen = lines(&log);
+        assert!(
+            seen.len() == 2 && seen[0].starts_with("worker_exit pid=") && seen[1] == "on_exit",
+            "{case}: {seen:#?}\n{stderr}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

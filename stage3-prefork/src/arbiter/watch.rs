@@ -48,19 +48,6 @@ impl Arbiter {
                 }
                 WaitStatus::Exited(_, code) => {
                     log::error!("Worker (pid:{pid}) exited with code {code}.");
-                    // A worker that could not boot would fail the same way
-                    // again: stop, with its status, rather than fork forever.
-                    let reason = match code {
-                        WORKER_BOOT_ERROR => Some("Worker failed to boot."),
-                        APP_LOAD_ERROR => Some("App failed to load."),
-                        _ => None,
-                    };
-                    if let Some(reason) = reason {
-                        self.boot_failed = Some(Halt {
-                            reason,
-                            status: code,
-                        });
-                    }
                 }
                 WaitStatus::Signaled(_, Signal::SIGKILL, _) if !expected => {
                     log::error!("Worker (pid:{pid}) was sent SIGKILL! Perhaps out of memory?");
@@ -77,6 +64,14 @@ impl Arbiter {
                 .slot(worker.slot)
                 .pid
                 .store(0, Ordering::Relaxed);
+            if let Some(halt) = boot_failure(status) {
+                // A worker that could not boot would fail the same way
+                // again: stop, with its status, rather than fork forever.
+                // gunicorn raises HaltServer here, before the line that
+                // calls child_exit: a worker that never booted gets none.
+                self.boot_failed = Some(halt);
+                continue;
+            }
             if let Some(hooks) = &self.config.hooks
                 && hooks.child_exit(pid.as_raw(), self.target).is_err()
             {
@@ -135,6 +130,21 @@ impl Arbiter {
         }
     }
     // ANCHOR_END: kill_hung_workers
+}
+
+/// Why the master stops, if `status` says the worker could not boot.
+fn boot_failure(status: WaitStatus) -> Option<Halt> {
+    match status {
+        WaitStatus::Exited(_, WORKER_BOOT_ERROR) => Some(Halt {
+            reason: "Worker failed to boot.",
+            status: WORKER_BOOT_ERROR,
+        }),
+        WaitStatus::Exited(_, APP_LOAD_ERROR) => Some(Halt {
+            reason: "App failed to load.",
+            status: APP_LOAD_ERROR,
+        }),
+        _ => None,
+    }
 }
 
 /// Why a worker died, in a few words, for `--trace`'s pictures.
