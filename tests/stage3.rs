@@ -401,6 +401,76 @@ fn a_worker_that_fails_to_boot_stops_the_master_with_gunicorns_exit_status() {
 }
 
 #[test]
+fn an_apps_own_server_and_date_headers_give_way_to_the_servers() {
+    let dir = dir_with_modules(
+        "own-headers",
+        &[(
+            "own_headers.py",
+            "def app(environ, start_response):\n    \
+                 start_response('200 OK', [('Content-Type', 'text/plain'), ('Server', 'MyApp/1.0'),\n        \
+                 ('Date', 'Tue, 01 Jan 2030 00:00:00 GMT'), ('X-Kept', 'yes')])\n    \
+                 return [b'hello\\n']\n",
+        )],
+    );
+    let chdir = dir.display().to_string();
+    for class in ["sync", "gthread"] {
+        let server = ServerProcess::start(
+            BIN,
+            &[
+                "own_headers:app",
+                "-k",
+                class,
+                "-w",
+                "1",
+                "-b",
+                "127.0.0.1:0",
+                "--chdir",
+                &chdir,
+            ],
+        )
+        .unwrap();
+        let mut conn = client::Conn::connect(server.addr()).unwrap();
+        conn.send(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let raw = conn.read_to_close().unwrap();
+        let text = String::from_utf8_lossy(&raw).to_string();
+        let (head, body) = text.split_once("\r\n\r\n").expect("a whole head");
+        // gunicorn 27.0.1 counts Server and Date among the headers the
+        // server owns (util.hop_headers): its own pair goes first, and the
+        // app's are dropped, as it drops the app's Connection.
+        let lines: Vec<&str> = head.lines().collect();
+        let named = |name: &str| -> Vec<&str> {
+            lines
+                .iter()
+                .filter(|l| {
+                    l.split_once(':')
+                        .is_some_and(|(n, _)| n.eq_ignore_ascii_case(name))
+                })
+                .copied()
+                .collect()
+        };
+        let server_header = named("server");
+        assert!(
+            server_header.len() == 1 && server_header[0].starts_with("Server: stage3-prefork/"),
+            "-k {class}: {head}"
+        );
+        let date = named("date");
+        assert!(
+            date.len() == 1 && !date[0].contains("2030"),
+            "-k {class}: {head}"
+        );
+        assert_eq!(
+            &lines[..3],
+            ["HTTP/1.1 200 OK", server_header[0], date[0]],
+            "-k {class}: {head}"
+        );
+        assert_eq!(named("x-kept"), ["X-Kept: yes"], "-k {class}: {head}");
+        assert_eq!(body, "hello\n");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn max_requests_recycles_workers() {
     let server = start(&[
         "-w",

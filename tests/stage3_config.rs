@@ -637,7 +637,7 @@ fn hup_reads_the_file_again_as_gunicorn_does() {
 }
 
 /// An app whose headers need the server's processing: a padded value,
-/// hop-by-hop headers, a repeated name; a list body without
+/// hop-by-hop headers, a repeated name, its own Server and Date; a list body without
 /// Content-Length (the server adds one), a streamed one (chunked), an app
 /// that raises (the server answers 500).
 const HEADERS_APP: &str = r#"
@@ -659,6 +659,8 @@ def app(environ, start_response):
         ("Keep-Alive", "timeout=5"),
         ("Set-Cookie", "a=1"),
         ("Set-Cookie", "b=2"),
+        ("Server", "headers-app/1.0"),
+        ("Date", "Tue, 01 Jan 2030 00:00:00 GMT"),
         ("Content-Length", str(len(body))),
     ])
     return [body]
@@ -681,7 +683,8 @@ fn post_request_sees_the_response_headers_as_gunicorn_gives_them() {
     // What gunicorn 27's post_request sees for the same app (sync and
     // gthread alike): the app's headers in its order, hop-by-hop ones
     // dropped, values stripped; none of the server's own (Server, Date,
-    // Connection, Content-Length or Transfer-Encoding added for framing).
+    // Connection, Content-Length or Transfer-Encoding added for framing),
+    // and not the app's Server and Date either: gunicorn drops them.
     let expected = [
         "/ 200 typed=True [('Content-Type', 'text/plain'), ('X-Padded', 'spaced value'), \
          ('Set-Cookie', 'a=1'), ('Set-Cookie', 'b=2'), ('Content-Length', '8')]",

@@ -509,7 +509,8 @@ impl StartResponse {
                 None => {}
             }
             let t = trace::start();
-            this.writer.head = Some(ResponseHead::check(status, headers)?);
+            let server_and_date = this.writer.rules.server_and_date;
+            this.writer.head = Some(ResponseHead::check(status, headers, server_and_date)?);
             trace::end(t, "start_response");
             // The same `write` for every call: looked up once, then kept.
             if let Some(write) = &this.write {
