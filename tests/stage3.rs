@@ -304,13 +304,16 @@ fn an_app_that_fails_to_import_stops_the_master_instead_of_a_respawn_loop() {
         .current_dir(repo_root())
         .timeout(Duration::from_secs(20))
         .assert()
-        .code(1);
+        .code(3);
     let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
     assert!(
         stderr.contains("cannot find the module 'no_such_module'"),
         "{stderr}"
     );
-    assert!(stderr.contains("Reason: App failed to load."), "{stderr}");
+    assert!(
+        stderr.contains("Reason: Worker failed to boot."),
+        "{stderr}"
+    );
     let boots = stderr.matches("Booting worker").count();
     assert!(
         boots <= 2,
@@ -333,6 +336,138 @@ fn an_app_that_fails_to_import_stops_the_master_instead_of_a_respawn_loop() {
         "{stderr}"
     );
     assert!(!stderr.contains("Booting worker"), "{stderr}");
+}
+
+/// A directory with the modules of one test, for `--chdir`.
+fn dir_with_modules(name: &str, modules: &[(&str, &str)]) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("stage3-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for (file, code) in modules {
+        std::fs::write(dir.join(file), code).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn a_worker_that_fails_to_boot_stops_the_master_with_gunicorns_exit_status() {
+    let dir = dir_with_modules(
+        "boot-failures",
+        &[
+            ("raises.py", "raise RuntimeError('no database')\n"),
+            ("no_app.py", "app = 42\n"),
+        ],
+    );
+    let chdir = dir.display().to_string();
+    // gunicorn 27.0.1 (arbiter.py, spawn_worker and reap_workers): an
+    // exception while the module is imported, ModuleNotFoundError included,
+    // is an "Exception in worker process" before the worker booted: status
+    // 3. Its AppImportError (the module imported, but no callable app by
+    // that name in it) is status 4. The master exits with the worker's.
+    for (spec, status, reason) in [
+        ("raises:app", 3, "Worker failed to boot."),
+        ("no_such_module:app", 3, "Worker failed to boot."),
+        ("no_app:no_such_name", 4, "App failed to load."),
+        ("no_app:app", 4, "App failed to load."),
+    ] {
+        let out = assert_cmd::Command::new(workspace_bin(BIN))
+            .args([spec, "-w", "1", "-b", "127.0.0.1:0", "--chdir", &chdir])
+            .timeout(Duration::from_secs(20))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(status), "{spec}: {stderr}");
+        let worker = stderr
+            .split("Booting worker with pid: ")
+            .nth(1)
+            .and_then(|rest| rest.lines().next())
+            .unwrap_or_else(|| panic!("{spec}: no worker booted: {stderr}"));
+        // gunicorn's master says these three lines, the last one last.
+        assert!(
+            stderr.contains(&format!(
+                "[ERROR] Worker (pid:{worker}) exited with code {status}.\n"
+            )),
+            "{spec}: {stderr}"
+        );
+        assert!(
+            stderr.contains("[ERROR] Shutting down: Master\n")
+                && stderr
+                    .trim_end()
+                    .ends_with(&format!("[ERROR] Reason: {reason}")),
+            "{spec}: {stderr}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_apps_own_server_and_date_headers_give_way_to_the_servers() {
+    let dir = dir_with_modules(
+        "own-headers",
+        &[(
+            "own_headers.py",
+            "def app(environ, start_response):\n    \
+                 start_response('200 OK', [('Content-Type', 'text/plain'), ('Server', 'MyApp/1.0'),\n        \
+                 ('Date', 'Tue, 01 Jan 2030 00:00:00 GMT'), ('X-Kept', 'yes')])\n    \
+                 return [b'hello\\n']\n",
+        )],
+    );
+    let chdir = dir.display().to_string();
+    for class in ["sync", "gthread"] {
+        let server = ServerProcess::start(
+            BIN,
+            &[
+                "own_headers:app",
+                "-k",
+                class,
+                "-w",
+                "1",
+                "-b",
+                "127.0.0.1:0",
+                "--chdir",
+                &chdir,
+            ],
+        )
+        .unwrap();
+        let mut conn = client::Conn::connect(server.addr()).unwrap();
+        conn.send(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let raw = conn.read_to_close().unwrap();
+        let text = String::from_utf8_lossy(&raw).to_string();
+        let (head, body) = text.split_once("\r\n\r\n").expect("a whole head");
+        // gunicorn 27.0.1 counts Server and Date among the headers the
+        // server owns (util.hop_headers): its own pair goes first, and the
+        // app's are dropped, as it drops the app's Connection.
+        let lines: Vec<&str> = head.lines().collect();
+        let named = |name: &str| -> Vec<&str> {
+            lines
+                .iter()
+                .filter(|l| {
+                    l.split_once(':')
+                        .is_some_and(|(n, _)| n.eq_ignore_ascii_case(name))
+                })
+                .copied()
+                .collect()
+        };
+        let server_header = named("server");
+        assert!(
+            server_header.len() == 1 && server_header[0].starts_with("Server: stage3-prefork/"),
+            "-k {class}: {head}"
+        );
+        let date = named("date");
+        assert!(
+            date.len() == 1 && !date[0].contains("2030"),
+            "-k {class}: {head}"
+        );
+        assert_eq!(
+            &lines[..3],
+            ["HTTP/1.1 200 OK", server_header[0], date[0]],
+            "-k {class}: {head}"
+        );
+        assert_eq!(named("x-kept"), ["X-Kept: yes"], "-k {class}: {head}");
+        assert_eq!(body, "hello\n");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -637,7 +637,7 @@ fn hup_reads_the_file_again_as_gunicorn_does() {
 }
 
 /// An app whose headers need the server's processing: a padded value,
-/// hop-by-hop headers, a repeated name; a list body without
+/// hop-by-hop headers, a repeated name, its own Server and Date; a list body without
 /// Content-Length (the server adds one), a streamed one (chunked), an app
 /// that raises (the server answers 500).
 const HEADERS_APP: &str = r#"
@@ -659,6 +659,8 @@ def app(environ, start_response):
         ("Keep-Alive", "timeout=5"),
         ("Set-Cookie", "a=1"),
         ("Set-Cookie", "b=2"),
+        ("Server", "headers-app/1.0"),
+        ("Date", "Tue, 01 Jan 2030 00:00:00 GMT"),
         ("Content-Length", str(len(body))),
     ])
     return [body]
@@ -681,7 +683,8 @@ fn post_request_sees_the_response_headers_as_gunicorn_gives_them() {
     // What gunicorn 27's post_request sees for the same app (sync and
     // gthread alike): the app's headers in its order, hop-by-hop ones
     // dropped, values stripped; none of the server's own (Server, Date,
-    // Connection, Content-Length or Transfer-Encoding added for framing).
+    // Connection, Content-Length or Transfer-Encoding added for framing),
+    // and not the app's Server and Date either: gunicorn drops them.
     let expected = [
         "/ 200 typed=True [('Content-Type', 'text/plain'), ('X-Padded', 'spaced value'), \
          ('Set-Cookie', 'a=1'), ('Set-Cookie', 'b=2'), ('Content-Length', '8')]",
@@ -734,9 +737,10 @@ fn a_worker_whose_boot_hook_raises_still_runs_worker_exit() {
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr).to_string();
-        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert_eq!(output.status.code(), Some(3), "{stderr}");
         // gunicorn's spawn_worker: the exception, then (its `finally`)
-        // "Worker exiting", then worker_exit; then the master stops.
+        // "Worker exiting", then worker_exit; then the master stops, with
+        // the worker's status (3: it did not boot).
         let seen = lines(&log);
         let pid = seen[0]
             .strip_prefix(&format!("{name} pid="))
@@ -757,7 +761,7 @@ fn a_worker_whose_boot_hook_raises_still_runs_worker_exit() {
         assert!(
             at(&format!("Exception in {name} hook")) < at(&format!("Worker exiting (pid: {pid})"))
                 && at(&format!("Worker exiting (pid: {pid})"))
-                    < at(&format!("Worker (pid:{pid}) failed to boot.")),
+                    < at(&format!("Worker (pid:{pid}) exited with code 3.")),
             "{stderr}"
         );
         assert!(
@@ -765,4 +769,133 @@ fn a_worker_whose_boot_hook_raises_still_runs_worker_exit() {
             "{stderr}"
         );
     }
+}
+
+#[test]
+fn child_exit_is_not_called_for_a_worker_that_failed_to_boot() {
+    // gunicorn 27.0.1's reap_workers raises HaltServer for a worker's status
+    // 3 or 4 before the line that calls child_exit; halt() still calls
+    // on_exit. The worker itself said goodbye (worker_exit) before it exited.
+    for (case, hook, app, status) in [
+        (
+            "post_fork",
+            "def post_fork(server, worker):\n    raise ValueError('post_fork says no')\n",
+            "apps.lab:app",
+            3,
+        ),
+        ("import", "", "no_such_module:app", 3),
+        ("attribute", "", "apps.lab:no_such_app", 4),
+    ] {
+        let dir = dir_with_config(
+            &format!("boot-child-exit-{case}"),
+            &format!(
+                "import os\nbind = '127.0.0.1:0'\nworkers = 1\n\
+                 def note(line):\n    with open(os.environ['HOOKS_LOG'], 'a') as f:\n        f.write(line + '\\n')\n\
+                 {hook}\
+                 def worker_exit(server, worker):\n    note(f'worker_exit pid={{worker.pid}}')\n\
+                 def child_exit(server, worker):\n    note(f'child_exit pid={{worker.pid}}')\n\
+                 def on_exit(server):\n    note('on_exit')\n"
+            ),
+        );
+        let (log, log_env) = hooks_log(&dir);
+        let output = Command::new(workspace_bin(BIN))
+            .current_dir(&dir)
+            .env("HOOKS_LOG", &log_env)
+            .args([app, "--chdir", &repo_root().display().to_string()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+        assert_eq!(output.status.code(), Some(status), "{case}: {stderr}");
+        let seen = lines(&log);
+        assert!(
+            seen.len() == 2 && seen[0].starts_with("worker_exit pid=") && seen[1] == "on_exit",
+            "{case}: {seen:#?}\n{stderr}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// An app whose body the server sends only in part: a HEAD request, a 204
+/// with a body, a body longer than its Content-Length.
+const SENT_APP: &str = r#"
+def app(environ, start_response):
+    path = environ["PATH_INFO"]
+    body = b"hello\n"
+    if path == "/204":
+        start_response("204 No Content", [])
+        return [body]
+    if path == "/over":
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "3")])
+        return [body]
+    if path == "/stream":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return (piece for piece in [b"hel", b"lo\n"])
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"#;
+
+#[test]
+fn resp_sent_and_the_access_log_count_the_body_bytes_sent() {
+    let dir = dir_with_config(
+        "resp-sent",
+        "import os\nbind = '127.0.0.1:0'\nworkers = 1\n\
+         def post_request(worker, req, environ, resp):\n    \
+             with open(os.environ['HOOKS_LOG'], 'a') as f:\n        \
+                 f.write(f'{req.method} {req.path} {resp.status_code} sent={resp.sent}\\n')\n",
+    );
+    std::fs::write(dir.join("sent_app.py"), SENT_APP).unwrap();
+    let (log, log_env) = hooks_log(&dir);
+    let access = dir.join("access.log");
+    // What gunicorn 27.0.1 says for the same app, sync and gthread alike:
+    // Response.write returns before it counts `sent` when the response has
+    // no body (HEAD, 1xx, 204, 304), and counts no more than the
+    // Content-Length; its access log's bytes are `resp.sent` too.
+    let requests = [
+        ("GET", "/", 200, 6),
+        ("HEAD", "/", 200, 0),
+        ("GET", "/stream", 200, 6),
+        ("HEAD", "/stream", 200, 0),
+        ("GET", "/204", 204, 0),
+        ("GET", "/over", 200, 3),
+    ];
+    for class in ["sync", "gthread"] {
+        let _ = std::fs::remove_file(&log);
+        let _ = std::fs::remove_file(&access);
+        let server = ServerProcess::start_with(
+            BIN,
+            &[
+                "-k",
+                class,
+                "sent_app:app",
+                "--access-logfile",
+                &access.display().to_string(),
+            ],
+            &[("HOOKS_LOG", &log_env)],
+            Some(&dir),
+        )
+        .unwrap();
+        for (method, path, status, _) in requests {
+            let raw = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+            let response = client::request(server.addr(), raw.as_bytes()).unwrap();
+            assert_eq!(response.status, status, "-k {class} {method} {path}");
+            wait_for_line(&log, &format!("{method} {path} "));
+        }
+        let expected: Vec<String> = requests
+            .iter()
+            .map(|(method, path, status, sent)| format!("{method} {path} {status} sent={sent}"))
+            .collect();
+        assert_eq!(lines(&log), expected, "-k {class}");
+        wait_until(
+            "every request is in the access log",
+            Duration::from_secs(5),
+            || lines(&access).len() == requests.len(),
+        );
+        for ((method, path, status, sent), line) in requests.iter().zip(lines(&access)) {
+            assert!(
+                line.contains(&format!("\"{method} {path} HTTP/1.1\" {status} {sent} ")),
+                "-k {class}: {line}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -248,6 +248,43 @@ fn a_busy_port_is_named_with_stage_4s_own_flags() {
 }
 
 #[test]
+fn the_apps_server_and_date_headers_pass_through_as_uwsgi_passes_them() {
+    // uWSGI 2.0 adds no Server or Date of its own (nginx, or its --http
+    // router, answers the client) and sends the app's as they are. Stage 3
+    // drops the app's pair, as gunicorn does, because it writes its own:
+    // the bridge's rules keep the two apart.
+    let dir = std::env::temp_dir().join(format!("wsgi-course-s4-own-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("own_headers.py");
+    std::fs::write(
+        &file,
+        "def application(environ, start_response):\n    \
+             start_response('200 OK', [('Server', 'MyApp/1.0'), ('Date', 'Tue, 01 Jan 2030 00:00:00 GMT')])\n    \
+             return [b'hello\\n']\n",
+    )
+    .unwrap();
+    let sock = socket_path("own-headers");
+    let server = ServerProcess::start(
+        BIN,
+        &[
+            "--socket",
+            sock.to_str().unwrap(),
+            "--wsgi-file",
+            file.to_str().unwrap(),
+            "--processes",
+            "1",
+        ],
+    )
+    .expect("stage 4 starts");
+    let r = uwsgi::request(&sock, "GET", "/", &[("Host", "t")], b"").unwrap();
+    assert_eq!(r.header_all("server"), ["MyApp/1.0"]);
+    assert_eq!(r.header_all("date"), ["Tue, 01 Jan 2030 00:00:00 GMT"]);
+    assert_eq!(r.body, b"hello\n");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn the_http_router_lets_curl_in() {
     let (server, _sock) = start("router", &["--http", "127.0.0.1:0"]);
     let line = server

@@ -27,7 +27,7 @@ use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, ArgMatches, Command, CommandFactory, FromArgMatches};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyInt, PyList, PyString, PyTuple};
-use wsgi_bridge::embed::{StartError, format_exception};
+use wsgi_bridge::embed::StartError;
 
 use crate::config::Args;
 use crate::server_hooks::{HOOKS, ServerHooks};
@@ -370,9 +370,12 @@ fn run_file<'py>(py: Python<'py>, location: &str) -> Result<Bound<'py, PyDict>, 
         builtins.call_method1("exec", (code, &namespace))?;
         Ok(namespace)
     };
-    run().map_err(|e| StartError {
-        message: format!("cannot run the configuration file {location}"),
-        traceback: Some(format_exception(py, &e)),
+    run().map_err(|e| {
+        StartError::with_python(
+            format!("cannot run the configuration file {location}"),
+            py,
+            &e,
+        )
     })
 }
 
@@ -390,9 +393,12 @@ fn import_module<'py>(py: Python<'py>, module: &str) -> Result<Bound<'py, PyDict
         sys_path.call_method1("remove", (&here,))?;
         imported?.dict().copy()
     };
-    import().map_err(|e| StartError {
-        message: format!("cannot import the configuration module {module}"),
-        traceback: Some(format_exception(py, &e)),
+    import().map_err(|e| {
+        StartError::with_python(
+            format!("cannot import the configuration module {module}"),
+            py,
+            &e,
+        )
     })
 }
 // ANCHOR_END: read_file
@@ -461,10 +467,7 @@ impl FileSettings {
             }
             ServerHooks::new(py, hooks)
                 .map(Some)
-                .map_err(|e| StartError {
-                    message: "cannot prepare the server hooks".into(),
-                    traceback: Some(format_exception(py, &e)),
-                })
+                .map_err(|e| StartError::with_python("cannot prepare the server hooks", py, &e))
         })
     }
     // ANCHOR_END: apply
@@ -542,10 +545,7 @@ fn checked_hook(
     arity: usize,
     value: &Bound<'_, PyAny>,
 ) -> Result<Py<PyAny>, StartError> {
-    let failed = |message: String, e: PyErr| StartError {
-        message,
-        traceback: Some(format_exception(py, &e)),
-    };
+    let failed = |message: String, e: PyErr| StartError::with_python(message, py, &e);
     let hook = match value.extract::<String>() {
         Ok(path) => {
             let (module, object) = path.rsplit_once('.').ok_or_else(|| {

@@ -155,9 +155,8 @@ impl ServerHooks {
     fn master_hook_at_start(&self, name: &str, num_workers: usize) -> Result<(), StartError> {
         Python::attach(|py| {
             self.call_master(py, name, num_workers, |server| PyTuple::new(py, [server]))
-                .map_err(|e| StartError {
-                    message: format!("the {name} hook raised an exception"),
-                    traceback: Some(format_exception(py, &e)),
+                .map_err(|e| {
+                    StartError::with_python(format!("the {name} hook raised an exception"), py, &e)
                 })
         })
     }

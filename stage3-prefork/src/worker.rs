@@ -19,11 +19,13 @@ use crate::config::Config;
 use crate::listen::{Listeners, WorkerListener};
 use crate::scoreboard::{MAX_WORKERS, Scoreboard, Slot, now_ms};
 
-/// The exit status of a worker that could not start (its listening socket
-/// failed): the master stops instead of forking it again and again. gunicorn
-/// uses 3 too.
+/// The exit status of a worker that could not start (its app's module
+/// raised while it was imported, its listening socket failed, a post_fork
+/// hook raised): the master stops instead of forking it again and again.
+/// gunicorn uses 3 too.
 pub const WORKER_BOOT_ERROR: i32 = 3;
-/// The exit status of a worker whose app failed to import (gunicorn's 4).
+/// The exit status of a worker that imported the app's module and found no
+/// app in it (gunicorn's 4, for its `AppImportError`).
 pub const APP_LOAD_ERROR: i32 = 4;
 
 // ANCHOR: worker_class
@@ -279,8 +281,17 @@ fn boot_and_serve(spec: WorkerSpec<'_>) -> i32 {
                 if let Some(tb) = &e.traceback {
                     eprintln!("{}", tb.trim_end());
                 }
+                // gunicorn's spawn_worker tells the two apart: an
+                // AppImportError (no such app in the module) is status 4;
+                // any exception raised by the import itself, a missing
+                // module included, is an exception in a worker that has not
+                // booted: status 3.
+                if e.app_not_found {
+                    log::error!("App failed to load: {e}");
+                    return APP_LOAD_ERROR;
+                }
                 log::error!("Worker failed to boot: {e}");
-                return APP_LOAD_ERROR;
+                return WORKER_BOOT_ERROR;
             }
         },
     };

@@ -88,6 +88,11 @@ fn is_identifier(s: &str) -> bool {
 pub struct StartError {
     pub message: String,
     pub traceback: Option<String>,
+    /// The app's module was imported, but it has no app under that name, or
+    /// what it has is not callable: gunicorn's `AppImportError`, which its
+    /// workers report with an exit status of their own (4, "App failed to
+    /// load.") where every other failure to boot is 3.
+    pub app_not_found: bool,
 }
 
 impl StartError {
@@ -95,13 +100,23 @@ impl StartError {
         StartError {
             message: message.into(),
             traceback: None,
+            app_not_found: false,
         }
     }
 
-    fn with_python(message: impl Into<String>, py: Python<'_>, err: &PyErr) -> StartError {
+    /// A failure that Python raised: the message, and its traceback.
+    pub fn with_python(message: impl Into<String>, py: Python<'_>, err: &PyErr) -> StartError {
         StartError {
-            message: message.into(),
             traceback: Some(format_exception(py, err)),
+            ..StartError::new(message)
+        }
+    }
+
+    /// The module imported, and the app is not in it (see `app_not_found`).
+    fn app_not_found(message: impl Into<String>) -> StartError {
+        StartError {
+            app_not_found: true,
+            ..StartError::new(message)
         }
     }
 }
@@ -245,14 +260,14 @@ pub fn load_app(py: Python<'_>, source: &AppSource) -> Result<Py<PyAny>, StartEr
                 }
             }
             found.ok_or_else(|| {
-                StartError::new(format!(
+                StartError::app_not_found(format!(
                     "{what} has neither 'application' nor 'app': name the callable, as in {what}:my_app"
                 ))
             })?
         }
     };
     if !app.is_callable() {
-        return Err(StartError::new(format!(
+        return Err(StartError::app_not_found(format!(
             "the app in {what} is not callable (it is a {}): a WSGI app is a function or object called with (environ, start_response)",
             app.get_type()
                 .name()
@@ -332,7 +347,7 @@ fn find_callable<'py>(
     let mut obj: Bound<'py, PyAny> = module.clone().into_any();
     for part in path.split('.') {
         obj = obj.getattr(part).map_err(|_| {
-            StartError::new(format!(
+            StartError::app_not_found(format!(
                 "{what}: no attribute '{part}' was found in the module"
             ))
         })?;

@@ -86,9 +86,20 @@ pub(crate) enum WorkerState {
 /// How long a worker sent ABRT has to run its `worker_abort` hook and exit.
 const ABORT_GRACE: Duration = Duration::from_secs(2);
 
+/// Why the master stops by itself (gunicorn's `HaltServer`): the reason it
+/// logs last, and its exit status.
+#[derive(Clone, Copy, Debug)]
+struct Halt {
+    reason: &'static str,
+    status: i32,
+}
+
 /// Why the master stops when a hook of its own raised (gunicorn's arbiter
 /// does not catch those exceptions either).
-const HOOK_FAILED: &str = "A server hook raised an exception (traceback above).";
+const HOOK_FAILED: Halt = Halt {
+    reason: "A server hook raised an exception (traceback above).",
+    status: 1,
+};
 
 /// How the master's loop ended.
 enum Exit {
@@ -96,8 +107,9 @@ enum Exit {
     Graceful,
     /// INT or QUIT: stop now.
     Fast,
-    /// A worker could not start, or could not load the app: stop, and say so.
-    BootFailure(&'static str),
+    /// A worker could not start, or could not load the app, or a hook
+    /// raised: stop, and say so.
+    BootFailure(Halt),
 }
 
 pub(crate) struct Arbiter {
@@ -114,7 +126,7 @@ pub(crate) struct Arbiter {
     preloaded: Option<Py<PyAny>>,
     pub started: Instant,
     /// Why a worker failed to boot, if one did.
-    boot_failed: Option<&'static str>,
+    boot_failed: Option<Halt>,
     extra: Vec<ExtraProcess>,
     /// How to start this server again (USR2), and the new master once
     /// started: the socket is then shared with it.

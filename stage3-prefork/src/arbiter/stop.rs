@@ -24,7 +24,7 @@ impl Arbiter {
                 log::info!("Handling signal: int");
                 (Signal::SIGQUIT, Duration::from_secs(2), 0)
             }
-            Exit::BootFailure(_) => (Signal::SIGQUIT, Duration::from_secs(2), 1),
+            Exit::BootFailure(halt) => (Signal::SIGQUIT, Duration::from_secs(2), halt.status),
         };
         for pid in self.extra.iter_mut().filter_map(|e| e.pid.take()) {
             let _ = kill(pid, Signal::SIGTERM);
@@ -90,9 +90,9 @@ impl Arbiter {
             }
             .ok();
         }
-        if let Exit::BootFailure(reason) = exit {
+        if let Exit::BootFailure(halt) = exit {
             log::error!("Shutting down: Master");
-            log::error!("Reason: {reason}");
+            log::error!("Reason: {}", halt.reason);
         } else {
             log::info!("Shutting down: Master");
         }

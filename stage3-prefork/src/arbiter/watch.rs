@@ -14,7 +14,7 @@ use supervise::signals;
 use crate::worker::{APP_LOAD_ERROR, WORKER_BOOT_ERROR};
 use wsgi_bridge::trace;
 
-use super::{ABORT_GRACE, Arbiter, HOOK_FAILED, WorkerProcess, WorkerState};
+use super::{ABORT_GRACE, Arbiter, HOOK_FAILED, Halt, WorkerProcess, WorkerState};
 
 impl Arbiter {
     // ANCHOR: reap_workers
@@ -46,14 +46,6 @@ impl Arbiter {
                     // The worker said goodbye itself ("Worker exiting").
                     log::debug!("Worker (pid:{pid}) exited cleanly");
                 }
-                WaitStatus::Exited(_, WORKER_BOOT_ERROR) => {
-                    log::error!("Worker (pid:{pid}) failed to boot.");
-                    self.boot_failed = Some("Worker failed to boot.");
-                }
-                WaitStatus::Exited(_, APP_LOAD_ERROR) => {
-                    log::error!("Worker (pid:{pid}) failed to load the app.");
-                    self.boot_failed = Some("App failed to load.");
-                }
                 WaitStatus::Exited(_, code) => {
                     log::error!("Worker (pid:{pid}) exited with code {code}.");
                 }
@@ -72,6 +64,14 @@ impl Arbiter {
                 .slot(worker.slot)
                 .pid
                 .store(0, Ordering::Relaxed);
+            if let Some(halt) = boot_failure(status) {
+                // A worker that could not boot would fail the same way
+                // again: stop, with its status, rather than fork forever.
+                // gunicorn raises HaltServer here, before the line that
+                // calls child_exit: a worker that never booted gets none.
+                self.boot_failed = Some(halt);
+                continue;
+            }
             if let Some(hooks) = &self.config.hooks
                 && hooks.child_exit(pid.as_raw(), self.target).is_err()
             {
@@ -130,6 +130,21 @@ impl Arbiter {
         }
     }
     // ANCHOR_END: kill_hung_workers
+}
+
+/// Why the master stops, if `status` says the worker could not boot.
+fn boot_failure(status: WaitStatus) -> Option<Halt> {
+    match status {
+        WaitStatus::Exited(_, WORKER_BOOT_ERROR) => Some(Halt {
+            reason: "Worker failed to boot.",
+            status: WORKER_BOOT_ERROR,
+        }),
+        WaitStatus::Exited(_, APP_LOAD_ERROR) => Some(Halt {
+            reason: "App failed to load.",
+            status: APP_LOAD_ERROR,
+        }),
+        _ => None,
+    }
 }
 
 /// Why a worker died, in a few words, for `--trace`'s pictures.

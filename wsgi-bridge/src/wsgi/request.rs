@@ -53,7 +53,9 @@ pub trait Request {
 /// a front server that frames the response for its own client (uwsgi).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ResponseRules {
-    /// The head carries `Server` and `Date` (nginx adds its own).
+    /// The head carries the server's `Server` and `Date`, and the app's
+    /// own are dropped, as gunicorn drops them. Without (uwsgi: nginx adds
+    /// its own), the app's pass, as uWSGI passes them.
     pub server_and_date: bool,
     /// A body of unknown length may go chunked to an HTTP/1.1 client
     /// (nginx's uwsgi module does not decode chunked upstream bodies).

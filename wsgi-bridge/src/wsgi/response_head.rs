@@ -14,7 +14,8 @@ use crate::http::token::{is_tchar, parse_digits};
 pub struct ResponseHead {
     pub code: u16,
     /// The status as given, e.g. `200 OK`, then the app's headers minus
-    /// hop-by-hop ones, each as the line `Name: value\r\n`: latin-1 bytes
+    /// hop-by-hop ones (and minus `Server` and `Date` where the server
+    /// writes its own), each as the line `Name: value\r\n`: latin-1 bytes
     /// ready for the wire, in one buffer (one allocation per response, not
     /// two per header).
     wire: Vec<u8>,
@@ -29,8 +30,14 @@ pub struct ResponseHead {
 impl ResponseHead {
     /// Checks `start_response`'s arguments the way `wsgiref.validate` does,
     /// and refuses what would break the HTTP framing (a newline in a header
-    /// value is a response-splitting attack).
-    pub fn check(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult<ResponseHead> {
+    /// value is a response-splitting attack). `server_and_date`: the server
+    /// writes its own `Server` and `Date` (`ResponseRules::server_and_date`),
+    /// and the app's are dropped.
+    pub fn check(
+        status: &Bound<'_, PyAny>,
+        headers: &Bound<'_, PyAny>,
+        server_and_date: bool,
+    ) -> PyResult<ResponseHead> {
         // The status and every header line go straight into one buffer,
         // checked where they lie.
         let mut wire = Vec::with_capacity(256);
@@ -44,7 +51,7 @@ impl ResponseHead {
             close: false,
         };
         for item in header_items(headers)? {
-            head.push_header(&item?)?;
+            head.push_header(&item?, server_and_date)?;
         }
         Ok(head)
     }
@@ -71,8 +78,9 @@ impl ResponseHead {
     }
 
     /// The app's headers as sent, `(name, value)` in the app's order,
-    /// hop-by-hop ones left out; each value as written, spaces included
-    /// (latin-1 bytes). An error response the server made has none.
+    /// hop-by-hop ones (and those `check` dropped) left out; each value as
+    /// written, spaces included (latin-1 bytes). An error response the
+    /// server made has none.
     pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         // A name is a token (no ':') and a value has no CR or LF: each line
         // is `name: value`, as `push_header` wrote it.
@@ -86,8 +94,10 @@ impl ResponseHead {
     }
 
     /// Adds one `(name, value)` header: checked, then kept as a line of
-    /// `wire`, unless it is hop-by-hop (the server's business).
-    fn push_header(&mut self, item: &Bound<'_, PyAny>) -> PyResult<()> {
+    /// `wire`, unless it is hop-by-hop (the server's business), or a
+    /// `Server` or `Date` while `server_and_date` says the server writes
+    /// its own.
+    fn push_header(&mut self, item: &Bound<'_, PyAny>, server_and_date: bool) -> PyResult<()> {
         let Some([name, value]) = item.cast::<PyTuple>().ok().map(|t| t.as_slice()) else {
             return Err(PyTypeError::new_err(format!(
                 "each response header must be a (name, value) tuple, not {}",
@@ -115,6 +125,16 @@ impl ResponseHead {
             {
                 self.close = true;
             }
+            wire.truncate(line_start);
+            return Ok(());
+        }
+        if server_and_date
+            && (name.eq_ignore_ascii_case(b"server") || name.eq_ignore_ascii_case(b"date"))
+        {
+            // The head already has the server's own pair: a second Server
+            // or Date would contradict it. gunicorn drops the app's (its
+            // util.hop_headers lists both); behind nginx (uwsgi), where
+            // the server writes none, the app's pass, as uWSGI passes them.
             wire.truncate(line_start);
             return Ok(());
         }

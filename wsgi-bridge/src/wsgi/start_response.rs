@@ -49,7 +49,8 @@ pub struct ResponseWriter {
     framing: Framing,
     /// Body bytes still allowed by the Content-Length sent.
     remaining: u64,
-    /// Body bytes the app produced (for the access log).
+    /// Body bytes sent, framing left out (for the access log and
+    /// `post_request`'s `resp.sent`).
     body_bytes: u64,
     /// The connection must be closed after this response.
     must_close: bool,
@@ -66,7 +67,9 @@ pub struct ResponseRest {
     pub unsent: Vec<u8>,
     /// The status sent (500 if the app never gave one).
     pub status: u16,
-    /// Body bytes the app produced.
+    /// Body bytes sent, framing left out: none for a response without a
+    /// body (HEAD, 1xx, 204, 304), never more than the Content-Length. As
+    /// gunicorn's `Response.sent`, which its access log prints too.
     pub body_bytes: u64,
     /// The connection must be closed after this response.
     pub must_close: bool,
@@ -213,7 +216,6 @@ impl ResponseWriter {
         if self.client_gone.is_some() {
             return Ok(());
         }
-        self.body_bytes += data.len() as u64;
         let data = match self.framing {
             Framing::NoBody => &data[..0],
             Framing::Length(_) => {
@@ -233,6 +235,8 @@ impl ResponseWriter {
             }
             Framing::Chunked | Framing::UntilClose => data,
         };
+        // Counted once framed: what the client gets, not what the app made.
+        self.body_bytes += data.len() as u64;
         let chunk_trailer: &[u8] = if self.framing == Framing::Chunked && !data.is_empty() {
             b"\r\n"
         } else {
@@ -505,7 +509,8 @@ impl StartResponse {
                 None => {}
             }
             let t = trace::start();
-            this.writer.head = Some(ResponseHead::check(status, headers)?);
+            let server_and_date = this.writer.rules.server_and_date;
+            this.writer.head = Some(ResponseHead::check(status, headers, server_and_date)?);
             trace::end(t, "start_response");
             // The same `write` for every call: looked up once, then kept.
             if let Some(write) = &this.write {
