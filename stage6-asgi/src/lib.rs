@@ -93,28 +93,27 @@
 //!
 //! # Measured (2 workers each, loopback, the course's load generator on the same 2-core machine)
 //!
-//! `BENCH_QUICK=1 cargo bench --bench stages -- '^(hello|io256)/(null|stage3-asgi|uvicorn|granian-asgi)$'`,
-//! three undisturbed runs on a machine shared with other builds (single runs
-//! vary by ±20%; compare within one run). `null` is
-//! course-bench's null server: the same shape and I/O thread, no Python, the
-//! bound of this machine and load generator.
+//! `BENCH_QUICK=1 cargo bench --bench stages -- '^(hello|io256|wsecho)/(null|stage3-asgi|uvicorn|granian-asgi)$'`,
+//! four undisturbed runs (single runs vary by ±10-20%; compare within one
+//! run). `null` is course-bench's null server: the same shape and I/O
+//! thread, no Python, the bound of this machine and load generator.
 //!
 //! | workload | stage 3 `-k asgi` | uvicorn (uvloop, httptools) | granian asgi | null server |
 //! |---|---|---|---|---|
-//! | hello, 32 connections | 46.2-59.6k req/s | 33.4-38.1k | 36.0-40.6k | 90-100k |
-//! | hello, server CPU per request | 22-27 µs | 32-40 µs | 34-40 µs | 9-10 µs |
-//! | `/io?ms=10`, 256 connections (25.6k if sleeping were free) | 17.3-17.9k | 15.6-16.6k | 16.0-16.9k | 17.8-18.6k |
-//! | `/io?ms=10`, server CPU per request | 44-47 µs | 62-66 µs | 50-60 µs | 15-19 µs |
+//! | hello, 32 connections | 63.1-66.8k req/s | 33.9-42.6k | 40.4-42.5k | 110-126k |
+//! | hello, server CPU per request | 18-19 µs | 30-33 µs | 34-36 µs | 7-8 µs |
+//! | `/io?ms=10`, 256 connections (25.6k if sleeping were free) | 17.2-19.9k | 16.1-18.0k | 16.8-18.5k | 18.4-20.0k |
+//! | `/io?ms=10`, server CPU per request | 28-51 µs | 47-62 µs | 39-55 µs | 25-30 µs |
+//! | WebSocket echo, 32 clients (messages/s) | 63.5-70.0k | 56.3-58.6k | 30.3-37.5k | 83.3-94.0k |
+//! | WebSocket echo, server CPU per message | 15-17 µs | 21-22 µs | 37-45 µs | 9-10 µs |
 //!
-//! Same-run ratios, hello: 1.14-1.65x granian, 1.35-1.62x uvicorn; `/io`:
-//! 96-97% of the null server (uvicorn 86-93%, granian 86-95%). User-space
+//! Same-run ratios, hello: 1.56-1.60x granian, 1.54-1.86x uvicorn; `/io`:
+//! 86-105% of the null server (uvicorn 83-95%, granian 90-98%); WebSocket
+//! echo: 1.12-1.23x uvicorn, where the null server shows 1.47-1.61x. User-space
 //! instructions per hello request (callgrind, one process): 42.9k (51.6k
 //! with `--eager task`, 42.0k with `--eager bare`), granian 69.6k, uvicorn
-//! 120.2k.
-//!
-//! Earlier, one process each, with wrk: WebSocket echo with 64 clients, 54k
-//! messages/s (uvicorn 16-19k, granian 31-40k); RSS per idle keep-alive
-//! connection 2.3-3.2 KB (uvicorn 6.2 KB, granian 7.2 KB).
+//! 120.2k. RSS per idle keep-alive connection (10,000 of them, one worker):
+//! 3.2 KiB, uvicorn 7.3, granian 20.3, hypercorn 9.8.
 //!
 //! The loop thread takes the GIL back once per request with a single
 //! client, and 0.06-0.09 times per request or message under load (`--stats`).
