@@ -181,7 +181,7 @@ impl<'a> Report<'a> {
             s["workers"],
             s["threads"],
             if s["quick"].as_bool() == Some(true) {
-                "; quick mode (short runs: expect a few percent of noise)"
+                "; quick mode (short runs). Whole runs can differ by 10-20% from one to the next (they did on this machine), and not all servers alike: compare servers within one run"
             } else {
                 ""
             }
@@ -203,8 +203,8 @@ impl<'a> Report<'a> {
             "To measure your machine (the numbers below are this one's; on yours they will \
              differ, but the ratios should not much):\n\n\
              ```console\n\
-             $ cargo bench --bench stages            # everything, about 7 minutes on 2 cores\n\
-             $ BENCH_QUICK=1 cargo bench --bench stages   # the short version, under 3 minutes\n\
+             $ cargo bench --bench stages            # everything, full-length runs\n\
+             $ BENCH_QUICK=1 cargo bench --bench stages   # the short version, about 5 minutes here\n\
              $ cargo bench --bench bridge            # one request without the network\n\
              $ cargo run --release --bin bench-report     # rewrites this page\n\
              ```\n\n\
@@ -748,7 +748,7 @@ impl<'a> Report<'a> {
         let _ = writeln!(
             md,
             "The WebSocket echo is measured the same way, with {connections} WebSocket clients \
-             (`course-bench/src/websocket.rs`, on the benchmark's thread) in place of the load \
+             (`course-bench/src/websocket.rs`, on two threads of the benchmark's process) in place of the load \
              generator: each sends a 16-byte text message to `/ws` of `apps/asgi_lab.py` and \
              waits for its echo; a sample counts the echoes. The memory per idle connection \
              (`course-bench/src/idle.rs`) is not a criterion benchmark: after the timed \
