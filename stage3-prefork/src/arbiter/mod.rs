@@ -94,11 +94,13 @@ struct Halt {
     status: i32,
 }
 
-/// Why the master stops when a hook of its own raised (gunicorn's arbiter
-/// does not catch those exceptions either).
+/// Why the master stops when a hook of its own raised. gunicorn's arbiter
+/// does not catch those exceptions either: its main loop logs "Unhandled
+/// exception in main loop" and calls `sys.exit(-1)`, status 255, which is
+/// what a script or a supervisor watching the master sees.
 const HOOK_FAILED: Halt = Halt {
-    reason: "A server hook raised an exception (traceback above).",
-    status: 1,
+    reason: "Unhandled exception in main loop: a server hook raised (traceback above).",
+    status: 255,
 };
 
 /// How the master's loop ended.
