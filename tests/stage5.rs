@@ -742,21 +742,39 @@ fn a_killed_supervisors_run_directory_is_removed_by_the_next_start() {
     }
     // A supervisor killed with -9 leaves its run directory: the next start
     // removes it. The pid of a process that has exited stands for the dead
-    // supervisor.
+    // supervisor. The supervisor gets a temporary directory of its own
+    // (TMPDIR): in /tmp, the other tests' supervisors, starting at the same
+    // time, look for stale directories too, and one of them could be
+    // halfway through removing this one when it is checked (a CI run saw
+    // it still there).
+    let tmp = std::env::temp_dir().join(format!("stage5-stale-test.{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    // nginx's unprivileged workers must reach the run directory inside.
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let mut gone = Command::new("true").spawn().unwrap();
     let dead_pid = gone.id();
     gone.wait().unwrap();
-    let stale = std::env::temp_dir().join(format!("stage5-nginx.{dead_pid}"));
+    let stale = tmp.join(format!("stage5-nginx.{dead_pid}"));
     std::fs::create_dir_all(stale.join("static")).unwrap();
     std::fs::write(stale.join("nginx.conf"), "# left by a killed supervisor\n").unwrap();
-    let server = start(&[]);
-    assert!(!stale.exists(), "{} is still there", stale.display());
+    workspace_bin("stage4-uwsgi-socket");
+    let server = Stage5(
+        ServerProcess::start_with(
+            BIN,
+            &["--listen", "127.0.0.1:0"],
+            &[("TMPDIR", tmp.to_str().unwrap())],
+            None,
+        )
+        .expect("stage 5 starts"),
+    );
+    let still_there = stale.exists();
+    let stderr = server.stderr_text();
+    drop(server);
+    let _ = std::fs::remove_dir_all(&tmp);
+    assert!(!still_there, "{} is still there", stale.display());
     assert!(
-        server
-            .stderr_text()
-            .contains("Removed the run directory of a supervisor that died"),
-        "{}",
-        server.stderr_text()
+        stderr.contains("Removed the run directory of a supervisor that died"),
+        "{stderr}"
     );
 }
 
