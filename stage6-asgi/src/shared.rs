@@ -97,135 +97,88 @@ impl std::fmt::Display for Peer {
     }
 }
 
-/// The inbox of the Python thread.
-pub struct Inbox {
-    queue: Mutex<InboxState>,
+/// The Python thread's inbox: events from the I/O thread.
+pub type Inbox = Mailbox<Event>;
+
+/// The I/O thread's inbox: exchanges whose connection task has something to
+/// do (bytes to write, a body to read, the end of the response).
+pub type Outbox = Mailbox<std::sync::Arc<Exchange>>;
+
+/// A queue one thread fills and another empties, with an eventfd that tells
+/// the emptying thread's event loop there is something to take. Both
+/// directions use it: [`Inbox`] and [`Outbox`].
+pub struct Mailbox<T> {
+    queue: Mutex<MailboxState<T>>,
     efd: OwnedFd,
 }
 
-struct InboxState {
-    events: Vec<Event>,
-    /// The eventfd was written and the Python side has not taken the batch yet.
+// ANCHOR: inbox
+struct MailboxState<T> {
+    items: Vec<T>,
+    /// The eventfd was written and the other side has not taken the batch
+    /// yet.
     signalled: bool,
 }
 
-impl Inbox {
-    pub fn new() -> io::Result<Inbox> {
-        Ok(Inbox {
-            queue: Mutex::new(InboxState {
-                events: Vec::with_capacity(64),
-                signalled: false,
-            }),
-            efd: eventfd()?,
-        })
-    }
-
-    /// The descriptor the asyncio loop watches.
-    pub fn fd(&self) -> i32 {
-        self.efd.as_raw_fd()
-    }
-
-    // ANCHOR: inbox
-    pub fn push(&self, event: Event) {
+impl<T> Mailbox<T> {
+    /// Queues `item` and writes the eventfd if this is the first item since
+    /// the other side last took the batch.
+    pub fn push(&self, item: T) {
         let wake = {
             let mut q = lock(&self.queue);
-            q.events.push(event);
+            q.items.push(item);
             !std::mem::replace(&mut q.signalled, true)
         };
         if wake {
             signal(&self.efd);
         }
     }
-
-    /// The I/O thread's push: queues `event` without a system call and
-    /// returns whether the eventfd is still to be written for it, which
-    /// [`Inbox::signal_pending`] then does once for the whole batch.
-    pub fn push_quiet(&self, event: Event) -> bool {
-        let mut q = lock(&self.queue);
-        q.events.push(event);
-        !q.signalled
-    }
-
-    /// Writes the eventfd if events wait that it was not written for.
-    pub fn signal_pending(&self) {
-        let wake = {
-            let mut q = lock(&self.queue);
-            !q.events.is_empty() && !std::mem::replace(&mut q.signalled, true)
-        };
-        if wake {
-            signal(&self.efd);
-        }
-    }
-
-    /// Takes every event queued so far (called by the Python thread when the
-    /// eventfd is readable).
-    pub fn take(&self, into: &mut Vec<Event>) {
-        drain_eventfd(&self.efd);
-        let mut q = lock(&self.queue);
-        q.signalled = false;
-        std::mem::swap(&mut q.events, into);
-    }
     // ANCHOR_END: inbox
-}
 
-/// The I/O thread's inbox: exchanges whose connection task has something to
-/// do (bytes to write, a body to read, the end of the response).
-pub struct Outbox {
-    queue: Mutex<OutboxState>,
-    efd: OwnedFd,
-}
-
-struct OutboxState {
-    ready: Vec<std::sync::Arc<Exchange>>,
-    /// The eventfd was written and the I/O thread has not taken the batch.
-    signalled: bool,
-}
-
-impl Outbox {
-    pub fn new() -> io::Result<Outbox> {
-        Ok(Outbox {
-            queue: Mutex::new(OutboxState {
-                ready: Vec::with_capacity(64),
+    pub fn new() -> io::Result<Mailbox<T>> {
+        Ok(Mailbox {
+            queue: Mutex::new(MailboxState {
+                items: Vec::with_capacity(64),
                 signalled: false,
             }),
             efd: eventfd()?,
         })
     }
 
-    /// The descriptor the I/O thread watches.
+    /// The descriptor the emptying side's event loop watches.
     pub fn fd(&self) -> i32 {
         self.efd.as_raw_fd()
     }
 
     // ANCHOR: outbox
-    /// The Python thread's push: queues `x` without a system call and
-    /// returns whether the eventfd is still to be written for it, which
-    /// [`Outbox::signal_pending`] then does once for the batch (see
+    /// Queues `item` without a system call and returns whether the eventfd
+    /// is still to be written for it, which [`Mailbox::signal_pending`] then
+    /// does once for the whole batch (see `io::Ctx::to_python` and
     /// `py::wake_io`).
-    pub fn push_quiet(&self, x: std::sync::Arc<Exchange>) -> bool {
+    pub fn push_quiet(&self, item: T) -> bool {
         let mut q = lock(&self.queue);
-        q.ready.push(x);
+        q.items.push(item);
         !q.signalled
     }
 
-    /// Writes the eventfd if exchanges wait that it was not written for.
+    /// Writes the eventfd if items wait that it was not written for.
     pub fn signal_pending(&self) {
         let wake = {
             let mut q = lock(&self.queue);
-            !q.ready.is_empty() && !std::mem::replace(&mut q.signalled, true)
+            !q.items.is_empty() && !std::mem::replace(&mut q.signalled, true)
         };
         if wake {
             signal(&self.efd);
         }
     }
 
-    /// Called by the I/O thread when the eventfd is readable: every exchange
-    /// queued so far.
-    pub fn take(&self, into: &mut Vec<std::sync::Arc<Exchange>>) {
+    /// Takes every item queued so far (called by the emptying side when the
+    /// eventfd is readable).
+    pub fn take(&self, into: &mut Vec<T>) {
         drain_eventfd(&self.efd);
         let mut q = lock(&self.queue);
         q.signalled = false;
-        std::mem::swap(&mut q.ready, into);
+        std::mem::swap(&mut q.items, into);
     }
     // ANCHOR_END: outbox
 }
